@@ -1,0 +1,134 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/engine"
+)
+
+func checkpointCmd(g *globals) *cobra.Command {
+	var o engine.CheckpointOptions
+	var compression string
+	var stats bool
+	cmd := &cobra.Command{
+		Use:   "checkpoint CONTAINER",
+		Short: "Checkpoint a running container with CRIU",
+		Long: `Checkpoint freezes the container, dumps its processes with CRIU and writes one
+archive holding the CRIU images, the rootfs changes and the container's
+configuration (the layout Podman and CRI-O use, readable by checkpointctl).
+
+Without --export the archive is kept in stasis' store ('stasis checkpoints').
+Without --leave-running the container is stopped after the dump. If the dump
+fails, the container keeps running and no archive is left behind.`,
+		Example: `  stasis checkpoint web --export web.tar.zst --leave-running
+  stasis checkpoint web`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			if cmd.Flags().Changed("compress") {
+				if o.Compression, err = archive.ParseCompression(compression); err != nil {
+					return err
+				}
+			}
+			res, err := e.Checkpoint(cmd.Context(), args[0], o)
+			if err != nil {
+				return err
+			}
+			if stats {
+				return printJSON(res)
+			}
+			fmt.Println(res.Archive)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Export, "export", "e", "", "write the archive to this file instead of the store")
+	f.StringVarP(&compression, "compress", "c", "zstd", "archive compression: zstd, gzip or none (default from --export's suffix)")
+	f.BoolVarP(&o.LeaveRunning, "leave-running", "R", false, "keep the container running after the checkpoint")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections")
+	f.BoolVar(&o.FileLocks, "file-locks", false, "checkpoint file locks")
+	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
+	return cmd
+}
+
+func printJSON(v any) error {
+	enc := json.NewEncoder(os.Stdout)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func checkpointsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "checkpoints",
+		Short: "List checkpoints in the store",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			list, err := e.Checkpoints.List()
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "CHECKPOINT\tCONTAINER\tIMAGE\tCREATED\tSIZE\tDIGEST")
+			for _, c := range list {
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.ContainerName, c.Image, ago(c.Created),
+					humanSize(c.Size), truncate(c.Digest, 19))
+			}
+			return w.Flush()
+		},
+	}
+}
+
+func restoreCmd(g *globals) *cobra.Command {
+	var o engine.RestoreOptions
+	var stats bool
+	cmd := &cobra.Command{
+		Use:   "restore [CONTAINER]",
+		Short: "Restore a container from a checkpoint",
+		Long: `Restore brings a checkpointed container back from exactly where it was.
+
+With CONTAINER, its latest checkpoint in the store is restored in place (or,
+with --name, as a copy). With --import, any checkpoint archive is restored:
+stasis', Podman's or CRI-O's; its base image must be in the store.`,
+		Example: `  stasis restore web
+  stasis restore --import web.tar.zst --name web2`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			if len(args) == 1 {
+				o.Container = args[0]
+			}
+			res, err := e.Restore(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			if stats {
+				return printJSON(res)
+			}
+			fmt.Println(res.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVarP(&o.Import, "import", "i", "", "restore from this archive file")
+	f.StringVarP(&o.Name, "name", "n", "", "name of the restored container (default: the checkpointed one)")
+	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
+	f.BoolVar(&o.FileLocks, "file-locks", false, "restore file locks")
+	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
+	return cmd
+}

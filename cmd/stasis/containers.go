@@ -1,0 +1,210 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/runtime"
+)
+
+func runCmd(g *globals) *cobra.Command {
+	var o engine.RunOptions
+	var volumes []string
+	var detach bool
+	cmd := &cobra.Command{
+		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
+		Short: "Run a command in a new container, in the background",
+		Long: `Run creates a container from IMAGE on an overlay rootfs and starts it with the
+OCI runtime. Containers always run in the background; read their output with
+'stasis logs'. Network "none" gives the container its own network namespace
+with only loopback; "host" shares the host's.`,
+		Example: `  stasis run -d --name web -e K=V -v /srv/data:/data localhost/app:1 /app/server --flag`,
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			o.Image, o.Args = args[0], args[1:]
+			for _, v := range volumes {
+				m, err := parseVolume(v)
+				if err != nil {
+					return err
+				}
+				o.Volumes = append(o.Volumes, m)
+			}
+			c, err := e.Run(cmd.Context(), o)
+			if err != nil {
+				return err
+			}
+			fmt.Println(c.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.SetInterspersed(false) // flags after the image belong to the command
+	f.StringVar(&o.Name, "name", "", "container name (default: generated)")
+	f.StringArrayVarP(&o.Env, "env", "e", nil, "set an environment variable (K=V)")
+	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro]")
+	f.StringVarP(&o.Workdir, "workdir", "w", "", "working directory inside the container")
+	f.StringVarP(&o.User, "user", "u", "", "user (name, uid or uid:gid) to run as")
+	f.StringVar(&o.Network, "network", runtime.NetworkNone, "network mode: none or host")
+	f.BoolVarP(&detach, "detach", "d", true, "run in the background (the only mode)")
+	return cmd
+}
+
+func parseVolume(v string) (runtime.Mount, error) {
+	parts := strings.Split(v, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || !strings.HasPrefix(parts[1], "/") {
+		return runtime.Mount{}, fmt.Errorf("invalid volume %q: want /host/path:/container/path[:ro]", v)
+	}
+	m := runtime.Mount{Source: parts[0], Destination: parts[1]}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			m.ReadOnly = true
+		case "rw":
+		default:
+			return m, fmt.Errorf("invalid volume option %q: want ro or rw", parts[2])
+		}
+	}
+	return m, nil
+}
+
+func psCmd(g *globals) *cobra.Command {
+	var quiet bool
+	cmd := &cobra.Command{
+		Use:   "ps",
+		Short: "List containers",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			list, err := e.List(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if quiet {
+				for _, c := range list {
+					fmt.Println(c.ID)
+				}
+				return nil
+			}
+			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "CONTAINER ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS")
+			for _, c := range list {
+				status := c.Status
+				if c.Restored {
+					status += " (restored)"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID[:12], c.Name, c.Image,
+					truncate(strings.Join(c.Args, " "), 30), ago(c.Created), status)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print IDs only")
+	return cmd
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func logsCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "logs CONTAINER",
+		Short: "Print a container's output",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			return e.Logs(cmd.Context(), args[0], os.Stdout)
+		},
+	}
+}
+
+func execCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "exec CONTAINER COMMAND [ARG...]",
+		Short: "Run a command in a running container",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			code, err := e.Exec(cmd.Context(), args[0], args[1:], os.Stdin, os.Stdout, os.Stderr)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return exitError(code)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().SetInterspersed(false)
+	return cmd
+}
+
+func stopCmd(g *globals) *cobra.Command {
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "stop CONTAINER...",
+		Short: "Stop containers (SIGTERM, then SIGKILL after --time)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			for _, a := range args {
+				if err := e.Stop(cmd.Context(), a, timeout); err != nil {
+					return err
+				}
+				fmt.Println(a)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().DurationVarP(&timeout, "time", "t", 10*time.Second, "how long to wait after SIGTERM")
+	return cmd
+}
+
+func rmCmd(g *globals) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "rm CONTAINER...",
+		Short: "Remove containers (their checkpoints stay in the store)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			for _, a := range args {
+				if err := e.Remove(cmd.Context(), a, force); err != nil {
+					return err
+				}
+				fmt.Println(a)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running container first")
+	return cmd
+}

@@ -1,0 +1,78 @@
+// Command stasis runs containers and checkpoints, restores and migrates
+// them with CRIU. This package only parses flags and prints; the work is
+// done in pkg/engine and the packages it composes.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stasis-dev/stasis/internal/demo"
+	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/monitor"
+)
+
+type globals struct {
+	root, runRoot, runtime string
+}
+
+func (g *globals) engine() (*engine.Engine, error) {
+	if os.Geteuid() != 0 {
+		return nil, fmt.Errorf("stasis must run as root (CRIU and runc need it)")
+	}
+	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime})
+}
+
+func main() {
+	// Hidden re-exec entry points: the per-container monitor and the demo's
+	// sample program. They bypass cobra so nothing else runs in them.
+	if len(os.Args) == 3 && os.Args[1] == monitor.Command {
+		monitor.Main(os.Args[2])
+	}
+	if len(os.Args) >= 2 && os.Args[1] == demo.SampleCommand {
+		os.Exit(demo.Sample(os.Args[2:]))
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := newRoot().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+type exitError int
+
+func (e exitError) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func exitCode(err error) int {
+	if e, ok := err.(exitError); ok {
+		return int(e)
+	}
+	return 1
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:   "stasis",
+		Short: "Run containers, checkpoint them with CRIU, restore them anywhere",
+		Long: `stasis runs OCI containers with runc and freezes them with CRIU into portable
+checkpoint archives (the layout Podman and CRI-O use), then restores them from
+exactly that point: in place, under a new name, or on another machine.`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&g.root, "root", "/var/lib/stasis", "directory for images, containers and checkpoints")
+	root.PersistentFlags().StringVar(&g.runRoot, "runroot", "/run/stasis", "directory for runtime state")
+	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
+	root.AddCommand(
+		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
+		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), demoCmd(g),
+	)
+	return root
+}

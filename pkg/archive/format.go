@@ -1,0 +1,138 @@
+// Package archive is the checkpoint archive format shared with CRI-O, Podman
+// and containerd: a tar (plain, zstd or gzip) holding config.dump, spec.dump,
+// checkpoint/ (CRIU images), rootfs-diff.tar, deleted.files, stats-dump and
+// dump.log. Names come from checkpointctl's lib so that checkpointctl reads
+// what stasis writes.
+package archive
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	"github.com/checkpoint-restore/go-criu/v8/stats"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+)
+
+// Member names of a checkpoint archive.
+const (
+	ConfigDump    = metadata.ConfigDumpFile
+	SpecDump      = metadata.SpecDumpFile
+	CheckpointDir = metadata.CheckpointDirectory
+	RootfsDiff    = metadata.RootFsDiffTar
+	DeletedFiles  = metadata.DeletedFilesFile
+	DumpLog       = metadata.DumpLogFile
+	RestoreLog    = metadata.RestoreLogFile
+	StatsDump     = stats.StatsDump
+	StatsRestore  = stats.StatsRestore
+)
+
+// Engine is the value stasis writes as io.container.manager and as the
+// org.criu.checkpoint.engine.name annotation.
+const Engine = "stasis"
+
+// Config is config.dump. It carries the fields CRI-O and checkpointctl read
+// (metadata.ContainerConfig) plus those Podman needs on import
+// (rootfsImageID, RawImageName), so one file serves every engine.
+type Config struct {
+	metadata.ContainerConfig
+	RootfsImageID string   `json:"rootfsImageID,omitempty"`
+	RawImageName  string   `json:"RawImageName,omitempty"`
+	Command       []string `json:"command,omitempty"`
+	// Spec is read by Podman's import, which rebuilds its container from it.
+	Spec *specs.Spec `json:"spec,omitempty"`
+}
+
+// ImageName is the name of the base image the checkpoint needs, whichever
+// engine wrote it.
+func (c *Config) ImageName() string {
+	for _, n := range []string{c.RootfsImageName, c.RawImageName, c.RootfsImage} {
+		if n != "" {
+			return n
+		}
+	}
+	return ""
+}
+
+// ImageID is the base image's ID (config digest hex), if the writer recorded it.
+func (c *Config) ImageID() string {
+	if c.RootfsImageID != "" {
+		return c.RootfsImageID
+	}
+	return c.RootfsImageRef
+}
+
+// Dir is an unpacked checkpoint: the members of an archive on disk.
+type Dir string
+
+// Config reads config.dump.
+func (d Dir) Config() (*Config, error) {
+	var c Config
+	if err := readJSON(filepath.Join(string(d), ConfigDump), &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Spec reads spec.dump.
+func (d Dir) Spec() (*specs.Spec, error) {
+	var s specs.Spec
+	if err := readJSON(filepath.Join(string(d), SpecDump), &s); err != nil {
+		return nil, err
+	}
+	if s.Process == nil || s.Root == nil {
+		return nil, fmt.Errorf("%s: spec has no process or root", SpecDump)
+	}
+	return &s, nil
+}
+
+// Deleted reads deleted.files; a missing file means nothing was deleted.
+func (d Dir) Deleted() ([]string, error) {
+	var del []string
+	err := readJSON(filepath.Join(string(d), DeletedFiles), &del)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	return del, err
+}
+
+// Images is the directory of CRIU images.
+func (d Dir) Images() string { return filepath.Join(string(d), CheckpointDir) }
+
+// RootfsDiff is the path of rootfs-diff.tar; it may not exist.
+func (d Dir) RootfsDiff() string { return filepath.Join(string(d), RootfsDiff) }
+
+// Validate checks that the members a restore needs are present.
+func (d Dir) Validate() error {
+	for _, m := range []string{ConfigDump, SpecDump, CheckpointDir} {
+		if _, err := os.Stat(filepath.Join(string(d), m)); err != nil {
+			return fmt.Errorf("not a checkpoint archive: %s is missing", m)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(d.Images(), "inventory.img")); err != nil {
+		return fmt.Errorf("not a checkpoint archive: %s/inventory.img is missing", CheckpointDir)
+	}
+	return nil
+}
+
+// WriteJSON writes v as a member file of the checkpoint directory.
+func WriteJSON(dir, name string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, name), b, 0o600)
+}
+
+func readJSON(p string, v any) error {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("parse %s: %w", filepath.Base(p), err)
+	}
+	return nil
+}

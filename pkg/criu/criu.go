@@ -1,0 +1,105 @@
+// Package criu finds CRIU, checks that it can work on this machine, and
+// reads the statistics it leaves behind after a dump or a restore.
+package criu
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/checkpoint-restore/go-criu/v8/stats"
+)
+
+// MinMajor is the oldest CRIU major version stasis accepts: 3.x cannot dump
+// on kernels from 6.13 on (their vDSO layout changed).
+const MinMajor = 4
+
+var versionRE = regexp.MustCompile(`Version:\s*(\d+)\.(\d+)(?:\.(\d+))?`)
+
+// Version returns CRIU's version string ("4.1.1").
+func Version() (string, error) {
+	path, err := exec.LookPath("criu")
+	if err != nil {
+		return "", fmt.Errorf("criu not found on PATH (run hack/deps.sh): %w", err)
+	}
+	out, err := exec.Command(path, "--version").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("criu --version: %w: %s", err, out)
+	}
+	m := versionRE.FindStringSubmatch(string(out))
+	if m == nil {
+		return "", fmt.Errorf("criu --version: unexpected output %q", out)
+	}
+	v := m[1] + "." + m[2]
+	if m[3] != "" {
+		v += "." + m[3]
+	}
+	return v, nil
+}
+
+// Check fails with an actionable message when CRIU is missing or too old.
+func Check() (string, error) {
+	v, err := Version()
+	if err != nil {
+		return "", err
+	}
+	major, _ := strconv.Atoi(strings.SplitN(v, ".", 2)[0])
+	if major < MinMajor {
+		return v, fmt.Errorf("criu %s is too old: stasis needs %d.0 or newer (run hack/deps.sh)", v, MinMajor)
+	}
+	return v, nil
+}
+
+// DumpStats are the figures CRIU records for a dump, in microseconds and pages.
+type DumpStats struct {
+	FreezingTime uint32 `json:"freezing_time_us"`
+	FrozenTime   uint32 `json:"frozen_time_us"`
+	MemdumpTime  uint32 `json:"memdump_time_us"`
+	MemwriteTime uint32 `json:"memwrite_time_us"`
+	PagesScanned uint64 `json:"pages_scanned"`
+	PagesWritten uint64 `json:"pages_written"`
+}
+
+// RestoreStats are the figures CRIU records for a restore.
+type RestoreStats struct {
+	ForkingTime   uint32 `json:"forking_time_us"`
+	RestoreTime   uint32 `json:"restore_time_us"`
+	PagesRestored uint64 `json:"pages_restored"`
+}
+
+// ReadDumpStats reads stats-dump from dir.
+func ReadDumpStats(dir string) (*DumpStats, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	s, err := stats.CriuGetDumpStats(d)
+	if err != nil {
+		return nil, fmt.Errorf("read CRIU dump stats: %w", err)
+	}
+	return &DumpStats{
+		FreezingTime: s.GetFreezingTime(), FrozenTime: s.GetFrozenTime(),
+		MemdumpTime: s.GetMemdumpTime(), MemwriteTime: s.GetMemwriteTime(),
+		PagesScanned: s.GetPagesScanned(), PagesWritten: s.GetPagesWritten(),
+	}, nil
+}
+
+// ReadRestoreStats reads stats-restore from dir.
+func ReadRestoreStats(dir string) (*RestoreStats, error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	s, err := stats.CriuGetRestoreStats(d)
+	if err != nil {
+		return nil, fmt.Errorf("read CRIU restore stats: %w", err)
+	}
+	return &RestoreStats{
+		ForkingTime: s.GetForkingTime(), RestoreTime: s.GetRestoreTime(), PagesRestored: s.GetPagesRestored(),
+	}, nil
+}

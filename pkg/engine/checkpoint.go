@@ -1,0 +1,241 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/criu"
+	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/store"
+)
+
+// CheckpointOptions are a checkpoint's choices.
+type CheckpointOptions struct {
+	// Export writes the archive to this path; empty keeps it in the store.
+	Export         string
+	Compression    archive.Compression
+	LeaveRunning   bool
+	TCPEstablished bool
+	FileLocks      bool
+}
+
+// CheckpointResult says where the checkpoint went and where time went.
+type CheckpointResult struct {
+	Container string          `json:"container"`
+	Archive   string          `json:"archive"`
+	StoreID   string          `json:"store_id,omitempty"`
+	Size      int64           `json:"size"`
+	Digest    string          `json:"digest"`
+	CRIU      *criu.DumpStats `json:"criu,omitempty"`
+	Phases    Phases          `json:"phases_us"`
+}
+
+// Phases are stasis' own timings in microseconds.
+type Phases map[string]int64
+
+func (p Phases) add(name string, d time.Duration) { p[name] += d.Microseconds() }
+
+// Checkpoint dumps a running container with CRIU and writes one archive.
+// If anything fails the container is left running and thawed and no
+// archive is visible.
+func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions) (*CheckpointResult, error) {
+	start := time.Now()
+	c, err := e.Get(ctx, ref)
+	if err != nil {
+		return nil, err
+	}
+	if c.Status != "running" {
+		return nil, fmt.Errorf("checkpoint %s: container is %s, not running", c.Name, c.Status)
+	}
+	if _, err := criu.Check(); err != nil {
+		return nil, err
+	}
+	if o.Compression == "" {
+		o.Compression = archive.Zstd
+		if o.Export != "" {
+			o.Compression = archive.CompressionFor(o.Export, archive.Zstd)
+		}
+	}
+	if o.Export != "" {
+		if fi, err := os.Stat(filepath.Dir(o.Export)); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("checkpoint %s: export directory %s does not exist", c.Name, filepath.Dir(o.Export))
+		}
+	}
+	unlock, err := e.lock(c.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+
+	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "checkpoint-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	res := &CheckpointResult{Container: c.Name, Phases: Phases{}}
+	p := e.paths(c.ID)
+
+	t := time.Now()
+	opts := runtime.CheckpointOptions{
+		ImagePath: filepath.Join(work, archive.CheckpointDir), WorkPath: work,
+		LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks,
+	}
+	if err := e.rt.Checkpoint(ctx, c.ID, opts, p.rtLog()); err != nil {
+		e.recoverFromFailedDump(context.WithoutCancel(ctx), c)
+		return nil, fmt.Errorf("checkpoint %s: %w%s", c.Name, err, criuErrors(filepath.Join(work, archive.DumpLog)))
+	}
+	res.Phases.add("dump", time.Since(t))
+	if st, err := criu.ReadDumpStats(work); err == nil {
+		res.CRIU = st
+	}
+
+	// From here the processes are dumped; without --leave-running they are
+	// gone, so a failure must not lose the container: it stays as
+	// "checkpointed" with its rootfs, restorable once the cause is fixed.
+	if !o.LeaveRunning {
+		e.waitExit(ctx, c, 10*time.Second)
+		e.rt.Delete(ctx, c.ID, true)
+		c.Checkpointed = time.Now().UTC()
+		if err := e.save(c); err != nil {
+			return nil, err
+		}
+	}
+
+	t = time.Now()
+	if err := e.writeMetadata(c, work); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
+	}
+	res.Phases.add("rootfs", time.Since(t))
+
+	var ws *archive.WriteStats
+	write := func(dest string) (int64, string, error) {
+		var err error
+		ws, err = archive.WriteFile(dest, work, archive.Members, o.Compression)
+		if err != nil {
+			return 0, "", err
+		}
+		return ws.Bytes, ws.Digest, nil
+	}
+	if o.Export != "" {
+		if _, _, err := write(o.Export); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: write %s: %w", c.Name, o.Export, err)
+		}
+		res.Archive, _ = filepath.Abs(o.Export)
+	} else {
+		ent, err := e.Checkpoints.Put(store.Entry{
+			ContainerID: c.ID, ContainerName: c.Name, Image: c.Image, Created: time.Now().UTC(),
+			Compression: string(o.Compression),
+		}, archiveName(o.Compression), write)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint %s: store: %w", c.Name, err)
+		}
+		res.Archive, res.StoreID = ent.Archive, ent.ID
+	}
+	res.Size, res.Digest = ws.Bytes, ws.Digest
+	res.Phases.add("archive", ws.Archive)
+	res.Phases.add("compress", ws.Compress)
+	res.Phases.add("write", ws.Write)
+	if !o.LeaveRunning {
+		p.layout("").Unmount()
+	}
+	res.Phases.add("total", time.Since(start))
+	return res, nil
+}
+
+func archiveName(c archive.Compression) string {
+	switch c {
+	case archive.Zstd:
+		return "checkpoint.tar.zst"
+	case archive.Gzip:
+		return "checkpoint.tar.gz"
+	}
+	return "checkpoint.tar"
+}
+
+// recoverFromFailedDump makes sure a failed dump leaves the container as it
+// was: CRIU thaws on its own errors, but not when it is killed, and the
+// freezer cgroup then stays frozen.
+func (e *Engine) recoverFromFailedDump(ctx context.Context, c *Container) {
+	for i := 0; i < 50; i++ {
+		st, err := e.rt.State(ctx, c.ID)
+		if err != nil || st.Status != "paused" {
+			return
+		}
+		e.rt.Resume(ctx, c.ID)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// criuErrors quotes the last errors of a CRIU log, for an error message.
+func criuErrors(log string) string {
+	b, err := os.ReadFile(log)
+	if err != nil {
+		return ""
+	}
+	var errs []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, "Error") {
+			errs = append(errs, strings.TrimSpace(l))
+		}
+	}
+	if len(errs) > 3 {
+		errs = errs[len(errs)-3:]
+	}
+	if len(errs) == 0 {
+		return ""
+	}
+	return "\nCRIU said:\n  " + strings.Join(errs, "\n  ")
+}
+
+// writeMetadata writes config.dump, spec.dump, rootfs-diff.tar and
+// deleted.files next to the CRIU images.
+func (e *Engine) writeMetadata(c *Container, work string) error {
+	p := e.paths(c.ID)
+	img, err := e.Images.Get(c.ImageID)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(work, archive.RootfsDiff))
+	if err != nil {
+		return err
+	}
+	deleted, err := p.layout(img.Rootfs).Diff(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	if len(deleted) > 0 {
+		if err := archive.WriteJSON(work, archive.DeletedFiles, deleted); err != nil {
+			return err
+		}
+	}
+	var spec specs.Spec
+	if err := readJSONFile(filepath.Join(p.bundle(), "config.json"), &spec); err != nil {
+		return err
+	}
+	criuVersion, _ := criu.Version()
+	spec.Annotations[metadata.CheckpointAnnotationCriuVersion] = criuVersion
+	spec.Annotations[metadata.CheckpointAnnotationRuntimeName] = e.rt.Name()
+	if err := archive.WriteJSON(work, archive.SpecDump, &spec); err != nil {
+		return err
+	}
+	now := time.Now().UTC()
+	cfg := archive.Config{
+		ContainerConfig: metadata.ContainerConfig{
+			ID: c.ID, Name: c.Name, RootfsImage: c.Image, RootfsImageRef: c.ImageID, RootfsImageName: c.Image,
+			OCIRuntime: e.rt.Name(), CreatedTime: c.Created, CheckpointedAt: now,
+		},
+		RootfsImageID: c.ImageID, RawImageName: c.Image, Command: c.Args, Spec: &spec,
+	}
+	return archive.WriteJSON(work, archive.ConfigDump, &cfg)
+}

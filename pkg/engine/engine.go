@@ -1,0 +1,269 @@
+// Package engine is container lifecycle on one node. It is the only place
+// that knows the order of the steps: it composes the image store, the
+// rootfs overlay, the OCI runtime, the monitor, the archive format and the
+// checkpoint store, each of which knows nothing of the others.
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/pkg/image"
+	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/rootfs"
+	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/store"
+)
+
+// ErrNotFound is returned for an unknown container.
+var ErrNotFound = errors.New("no such container")
+
+// Options configure an Engine.
+type Options struct {
+	Root    string // persistent state, e.g. /var/lib/stasis
+	RunRoot string // runtime state, e.g. /run/stasis
+	Runtime string // OCI runtime binary, "runc" by default
+}
+
+// Engine manages containers under one root.
+type Engine struct {
+	root, runRoot string
+	Images        *image.Store
+	Checkpoints   store.Store
+	rt            *runtime.Runtime
+}
+
+// New opens the state under o.Root, creating it if needed.
+func New(o Options) (*Engine, error) {
+	if o.Runtime == "" {
+		o.Runtime = "runc"
+	}
+	for _, d := range []string{filepath.Join(o.Root, "containers"), filepath.Join(o.Root, "work"), o.RunRoot} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, err
+		}
+	}
+	imgs, err := image.Open(filepath.Join(o.Root, "images"))
+	if err != nil {
+		return nil, fmt.Errorf("open image store: %w", err)
+	}
+	ck, err := store.NewDir(filepath.Join(o.Root, "checkpoints"))
+	if err != nil {
+		return nil, fmt.Errorf("open checkpoint store: %w", err)
+	}
+	return &Engine{
+		root: o.Root, runRoot: o.RunRoot, Images: imgs, Checkpoints: ck,
+		rt: &runtime.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
+	}, nil
+}
+
+// Container is the persistent record of a container.
+type Container struct {
+	ID       string    `json:"id"`
+	Name     string    `json:"name"`
+	Image    string    `json:"image"`
+	ImageID  string    `json:"imageID"`
+	Args     []string  `json:"args"`
+	Network  string    `json:"network"`
+	Created  time.Time `json:"created"`
+	Restored bool      `json:"restored,omitempty"`
+	// Checkpointed is set when a checkpoint stopped the container.
+	Checkpointed time.Time `json:"checkpointed,omitempty"`
+
+	// Status is derived on read, never stored.
+	Status string `json:"-"`
+	Pid    int    `json:"-"`
+}
+
+// paths of one container.
+type paths struct{ dir, run string }
+
+func (e *Engine) paths(id string) paths {
+	return paths{dir: filepath.Join(e.root, "containers", id), run: filepath.Join(e.runRoot, "containers", id)}
+}
+func (p paths) record() string   { return filepath.Join(p.dir, "container.json") }
+func (p paths) bundle() string   { return filepath.Join(p.dir, "bundle") }
+func (p paths) log() string      { return filepath.Join(p.dir, "ctr.log") }
+func (p paths) etc() string      { return filepath.Join(p.dir, "etc") }
+func (p paths) pidFile() string  { return filepath.Join(p.run, "pid") }
+func (p paths) exitFile() string { return filepath.Join(p.run, "exit") }
+func (p paths) rtLog() string    { return filepath.Join(p.run, "runtime.log") }
+func (p paths) layout(lower string) rootfs.Layout {
+	return rootfs.NewLayout(lower, filepath.Join(p.dir, "fs"))
+}
+
+func (e *Engine) save(c *Container) error {
+	p := e.paths(c.ID)
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(p.record()+".tmp", b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p.record()+".tmp", p.record())
+}
+
+func (e *Engine) load(id string) (*Container, error) {
+	b, err := os.ReadFile(e.paths(id).record())
+	if err != nil {
+		return nil, err
+	}
+	var c Container
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, fmt.Errorf("container %s record: %w", id, err)
+	}
+	return &c, nil
+}
+
+// List returns all containers with their current status.
+func (e *Engine) List(ctx context.Context) ([]*Container, error) {
+	ents, err := os.ReadDir(filepath.Join(e.root, "containers"))
+	if err != nil {
+		return nil, err
+	}
+	var out []*Container
+	for _, de := range ents {
+		c, err := e.load(de.Name())
+		if err != nil {
+			continue // half-created or foreign: not listed
+		}
+		e.refresh(ctx, c)
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}
+
+// Get finds a container by name, ID or unique ID prefix.
+func (e *Engine) Get(ctx context.Context, ref string) (*Container, error) {
+	all, err := e.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var match *Container
+	for _, c := range all {
+		if c.Name == ref || c.ID == ref {
+			return c, nil
+		}
+		if len(ref) >= 6 && strings.HasPrefix(c.ID, ref) {
+			if match != nil {
+				return nil, fmt.Errorf("container ID prefix %s is ambiguous", ref)
+			}
+			match = c
+		}
+	}
+	if match == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, ref)
+	}
+	return match, nil
+}
+
+// refresh fills in Status and Pid from the runtime and the monitor.
+func (e *Engine) refresh(ctx context.Context, c *Container) {
+	p := e.paths(c.ID)
+	st, err := e.rt.State(ctx, c.ID)
+	switch {
+	case err == nil && st.Status != "stopped":
+		c.Status, c.Pid = st.Status, st.Pid
+	case !c.Checkpointed.IsZero():
+		c.Status = "checkpointed"
+	default:
+		c.Status = "exited"
+		if x := monitor.ReadExit(p.exitFile()); x != nil {
+			c.Status = fmt.Sprintf("exited (%d)", x.Code)
+		}
+	}
+}
+
+// Running reports whether the container's processes are alive.
+func (c *Container) Running() bool { return c.Status == "running" || c.Status == "paused" }
+
+// lock takes an exclusive lock for operations on one container, or on the
+// set of names when id is "". It fails fast rather than queueing, so two
+// checkpoints of one container do not silently run one after the other.
+func (e *Engine) lock(id string) (func(), error) {
+	name := filepath.Join(e.root, ".names.lock")
+	if id != "" {
+		name = filepath.Join(e.runRoot, "lock-"+id)
+	}
+	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return func() { f.Close() }, nil
+		}
+		if err != unix.EWOULDBLOCK || id != "" || time.Now().After(deadline) {
+			f.Close()
+			if err == unix.EWOULDBLOCK {
+				return nil, fmt.Errorf("container %s is busy with another operation", id)
+			}
+			return nil, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func newID() string {
+	b := make([]byte, 32)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// nameFree fails if a container already has the name.
+func (e *Engine) nameFree(ctx context.Context, name string) error {
+	if name == "" || strings.ContainsAny(name, "/\\ \t\n") {
+		return fmt.Errorf("invalid container name %q", name)
+	}
+	all, err := e.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range all {
+		if c.Name == name {
+			return fmt.Errorf("the container name %q is already in use by %s", name, c.ID[:12])
+		}
+	}
+	return nil
+}
+
+// writeEtc writes the files bind-mounted over /etc/hosts, /etc/hostname and
+// /etc/resolv.conf and returns their mapping.
+func writeEtc(dir, hostname, network string) (map[string]string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	resolv := []byte{}
+	if network == runtime.NetworkHost {
+		resolv, _ = os.ReadFile("/etc/resolv.conf")
+	}
+	files := map[string][]byte{
+		"/etc/hostname":    []byte(hostname + "\n"),
+		"/etc/hosts":       []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + hostname + "\n"),
+		"/etc/resolv.conf": resolv,
+	}
+	m := map[string]string{}
+	for dst, data := range files {
+		src := filepath.Join(dir, filepath.Base(dst))
+		if err := os.WriteFile(src, data, 0o644); err != nil {
+			return nil, err
+		}
+		m[dst] = src
+	}
+	return m, nil
+}

@@ -1,0 +1,328 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/criu"
+	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/rootfs"
+	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/store"
+	"github.com/stasis-dev/stasis/pkg/untar"
+)
+
+// RestoreOptions say what to restore and as what.
+type RestoreOptions struct {
+	// Container names a container (or, once it is removed, the container
+	// name of stored checkpoints) whose latest checkpoint is restored in place.
+	Container string
+	// Import is an archive file to restore from instead.
+	Import string
+	// Name is the restored container's name; by default the checkpointed one.
+	Name           string
+	TCPEstablished bool
+	FileLocks      bool
+}
+
+// RestoreResult reports a restore.
+type RestoreResult struct {
+	Container string             `json:"container"`
+	ID        string             `json:"id"`
+	Pid       int                `json:"pid"`
+	CRIU      *criu.RestoreStats `json:"criu,omitempty"`
+	Phases    Phases             `json:"phases_us"`
+}
+
+// Restore brings a checkpoint back to life. On failure nothing of the new
+// container is left, and a container restored in place stays checkpointed.
+func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
+	start := time.Now()
+	if _, err := criu.Check(); err != nil {
+		return nil, err
+	}
+	src, existing, err := e.restoreSource(ctx, o)
+	if err != nil {
+		return nil, err
+	}
+	res := &RestoreResult{Phases: Phases{}}
+
+	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "restore-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(work)
+	t := time.Now()
+	dir, err := archive.Extract(src, work)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	res.Phases.add("extract", time.Since(t))
+	cfg, err := dir.Config()
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	spec, err := dir.Spec()
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	deleted, err := dir.Deleted()
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if err := rootfs.ValidateDeleted(deleted); err != nil {
+		return nil, fmt.Errorf("restore: archive %s is unsafe: %w", src, err)
+	}
+	img, err := e.Images.Get(cfg.ImageName())
+	if err != nil && cfg.ImageID() != "" {
+		img, err = e.Images.Get(cfg.ImageID())
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore: the checkpoint's base image %q is not in the store: import it first (%w)", cfg.ImageName(), err)
+	}
+
+	unlock, err := e.lock("")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	var c *Container
+	if existing != nil {
+		c = existing
+		if unlockC, err := e.lock(c.ID); err != nil {
+			return nil, err
+		} else {
+			defer unlockC()
+		}
+		e.refresh(ctx, c)
+		if c.Running() {
+			return nil, fmt.Errorf("restore %s: container is %s; stop it, or restore under another --name", c.Name, c.Status)
+		}
+		// In place: the runtime forgets the old instance; its rootfs is
+		// rebuilt from the archive.
+		e.rt.Delete(ctx, c.ID, true)
+		p := e.paths(c.ID)
+		p.layout("").Unmount()
+		os.RemoveAll(filepath.Join(p.dir, "fs"))
+		os.Remove(p.exitFile())
+	} else {
+		name := o.Name
+		if name == "" {
+			name = cfg.Name
+		}
+		if err := e.nameFree(ctx, name); err != nil {
+			return nil, fmt.Errorf("restore: %w", err)
+		}
+		c = &Container{ID: newID(), Name: name, Created: time.Now().UTC()}
+	}
+	c.Image, c.ImageID, c.Args, c.Restored, c.Checkpointed = img.Name, img.ID, spec.Process.Args, true, time.Time{}
+	c.Network = runtime.NetworkHost
+	for _, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			c.Network = runtime.NetworkNone
+		}
+	}
+
+	pid, err := e.restoreInto(ctx, c, img.Rootfs, dir, spec, deleted, o, res)
+	if err != nil {
+		if existing == nil {
+			e.discard(context.WithoutCancel(ctx), c)
+		} else {
+			c.Checkpointed = time.Now().UTC()
+			e.rt.Delete(ctx, c.ID, true)
+			e.paths(c.ID).layout("").Unmount()
+			e.save(c)
+		}
+		return nil, fmt.Errorf("restore %s: %w", c.Name, err)
+	}
+	res.Container, res.ID, res.Pid = c.Name, c.ID, pid
+	if st, err := criu.ReadRestoreStats(work); err == nil {
+		res.CRIU = st
+	}
+	res.Phases.add("total", time.Since(start))
+	return res, nil
+}
+
+// restoreSource finds the archive to restore and, for an in-place restore,
+// the container it belongs to.
+func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *Container, error) {
+	if o.Import != "" {
+		if o.Container != "" {
+			return "", nil, errors.New("restore: give either a container or --import, not both")
+		}
+		if _, err := os.Stat(o.Import); err != nil {
+			return "", nil, fmt.Errorf("restore: %w", err)
+		}
+		return o.Import, nil, nil
+	}
+	if o.Container == "" {
+		return "", nil, errors.New("restore: name a container or give --import ARCHIVE")
+	}
+	c, err := e.Get(ctx, o.Container)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return "", nil, err
+	}
+	key := o.Container
+	if c != nil {
+		key = c.ID
+	}
+	ent, serr := store.Latest(e.Checkpoints, key)
+	if serr != nil && c != nil {
+		ent, serr = store.Latest(e.Checkpoints, c.Name)
+	}
+	if serr != nil {
+		return "", nil, fmt.Errorf("restore %s: %w", o.Container, serr)
+	}
+	if c != nil && o.Name != "" && o.Name != c.Name {
+		c = nil // a copy under a new name, the original untouched
+	}
+	return ent.Archive, c, nil
+}
+
+func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,
+	deleted []string, o RestoreOptions, res *RestoreResult) (int, error) {
+	p := e.paths(c.ID)
+	for _, d := range []string{p.bundle(), p.run} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return 0, err
+		}
+	}
+	t := time.Now()
+	lay := p.layout(lower)
+	if err := lay.Mount(); err != nil {
+		return 0, err
+	}
+	var diff *os.File
+	if f, err := os.Open(dir.RootfsDiff()); err == nil {
+		diff = f
+		defer f.Close()
+	}
+	var err error
+	if diff != nil {
+		err = rootfs.Apply(lay.Merged, diff, deleted)
+	} else {
+		err = rootfs.Apply(lay.Merged, nil, deleted)
+	}
+	if err != nil {
+		if errors.Is(err, untar.ErrUnsafePath) {
+			return 0, fmt.Errorf("archive is unsafe: %w", err)
+		}
+		return 0, err
+	}
+	res.Phases.add("rootfs", time.Since(t))
+
+	if err := e.adaptSpec(c, spec, lay.Merged, dir); err != nil {
+		return 0, err
+	}
+	if err := writeSpec(p.bundle(), spec); err != nil {
+		return 0, err
+	}
+	if err := e.save(c); err != nil {
+		return 0, err
+	}
+	t = time.Now()
+	opts := runtime.CheckpointOptions{
+		ImagePath: dir.Images(), WorkPath: string(dir), TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks,
+	}
+	pid, err := monitor.Start(monitor.Config{
+		Argv: e.rt.RestoreArgs(c.ID, p.bundle(), p.pidFile(), p.rtLog(), opts), PidFile: p.pidFile(),
+		LogFile: p.log(), ExitFile: p.exitFile(), ErrFile: p.rtLog(),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("%w%s", err, criuErrors(filepath.Join(string(dir), archive.RestoreLog)))
+	}
+	res.Phases.add("criu_restore", time.Since(t))
+	return pid, nil
+}
+
+// adaptSpec turns the checkpointed container's spec (stasis', Podman's or
+// CRI-O's) into one for this container on this host: new rootfs and
+// cgroup, the host files stasis provides, no hooks of another engine.
+func (e *Engine) adaptSpec(c *Container, spec *specs.Spec, rootfsDir string, dir archive.Dir) error {
+	p := e.paths(c.ID)
+	spec.Root = &specs.Root{Path: rootfsDir}
+	spec.Hooks = nil
+	if spec.Linux == nil {
+		spec.Linux = &specs.Linux{}
+	}
+	spec.Linux.CgroupsPath = runtime.CgroupsPath(c.ID)
+	if spec.Process.OOMScoreAdj != nil && *spec.Process.OOMScoreAdj < 0 {
+		spec.Process.OOMScoreAdj = nil // lowering it needs CAP_SYS_RESOURCE
+	}
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Path != "" {
+			return fmt.Errorf("the checkpoint joined an existing %s namespace (%s), which stasis cannot provide", ns.Type, ns.Path)
+		}
+		spec.Linux.Namespaces[i] = ns
+	}
+	hostname := spec.Hostname
+	if hostname == "" {
+		hostname = c.Name
+	}
+	etc, err := writeEtc(p.etc(), hostname, c.Network)
+	if err != nil {
+		return err
+	}
+	for i, m := range spec.Mounts {
+		if m.Type != "bind" && !contains(m.Options, "bind") && !contains(m.Options, "rbind") {
+			continue
+		}
+		switch {
+		case etc[m.Destination] != "":
+			spec.Mounts[i].Source = etc[m.Destination]
+		case m.Destination == "/run/.containerenv":
+			// Podman's marker file; contents do not matter to a restore.
+			f := filepath.Join(p.etc(), "containerenv")
+			if err := os.WriteFile(f, nil, 0o644); err != nil {
+				return err
+			}
+			spec.Mounts[i].Source = f
+		case m.Destination == "/dev/shm":
+			// Podman bind-mounts a per-container tmpfs; an empty directory
+			// holds what devshm-checkpoint.tar carries.
+			shm := filepath.Join(p.dir, "shm")
+			if err := os.MkdirAll(shm, 0o1777); err != nil {
+				return err
+			}
+			if f, err := os.Open(filepath.Join(string(dir), metadata.DevShmCheckpointTar)); err == nil {
+				err = untar.Extract(f, shm, untar.Options{NoDevices: true})
+				f.Close()
+				if err != nil {
+					return fmt.Errorf("restore /dev/shm: %w", err)
+				}
+			}
+			spec.Mounts[i].Source = shm
+		default:
+			if _, err := os.Stat(m.Source); err != nil {
+				return fmt.Errorf("bind mount %s needs %s on this host: %w", m.Destination, m.Source, err)
+			}
+		}
+	}
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
+	}
+	for k, v := range e.annotations(c) {
+		if k == "io.container.manager" && spec.Annotations[k] != "" {
+			continue // keep the original engine's marker
+		}
+		spec.Annotations[k] = v
+	}
+	return nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,256 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/checkpoint-restore/checkpointctl/lib"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/runtime"
+)
+
+// RunOptions describe a new container.
+type RunOptions struct {
+	Name    string
+	Image   string
+	Args    []string // replaces the image's command when set
+	Env     []string
+	Workdir string
+	User    string
+	Network string
+	Volumes []runtime.Mount
+}
+
+// Run creates and starts a container in the background.
+func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error) {
+	img, err := e.Images.Get(o.Image)
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range o.Volumes {
+		if _, err := os.Stat(v.Source); err != nil {
+			return nil, fmt.Errorf("volume %s: %w", v.Source, err)
+		}
+	}
+	unlock, err := e.lock("")
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	id := newID()
+	if o.Name == "" {
+		o.Name = "stasis-" + id[:8]
+	}
+	if err := e.nameFree(ctx, o.Name); err != nil {
+		return nil, err
+	}
+	args := o.Args
+	if len(args) == 0 {
+		args = append(append([]string{}, img.Config.Entrypoint...), img.Config.Cmd...)
+	}
+	if len(args) == 0 {
+		return nil, fmt.Errorf("image %s has no command: give one after the image name", img.Name)
+	}
+	if o.Network == "" {
+		o.Network = runtime.NetworkNone
+	}
+	workdir := o.Workdir
+	if workdir == "" {
+		workdir = img.Config.WorkingDir
+	}
+	user := o.User
+	if user == "" {
+		user = img.Config.User
+	}
+	c = &Container{ID: id, Name: o.Name, Image: img.Name, ImageID: img.ID, Args: args, Network: o.Network, Created: time.Now().UTC()}
+	p := e.paths(id)
+	lay := p.layout(img.Rootfs)
+	defer func() {
+		if err != nil {
+			e.discard(context.WithoutCancel(ctx), c)
+		}
+	}()
+	for _, d := range []string{p.bundle(), p.run} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return c, err
+		}
+	}
+	if err := lay.Mount(); err != nil {
+		return c, err
+	}
+	etc, err := writeEtc(p.etc(), o.Name, o.Network)
+	if err != nil {
+		return c, err
+	}
+	spec, err := runtime.Spec(runtime.SpecOptions{
+		ID: id, Hostname: o.Name, Rootfs: lay.Merged, Args: args,
+		Env: append(append([]string{}, img.Config.Env...), o.Env...), Cwd: workdir, User: user,
+		Network: o.Network, Mounts: o.Volumes, EtcFiles: etc, Annotations: e.annotations(c),
+	})
+	if err != nil {
+		return c, err
+	}
+	if err := writeSpec(p.bundle(), spec); err != nil {
+		return c, err
+	}
+	if err := e.save(c); err != nil {
+		return c, err
+	}
+	pid, err := monitor.Start(monitor.Config{
+		Argv: e.rt.RunArgs(id, p.bundle(), p.pidFile(), p.rtLog()), PidFile: p.pidFile(),
+		LogFile: p.log(), ExitFile: p.exitFile(), ErrFile: p.rtLog(),
+	})
+	if err != nil {
+		return c, fmt.Errorf("start container %s: %w", o.Name, err)
+	}
+	c.Status, c.Pid = "running", pid
+	return c, nil
+}
+
+// annotations identify the container to every tool that reads spec.dump.
+func (e *Engine) annotations(c *Container) map[string]string {
+	return map[string]string{
+		"io.container.manager":                       archive.Engine,
+		metadata.CheckpointAnnotationEngine:          archive.Engine,
+		metadata.CheckpointAnnotationName:            c.Name,
+		metadata.CheckpointAnnotationRootfsImageName: c.Image,
+		metadata.CheckpointAnnotationRootfsImageID:   c.ImageID,
+		// checkpointctl names containers of engines it does not know by this.
+		"io.kubernetes.cri.container-name": c.Name,
+	}
+}
+
+func writeSpec(bundle string, s *specs.Spec) error {
+	b, err := json.MarshalIndent(s, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600)
+}
+
+// discard undoes a half-made container: runtime state, mount and files.
+func (e *Engine) discard(ctx context.Context, c *Container) {
+	p := e.paths(c.ID)
+	e.rt.Delete(ctx, c.ID, true)
+	p.layout("").Unmount()
+	os.RemoveAll(p.dir)
+	os.RemoveAll(p.run)
+}
+
+// Stop sends SIGTERM, then SIGKILL after timeout, and releases the runtime
+// state and the rootfs mount. The container's files stay until Remove.
+func (e *Engine) Stop(ctx context.Context, ref string, timeout time.Duration) error {
+	c, err := e.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	unlock, err := e.lock(c.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return e.stop(ctx, c, timeout)
+}
+
+func (e *Engine) stop(ctx context.Context, c *Container, timeout time.Duration) error {
+	if c.Running() {
+		if c.Status == "paused" {
+			e.rt.Resume(ctx, c.ID)
+		}
+		if timeout > 0 {
+			if err := e.rt.Kill(ctx, c.ID, "TERM"); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+				return fmt.Errorf("stop %s: %w", c.Name, err)
+			}
+			e.waitExit(ctx, c, timeout)
+		}
+		e.refresh(ctx, c)
+		if c.Running() {
+			if err := e.rt.Kill(ctx, c.ID, "KILL"); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+				return fmt.Errorf("kill %s: %w", c.Name, err)
+			}
+			e.waitExit(ctx, c, 10*time.Second)
+		}
+	}
+	if err := e.rt.Delete(ctx, c.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+		return fmt.Errorf("delete %s from runtime: %w", c.Name, err)
+	}
+	return e.paths(c.ID).layout("").Unmount()
+}
+
+// waitExit waits until the monitor has recorded the exit (so the log is
+// complete) or timeout passes.
+func (e *Engine) waitExit(ctx context.Context, c *Container, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		if monitor.ReadExit(e.paths(c.ID).exitFile()) != nil {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Remove deletes a container and its files. A running container is refused
+// unless force, which kills it first.
+func (e *Engine) Remove(ctx context.Context, ref string, force bool) error {
+	c, err := e.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	unlock, err := e.lock(c.ID)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if c.Running() && !force {
+		return fmt.Errorf("container %s is %s: stop it first or use --force", c.Name, c.Status)
+	}
+	if err := e.stop(ctx, c, 0); err != nil {
+		return err
+	}
+	p := e.paths(c.ID)
+	if err := os.RemoveAll(p.dir); err != nil {
+		return err
+	}
+	os.RemoveAll(p.run)
+	os.Remove(filepath.Join(e.runRoot, "lock-"+c.ID))
+	return nil
+}
+
+// Exec runs a command inside a running container.
+func (e *Engine) Exec(ctx context.Context, ref string, args []string, stdin io.Reader, stdout, stderr io.Writer) (int, error) {
+	c, err := e.Get(ctx, ref)
+	if err != nil {
+		return 0, err
+	}
+	if c.Status != "running" {
+		return 0, fmt.Errorf("container %s is %s, not running", c.Name, c.Status)
+	}
+	return e.rt.Exec(ctx, c.ID, args, nil, stdin, stdout, stderr)
+}
+
+// Logs copies the container's output to w.
+func (e *Engine) Logs(ctx context.Context, ref string, w io.Writer) error {
+	c, err := e.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(e.paths(c.ID).log())
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(w, f)
+	return err
+}

@@ -1,0 +1,157 @@
+package rootfs
+
+import (
+	"archive/tar"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/pkg/untar"
+)
+
+// Diff writes the container's changes as a tar of added and changed files
+// to w and returns the paths (absolute inside the container) it deleted,
+// read from overlayfs whiteouts and opaque directories.
+func (l Layout) Diff(w io.Writer) ([]string, error) {
+	tw := tar.NewWriter(w)
+	var deleted []string
+	err := filepath.WalkDir(l.Upper, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(l.Upper, p)
+		if rel == "." {
+			return nil
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if isWhiteout(fi) {
+			deleted = append(deleted, "/"+filepath.ToSlash(rel))
+			return nil
+		}
+		if fi.IsDir() && isOpaque(p) {
+			hidden, err := lowerEntriesHidden(filepath.Join(l.Lower, rel), p)
+			if err != nil {
+				return err
+			}
+			for _, h := range hidden {
+				deleted = append(deleted, "/"+filepath.ToSlash(filepath.Join(rel, h)))
+			}
+		}
+		link := ""
+		if fi.Mode()&os.ModeSymlink != 0 {
+			if link, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		hdr, err := tar.FileInfoHeader(fi, link)
+		if err != nil {
+			return err
+		}
+		hdr.Name = filepath.ToSlash(rel)
+		if fi.IsDir() {
+			hdr.Name += "/"
+		}
+		hdr.Uname, hdr.Gname = "", ""
+		if err := tw.WriteHeader(hdr); err != nil {
+			return err
+		}
+		if fi.Mode().IsRegular() {
+			f, err := os.Open(p)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			if _, err := io.Copy(tw, f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("rootfs diff: %w", err)
+	}
+	return deleted, tw.Close()
+}
+
+func isWhiteout(fi fs.FileInfo) bool {
+	if fi.Mode()&os.ModeCharDevice == 0 {
+		return false
+	}
+	st, ok := fi.Sys().(*unix.Stat_t)
+	return ok && st.Rdev == 0
+}
+
+func isOpaque(dir string) bool {
+	buf := make([]byte, 1)
+	n, err := unix.Lgetxattr(dir, "trusted.overlay.opaque", buf)
+	return err == nil && n == 1 && buf[0] == 'y'
+}
+
+// lowerEntriesHidden lists entries of the lower dir that an opaque upper
+// dir hides and does not itself contain.
+func lowerEntriesHidden(lower, upper string) ([]string, error) {
+	ents, err := os.ReadDir(lower)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, e := range ents {
+		if _, err := os.Lstat(filepath.Join(upper, e.Name())); os.IsNotExist(err) {
+			out = append(out, e.Name())
+		}
+	}
+	return out, nil
+}
+
+// ValidateDeleted refuses a deletion list naming the root or a path that
+// climbs out of it; a restore checks this before touching anything.
+func ValidateDeleted(paths []string) error {
+	for _, p := range paths {
+		c, err := untar.CleanName(strings.TrimPrefix(p, "/"))
+		if err != nil {
+			return fmt.Errorf("deleted.files: %w", err)
+		}
+		if c == "" {
+			return fmt.Errorf("deleted.files: %w: %q names the root", untar.ErrUnsafePath, p)
+		}
+	}
+	return nil
+}
+
+// Apply unpacks a rootfs diff into the mounted root and removes the deleted
+// paths. Paths are resolved inside root, so neither a hostile diff nor a
+// hostile deletion list can touch anything outside it.
+func Apply(root string, diff io.Reader, deleted []string) error {
+	if err := ValidateDeleted(deleted); err != nil {
+		return err
+	}
+	if diff != nil {
+		if err := untar.Extract(diff, root, untar.Options{}); err != nil {
+			return fmt.Errorf("apply rootfs diff: %w", err)
+		}
+	}
+	for _, p := range deleted {
+		c, _ := untar.CleanName(strings.TrimPrefix(p, "/"))
+		parent, err := securejoin.SecureJoin(root, path.Dir(c))
+		if err != nil {
+			return err
+		}
+		if err := os.RemoveAll(filepath.Join(parent, path.Base(c))); err != nil {
+			return fmt.Errorf("apply deletion of %s: %w", p, err)
+		}
+	}
+	return nil
+}
