@@ -21,7 +21,7 @@ checkpoints it, restores it and times it to ready again. It works in a
 temporary root of its own and removes everything it made.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if _, err := g.engine(); err != nil {
+			if err := requireRoot(); err != nil {
 				return err
 			}
 			root, err := os.MkdirTemp("/var/tmp", "stasis-demo-")

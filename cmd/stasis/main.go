@@ -21,9 +21,16 @@ type globals struct {
 	root, runRoot, runtime string
 }
 
-func (g *globals) engine() (*engine.Engine, error) {
+func requireRoot() error {
 	if os.Geteuid() != 0 {
-		return nil, fmt.Errorf("stasis must run as root (CRIU and runc need it)")
+		return fmt.Errorf("stasis must run as root (CRIU and runc need it)")
+	}
+	return nil
+}
+
+func (g *globals) engine() (*engine.Engine, error) {
+	if err := requireRoot(); err != nil {
+		return nil, err
 	}
 	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime})
 }

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
@@ -87,7 +88,7 @@ func isWhiteout(fi fs.FileInfo) bool {
 	if fi.Mode()&os.ModeCharDevice == 0 {
 		return false
 	}
-	st, ok := fi.Sys().(*unix.Stat_t)
+	st, ok := fi.Sys().(*syscall.Stat_t)
 	return ok && st.Rdev == 0
 }
 

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The README's test command: install what is missing, then run every test
+# against real runc, CRIU, overlayfs and Podman (as root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash hack/deps.sh
+export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
+# checkpointctl is a peer the tests read stasis archives with.
+if ! command -v checkpointctl >/dev/null || ! checkpointctl version 2>/dev/null | grep -q '1.6.0'; then
+  GOBIN=/usr/local/bin go install github.com/checkpoint-restore/checkpointctl@v1.6.0
+fi
+# Tests run the stasis binary as users do; it must be static (the demo
+# copies it into a container).
+CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
+export STASIS_BIN=$PWD/bin/stasis
+go vet ./...
+# -p 1: the tests share runc, CRIU and Podman on one machine.
+go test -p 1 -count=1 -timeout 40m "$@" ./...
