@@ -58,10 +58,10 @@ func (c *Config) ImageName() string {
 
 // ImageID is the base image's ID (config digest hex), if the writer recorded it.
 func (c *Config) ImageID() string {
-	if c.RootfsImageID != "" {
-		return c.RootfsImageID
+	if c.RootfsImageRef != "" {
+		return c.RootfsImageRef
 	}
-	return c.RootfsImageRef
+	return c.RootfsImageID
 }
 
 // Dir is an unpacked checkpoint: the members of an archive on disk.

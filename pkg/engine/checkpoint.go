@@ -90,7 +90,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	}
 	if err := e.rt.Checkpoint(ctx, c.ID, opts, p.rtLog()); err != nil {
 		e.recoverFromFailedDump(context.WithoutCancel(ctx), c)
-		return nil, fmt.Errorf("checkpoint %s: %w%s", c.Name, err, criuErrors(filepath.Join(work, archive.DumpLog)))
+		return nil, fmt.Errorf("checkpoint %s: %w%s", c.Name, err, e.criuErrors(filepath.Join(work, archive.DumpLog)))
 	}
 	res.Phases.add("dump", time.Since(t))
 	if st, err := criu.ReadDumpStats(work); err == nil {
@@ -174,11 +174,17 @@ func (e *Engine) recoverFromFailedDump(ctx context.Context, c *Container) {
 	}
 }
 
-// criuErrors quotes the last errors of a CRIU log, for an error message.
-func criuErrors(log string) string {
+// criuErrors quotes the last errors of a CRIU log for an error message and
+// keeps the whole log under <root>/logs, since the work directory it was
+// written in is removed.
+func (e *Engine) criuErrors(log string) string {
 	b, err := os.ReadFile(log)
 	if err != nil {
 		return ""
+	}
+	kept := filepath.Join(e.root, "logs", time.Now().UTC().Format("20060102T150405.000")+"-"+filepath.Base(log))
+	if os.MkdirAll(filepath.Dir(kept), 0o700) == nil && os.WriteFile(kept, b, 0o600) == nil {
+		log = kept
 	}
 	var errs []string
 	for _, l := range strings.Split(string(b), "\n") {
@@ -189,10 +195,7 @@ func criuErrors(log string) string {
 	if len(errs) > 3 {
 		errs = errs[len(errs)-3:]
 	}
-	if len(errs) == 0 {
-		return ""
-	}
-	return "\nCRIU said:\n  " + strings.Join(errs, "\n  ")
+	return "\nCRIU log: " + log + "\n  " + strings.Join(errs, "\n  ")
 }
 
 // writeMetadata writes config.dump, spec.dump, rootfs-diff.tar and
@@ -235,7 +238,9 @@ func (e *Engine) writeMetadata(c *Container, work string) error {
 			ID: c.ID, Name: c.Name, RootfsImage: c.Image, RootfsImageRef: c.ImageID, RootfsImageName: c.Image,
 			OCIRuntime: e.rt.Name(), CreatedTime: c.Created, CheckpointedAt: now,
 		},
-		RootfsImageID: c.ImageID, RawImageName: c.Image, Command: c.Args, Spec: &spec,
+		// Podman resolves this field as an image reference in its own store,
+		// where stasis' image IDs do not exist; the name resolves in both.
+		RootfsImageID: c.Image, RawImageName: c.Image, Command: c.Args, Spec: &spec,
 	}
 	return archive.WriteJSON(work, archive.ConfigDump, &cfg)
 }

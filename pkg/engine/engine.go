@@ -243,19 +243,19 @@ func (e *Engine) nameFree(ctx context.Context, name string) error {
 }
 
 // writeEtc writes the files bind-mounted over /etc/hosts, /etc/hostname and
-// /etc/resolv.conf and returns their mapping.
+// (with the host network) /etc/resolv.conf and returns their mapping.
 func writeEtc(dir, hostname, network string) (map[string]string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	resolv := []byte{}
-	if network == runtime.NetworkHost {
-		resolv, _ = os.ReadFile("/etc/resolv.conf")
-	}
 	files := map[string][]byte{
-		"/etc/hostname":    []byte(hostname + "\n"),
-		"/etc/hosts":       []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + hostname + "\n"),
-		"/etc/resolv.conf": resolv,
+		"/etc/hostname": []byte(hostname + "\n"),
+		"/etc/hosts":    []byte("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t" + hostname + "\n"),
+	}
+	// Without a network there is no resolver to name, and Podman then
+	// mounts no resolv.conf either: the same mounts keep archives portable.
+	if network == runtime.NetworkHost {
+		files["/etc/resolv.conf"], _ = os.ReadFile("/etc/resolv.conf")
 	}
 	m := map[string]string{}
 	for dst, data := range files {

@@ -237,7 +237,7 @@ func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, di
 		LogFile: p.log(), ExitFile: p.exitFile(), ErrFile: p.rtLog(),
 	})
 	if err != nil {
-		return 0, fmt.Errorf("%w%s", err, criuErrors(filepath.Join(string(dir), archive.RestoreLog)))
+		return 0, fmt.Errorf("%w%s", err, e.criuErrors(filepath.Join(string(dir), archive.RestoreLog)))
 	}
 	res.Phases.add("criu_restore", time.Since(t))
 	return pid, nil
@@ -309,6 +309,14 @@ func (e *Engine) adaptSpec(c *Container, spec *specs.Spec, rootfsDir string, dir
 	if spec.Annotations == nil {
 		spec.Annotations = map[string]string{}
 	}
+	// The new rootfs' directories need not have the modes the checkpointed
+	// one had (Podman's layer roots are 0555, stasis' 0755), which CRIU
+	// would refuse; runc passes this per-container CRIU config file on.
+	conf := filepath.Join(p.dir, "criu.conf")
+	if err := os.WriteFile(conf, []byte("skip-file-rwx-check\n"), 0o600); err != nil {
+		return err
+	}
+	spec.Annotations["org.criu.config"] = conf
 	for k, v := range e.annotations(c) {
 		if k == "io.container.manager" && spec.Annotations[k] != "" {
 			continue // keep the original engine's marker

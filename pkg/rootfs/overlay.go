@@ -37,6 +37,12 @@ func (l Layout) Mount() error {
 			return err
 		}
 	}
+	// The upper dir's mode becomes the mode of the container's "/". CRIU
+	// checks it on restore, and containers/storage (Podman, CRI-O) makes it
+	// 0555: the same mode lets archives restore in either direction.
+	if err := os.Chmod(l.Upper, 0o555); err != nil {
+		return err
+	}
 	if mounted(l.Merged) {
 		return nil
 	}
