@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 bash hack/deps.sh
 export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 # checkpointctl is a peer the tests read stasis archives with.
-if ! command -v checkpointctl >/dev/null || ! checkpointctl version 2>/dev/null | grep -q '1.6.0'; then
+if ! command -v checkpointctl >/dev/null || ! go version -m "$(command -v checkpointctl)" | grep -q "checkpointctl.*v1.6.0"; then
   GOBIN=/usr/local/bin go install github.com/checkpoint-restore/checkpointctl@v1.6.0
 fi
 # Tests run the stasis binary as users do; it must be static (the demo

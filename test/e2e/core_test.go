@@ -108,7 +108,7 @@ sleep 1000 & sleep 1001 & ` + counterScript
 				"cat /data/hostfile":                             "from host",
 				"tr '\\0' '\\n' < /proc/1/environ | grep SECRET": "SECRET_MODE=on",
 				"readlink /proc/1/cwd":                           "/home/app",
-				"ps -o comm | grep -c sleep":                     "2",
+				"ps -o args | grep -cE '^sleep 100[01]'":         "2",
 			}
 			for cmd, want := range check {
 				got := strings.TrimSpace(e.run("exec", name, "sh", "-c", cmd))

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Benchmark: a JVM holding ~500 MiB of heap, run, checkpointed and restored
+# by stasis and by Podman 4.3 in the same run, on the same image. Prints
+# cold start to ready, checkpoint time, archive size and restore time to the
+# first sign of life, with the ratios. Needs root and hack/deps.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
+HEAP_MIB=${HEAP_MIB:-500}
+JDK=${JDK:-$(ls -d /usr/lib/jvm/java-17-openjdk-* 2>/dev/null | head -1)}
+[ -x "$JDK/bin/jlink" ] || { echo "no JDK with jlink under /usr/lib/jvm" >&2; exit 1; }
+CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
+
+work=$(mktemp -d /var/tmp/stasis-bench.XXXXXX)
+root=$work/stasis-root run=/run/stasis-bench-$$
+S="bin/stasis --root $root --runroot $run"
+IMG=localhost/stasis-bench-jvm:1
+cleanup() {
+  $S rm -f jvm >/dev/null 2>&1 || true
+  podman rm -f jvm-bench >/dev/null 2>&1 || true
+  podman rmi -f $IMG >/dev/null 2>&1 || true
+  rm -rf "$work" "$run"
+}
+trap cleanup EXIT
+
+# The image: busybox, a jlink'ed JRE and a program that fills its heap
+# before it says ready, then ticks.
+rf=$work/rootfs
+mkdir -p $rf/bin $rf/tmp $rf/app $rf/etc $rf/proc $rf/sys $rf/dev
+chmod 1777 $rf/tmp
+cp /bin/busybox $rf/bin/ && for a in sh cat sleep; do ln -s busybox $rf/bin/$a; done
+"$JDK/bin/jlink" --add-modules java.base --strip-debug --no-header-files --no-man-pages --output $rf/opt/jre
+cat > $work/Warm.java <<JAVA
+public class Warm {
+  public static void main(String[] a) throws Exception {
+    long t0 = System.nanoTime();
+    byte[][] heap = new byte[$HEAP_MIB][];
+    long sum = 0;
+    for (int i = 0; i < heap.length; i++) {
+      heap[i] = new byte[1 << 20];
+      for (int j = 0; j < heap[i].length; j += 64) { heap[i][j] = (byte) (i * 31 + j); sum += heap[i][j]; }
+    }
+    System.out.println("ready after " + (System.nanoTime() - t0) / 1000000 + " ms, sum " + sum);
+    for (long n = 0; ; n++) { System.out.println("tick " + n); Thread.sleep(100); }
+  }
+}
+JAVA
+"$JDK/bin/javac" -d $rf/app $work/Warm.java
+# The JRE links against glibc: bring the host's copies of what it needs.
+find $rf/opt/jre -type f \( -name '*.so' -o -path '*/bin/*' \) -exec ldd {} + 2>/dev/null |
+  awk '/=> \//{print $3} /^\s*\/lib64/{print $1}' | sort -u | while read -r lib; do
+    mkdir -p "$rf$(dirname "$lib")" && cp -L "$lib" "$rf$lib"
+  done
+mkdir -p $rf/lib64 && cp -L /lib64/ld-linux-x86-64.so.2 $rf/lib64/
+tar -C $rf -cf $work/jvm.tar .
+$S image import $work/jvm.tar $IMG >/dev/null
+podman import -q $work/jvm.tar $IMG >/dev/null
+JAVA_ARGS="/opt/jre/bin/java -XX:+UseSerialGC -XX:-UsePerfData -Xms$((HEAP_MIB+100))m -Xmx$((HEAP_MIB+200))m -cp /app Warm"
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+wait_log() { # tool container regex
+  for _ in $(seq 1 6000); do
+    if [ "$1" = stasis ]; then $S logs "$2" 2>/dev/null | grep -qE "$3" && return 0
+    else podman logs "$2" 2>/dev/null | grep -qE "$3" && return 0; fi
+    sleep 0.01
+  done
+  echo "timed out waiting for $3 in $2" >&2; exit 1
+}
+command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+
+# stasis
+t=$(now); $S run --name jvm $IMG $JAVA_ARGS >/dev/null; wait_log stasis jvm 'ready after'; s_cold=$(since $t)
+sleep 1
+t=$(now); $S checkpoint jvm --export $work/s.tar.zst >/dev/null; s_ckpt=$(since $t)
+s_size=$(stat -c %s $work/s.tar.zst)
+$S rm -f jvm >/dev/null
+t=$(now); $S restore --import $work/s.tar.zst --name jvm >/dev/null; wait_log stasis jvm 'tick'; s_rest=$(since $t)
+$S rm -f jvm >/dev/null
+
+# Podman, same image, same program
+t=$(now); podman run -d --name jvm-bench --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 $IMG $JAVA_ARGS >/dev/null
+wait_log podman jvm-bench 'ready after'; p_cold=$(since $t)
+sleep 1
+t=$(now); podman container checkpoint --export $work/p.tar.zst jvm-bench >/dev/null; p_ckpt=$(since $t)
+p_size=$(stat -c %s $work/p.tar.zst)
+podman rm -f jvm-bench >/dev/null
+t=$(now); podman container restore --import $work/p.tar.zst --name jvm-bench >/dev/null; wait_log podman jvm-bench 'tick'; p_rest=$(since $t)
+
+printf '\nJVM with %d MiB heap, one run, same image (seconds, MiB)\n' $HEAP_MIB
+printf '%-28s %10s %10s %8s\n' "" stasis podman ratio
+printf '%-28s %10.3f %10.3f %8.2f\n' "cold start to ready" $s_cold $p_cold $(echo "$s_cold/$p_cold" | bc -l)
+printf '%-28s %10.3f %10.3f %8.2f\n' "checkpoint (export)" $s_ckpt $p_ckpt $(echo "$s_ckpt/$p_ckpt" | bc -l)
+printf '%-28s %10.1f %10.1f %8.2f\n' "archive size" $(echo "$s_size/1048576" | bc -l) $(echo "$p_size/1048576" | bc -l) $(echo "$s_size/$p_size" | bc -l)
+printf '%-28s %10.3f %10.3f %8.2f\n' "restore to first tick" $s_rest $p_rest $(echo "$s_rest/$p_rest" | bc -l)
+printf '%-28s %10.1fx %9.1fx\n' "cold start / restore" $(echo "$s_cold/$s_rest" | bc -l) $(echo "$p_cold/$p_rest" | bc -l)
+printf '\ntargets: checkpoint ratio <= 0.50, restore ratio <= 0.25, stasis cold/restore >= 5x\n'
