@@ -4,9 +4,11 @@ import (
 	"archive/tar"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -241,7 +243,7 @@ func TestCRIUKilledMidDump(t *testing.T) {
 		t.Fatalf("a failed checkpoint left %v", ents)
 	}
 	n := lastTick(t, e, "big")
-	waitLogLine(t, e, "big", "tick "+itoa(n+3))
+	waitLogLine(t, e, "big", "tick "+strconv.Itoa(n+3))
 	e.run("checkpoint", "big", "--export", filepath.Join(out, "big.tar.zst"), "--leave-running")
 	if ents, _ := os.ReadDir(out); len(ents) != 1 {
 		t.Fatalf("checkpoint after recovery: %v", ents)
@@ -272,7 +274,7 @@ func lastTick(t *testing.T, e *env, name string) int {
 	n := -1
 	for _, l := range strings.Split(e.run("logs", name), "\n") {
 		var v int
-		if _, err := fmtSscanf(l, "tick %d", &v); err == nil {
+		if _, err := fmt.Sscanf(l, "tick %d", &v); err == nil {
 			n = v
 		}
 	}
