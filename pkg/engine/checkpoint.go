@@ -48,13 +48,6 @@ func (p Phases) add(name string, d time.Duration) { p[name] += d.Microseconds() 
 // archive is visible.
 func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions) (*CheckpointResult, error) {
 	start := time.Now()
-	c, err := e.Get(ctx, ref)
-	if err != nil {
-		return nil, err
-	}
-	if c.Status != "running" {
-		return nil, fmt.Errorf("checkpoint %s: container is %s, not running", c.Name, c.Status)
-	}
 	if _, err := criu.Check(); err != nil {
 		return nil, err
 	}
@@ -66,14 +59,17 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	}
 	if o.Export != "" {
 		if fi, err := os.Stat(filepath.Dir(o.Export)); err != nil || !fi.IsDir() {
-			return nil, fmt.Errorf("checkpoint %s: export directory %s does not exist", c.Name, filepath.Dir(o.Export))
+			return nil, fmt.Errorf("checkpoint %s: export directory %s does not exist", ref, filepath.Dir(o.Export))
 		}
 	}
-	unlock, err := e.lock(c.ID)
+	c, unlock, err := e.getLocked(ctx, ref)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if c.Status != "running" {
+		return nil, fmt.Errorf("checkpoint %s: container is %s, not running", c.Name, c.Status)
+	}
 
 	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "checkpoint-")
 	if err != nil {
@@ -102,7 +98,8 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	// "checkpointed" with its rootfs, restorable once the cause is fixed.
 	if !o.LeaveRunning {
 		e.waitExit(ctx, c, 10*time.Second)
-		e.rt.Delete(ctx, c.ID, true)
+		// The diff is read from the upper dir, not through the mount.
+		e.release(ctx, c)
 		c.Checkpointed = time.Now().UTC()
 		if err := e.save(c); err != nil {
 			return nil, err
@@ -143,9 +140,6 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	res.Phases.add("archive", ws.Archive)
 	res.Phases.add("compress", ws.Compress)
 	res.Phases.add("write", ws.Write)
-	if !o.LeaveRunning {
-		p.layout("").Unmount()
-	}
 	res.Phases.add("total", time.Since(start))
 	return res, nil
 }
@@ -195,7 +189,11 @@ func (e *Engine) criuErrors(log string) string {
 	if len(errs) > 3 {
 		errs = errs[len(errs)-3:]
 	}
-	return "\nCRIU log: " + log + "\n  " + strings.Join(errs, "\n  ")
+	msg := "\nCRIU log: " + log
+	for _, l := range errs {
+		msg += "\n  " + l
+	}
+	return msg
 }
 
 // writeMetadata writes config.dump, spec.dump, rootfs-diff.tar and

@@ -127,8 +127,10 @@ func (e *Engine) load(id string) (*Container, error) {
 	return &c, nil
 }
 
-// List returns all containers with their current status.
-func (e *Engine) List(ctx context.Context) ([]*Container, error) {
+// records loads every container record, without asking the runtime about
+// any: lookups use it so that finding one container costs one runtime call,
+// not one per container.
+func (e *Engine) records() ([]*Container, error) {
 	ents, err := os.ReadDir(filepath.Join(e.root, "containers"))
 	if err != nil {
 		return nil, err
@@ -139,23 +141,35 @@ func (e *Engine) List(ctx context.Context) ([]*Container, error) {
 		if err != nil {
 			continue // half-created or foreign: not listed
 		}
-		e.refresh(ctx, c)
 		out = append(out, c)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	return out, nil
 }
 
+// List returns all containers with their current status.
+func (e *Engine) List(ctx context.Context) ([]*Container, error) {
+	all, err := e.records()
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range all {
+		e.refresh(ctx, c)
+	}
+	return all, nil
+}
+
 // Get finds a container by name, ID or unique ID prefix.
 func (e *Engine) Get(ctx context.Context, ref string) (*Container, error) {
-	all, err := e.List(ctx)
+	all, err := e.records()
 	if err != nil {
 		return nil, err
 	}
 	var match *Container
 	for _, c := range all {
 		if c.Name == ref || c.ID == ref {
-			return c, nil
+			match = c
+			break
 		}
 		if len(ref) >= 6 && strings.HasPrefix(c.ID, ref) {
 			if match != nil {
@@ -167,7 +181,32 @@ func (e *Engine) Get(ctx context.Context, ref string) (*Container, error) {
 	if match == nil {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, ref)
 	}
+	e.refresh(ctx, match)
 	return match, nil
+}
+
+// getLocked is Get followed by the container's lock; the status is read
+// again under the lock, so it cannot change before the caller acts on it.
+func (e *Engine) getLocked(ctx context.Context, ref string) (*Container, func(), error) {
+	c, err := e.Get(ctx, ref)
+	if err != nil {
+		return nil, nil, err
+	}
+	unlock, err := e.lock(c.ID)
+	if err != nil {
+		return nil, nil, err
+	}
+	e.refresh(ctx, c)
+	return c, unlock, nil
+}
+
+// release makes the runtime forget the container and unmounts its rootfs;
+// its files stay.
+func (e *Engine) release(ctx context.Context, c *Container) error {
+	if err := e.rt.Delete(ctx, c.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+		return fmt.Errorf("delete %s from runtime: %w", c.Name, err)
+	}
+	return e.paths(c.ID).layout("").Unmount()
 }
 
 // refresh fills in Status and Pid from the runtime and the monitor.
@@ -230,7 +269,7 @@ func (e *Engine) nameFree(ctx context.Context, name string) error {
 	if name == "" || strings.ContainsAny(name, "/\\ \t\n") {
 		return fmt.Errorf("invalid container name %q", name)
 	}
-	all, err := e.List(ctx)
+	all, err := e.records()
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"time"
@@ -97,20 +98,21 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	var c *Container
 	if existing != nil {
 		c = existing
-		if unlockC, err := e.lock(c.ID); err != nil {
+		unlockC, err := e.lock(c.ID)
+		if err != nil {
 			return nil, err
-		} else {
-			defer unlockC()
 		}
+		defer unlockC()
 		e.refresh(ctx, c)
 		if c.Running() {
 			return nil, fmt.Errorf("restore %s: container is %s; stop it, or restore under another --name", c.Name, c.Status)
 		}
 		// In place: the runtime forgets the old instance; its rootfs is
 		// rebuilt from the archive.
-		e.rt.Delete(ctx, c.ID, true)
+		if err := e.release(ctx, c); err != nil {
+			return nil, fmt.Errorf("restore %s: %w", c.Name, err)
+		}
 		p := e.paths(c.ID)
-		p.layout("").Unmount()
 		os.RemoveAll(filepath.Join(p.dir, "fs"))
 		os.Remove(p.exitFile())
 	} else {
@@ -137,8 +139,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 			e.discard(context.WithoutCancel(ctx), c)
 		} else {
 			c.Checkpointed = time.Now().UTC()
-			e.rt.Delete(ctx, c.ID, true)
-			e.paths(c.ID).layout("").Unmount()
+			e.release(context.WithoutCancel(ctx), c)
 			e.save(c)
 		}
 		return nil, fmt.Errorf("restore %s: %w", c.Name, err)
@@ -200,18 +201,16 @@ func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, di
 	if err := lay.Mount(); err != nil {
 		return 0, err
 	}
-	var diff *os.File
-	if f, err := os.Open(dir.RootfsDiff()); err == nil {
-		diff = f
+	var diff io.Reader // an archive of a container that wrote nothing has none
+	f, err := os.Open(dir.RootfsDiff())
+	switch {
+	case err == nil:
 		defer f.Close()
+		diff = f
+	case !os.IsNotExist(err):
+		return 0, err
 	}
-	var err error
-	if diff != nil {
-		err = rootfs.Apply(lay.Merged, diff, deleted)
-	} else {
-		err = rootfs.Apply(lay.Merged, nil, deleted)
-	}
-	if err != nil {
+	if err := rootfs.Apply(lay.Merged, diff, deleted); err != nil {
 		if errors.Is(err, untar.ErrUnsafePath) {
 			return 0, fmt.Errorf("archive is unsafe: %w", err)
 		}
@@ -310,8 +309,9 @@ func (e *Engine) adaptSpec(c *Container, spec *specs.Spec, rootfsDir string, dir
 		spec.Annotations = map[string]string{}
 	}
 	// The new rootfs' directories need not have the modes the checkpointed
-	// one had (Podman's layer roots are 0555, stasis' 0755), which CRIU
-	// would refuse; runc passes this per-container CRIU config file on.
+	// one had (an engine whose rootfs "/" is 0755, not 0555 as stasis' and
+	// containers/storage's), which CRIU would refuse; runc passes this
+	// per-container CRIU config file on (it replaces /etc/criu/runc.conf).
 	conf := filepath.Join(p.dir, "criu.conf")
 	if err := os.WriteFile(conf, []byte("skip-file-rwx-check\n"), 0o600); err != nil {
 		return err

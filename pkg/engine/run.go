@@ -140,8 +140,7 @@ func writeSpec(bundle string, s *specs.Spec) error {
 // discard undoes a half-made container: runtime state, mount and files.
 func (e *Engine) discard(ctx context.Context, c *Container) {
 	p := e.paths(c.ID)
-	e.rt.Delete(ctx, c.ID, true)
-	p.layout("").Unmount()
+	e.release(ctx, c)
 	os.RemoveAll(p.dir)
 	os.RemoveAll(p.run)
 }
@@ -149,11 +148,7 @@ func (e *Engine) discard(ctx context.Context, c *Container) {
 // Stop sends SIGTERM, then SIGKILL after timeout, and releases the runtime
 // state and the rootfs mount. The container's files stay until Remove.
 func (e *Engine) Stop(ctx context.Context, ref string, timeout time.Duration) error {
-	c, err := e.Get(ctx, ref)
-	if err != nil {
-		return err
-	}
-	unlock, err := e.lock(c.ID)
+	c, unlock, err := e.getLocked(ctx, ref)
 	if err != nil {
 		return err
 	}
@@ -180,10 +175,7 @@ func (e *Engine) stop(ctx context.Context, c *Container, timeout time.Duration) 
 			e.waitExit(ctx, c, 10*time.Second)
 		}
 	}
-	if err := e.rt.Delete(ctx, c.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
-		return fmt.Errorf("delete %s from runtime: %w", c.Name, err)
-	}
-	return e.paths(c.ID).layout("").Unmount()
+	return e.release(ctx, c)
 }
 
 // waitExit waits until the monitor has recorded the exit (so the log is
@@ -201,11 +193,7 @@ func (e *Engine) waitExit(ctx context.Context, c *Container, timeout time.Durati
 // Remove deletes a container and its files. A running container is refused
 // unless force, which kills it first.
 func (e *Engine) Remove(ctx context.Context, ref string, force bool) error {
-	c, err := e.Get(ctx, ref)
-	if err != nil {
-		return err
-	}
-	unlock, err := e.lock(c.ID)
+	c, unlock, err := e.getLocked(ctx, ref)
 	if err != nil {
 		return err
 	}
