@@ -42,36 +42,38 @@ func readMembers(t *testing.T, path string) []member {
 	}
 }
 
-func writeMembers(t *testing.T, path string, ms []member) {
-	t.Helper()
+// tarBytes builds a tar of members; each header's size is its data's.
+func tarBytes(ms []member) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, m := range ms {
 		h := *m.hdr
 		h.Size = int64(len(m.data))
-		if err := tw.WriteHeader(&h); err != nil {
-			t.Fatal(err)
-		}
+		tw.WriteHeader(&h)
 		tw.Write(m.data)
 	}
 	tw.Close()
-	if err := os.WriteFile(path, buf.Bytes(), 0o600); err != nil {
+	return buf.Bytes()
+}
+
+func writeMembers(t *testing.T, path string, ms []member) {
+	t.Helper()
+	if err := os.WriteFile(path, tarBytes(ms), 0o600); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// tarOf builds a small tar from entries.
+// tarOf builds a small tar from headers; regular files get "evil" as data.
 func tarOf(entries ...*tar.Header) []byte {
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
+	var ms []member
 	for _, h := range entries {
-		tw.WriteHeader(h)
+		var data []byte
 		if h.Typeflag == tar.TypeReg {
-			tw.Write(make([]byte, h.Size))
+			data = []byte("evil")
 		}
+		ms = append(ms, member{h, data})
 	}
-	tw.Close()
-	return buf.Bytes()
+	return tarBytes(ms)
 }
 
 // mutate rewrites an archive's members through fn into a new file.
@@ -168,9 +170,11 @@ func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 	}
 	before := e.run("ps", "-q")
 	mountsBefore := mountsUnder(e.root)
+	i := 0
 	for name, c := range cases {
+		i++
 		t.Run(name, func(t *testing.T) {
-			msg := e.fails("restore", "--import", c.archive(), "--name", "victim-"+strings.ReplaceAll(name, " ", "-")[:4])
+			msg := e.fails("restore", "--import", c.archive(), "--name", "victim-"+strconv.Itoa(i))
 			if !strings.Contains(msg, c.want) {
 				t.Errorf("error %q does not say %q", msg, c.want)
 			}
@@ -211,6 +215,19 @@ func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 	}
 	if msg := e.fails("checkpoint", "src", "--compress", "lz4"); !strings.Contains(msg, "unknown compression") {
 		t.Fatalf("bad --compress: %s", msg)
+	}
+	if msg := e.fails("checkpoint", "src", "--export", "/nonexistent/dir/x.tar"); !strings.Contains(msg, "does not exist") {
+		t.Fatalf("export into a missing directory: %s", msg)
+	}
+	if msg := e.fails("restore", "--import", "/nonexistent.tar"); !strings.Contains(msg, "no such file") {
+		t.Fatalf("restore of a missing archive: %s", msg)
+	}
+	if s := e.status("src"); s != "running" {
+		t.Fatalf("source container is %q after the refused commands", s)
+	}
+	e.run("stop", "src")
+	if msg := e.fails("checkpoint", "src"); !strings.Contains(msg, "not running") {
+		t.Fatalf("checkpoint of a stopped container: %s", msg)
 	}
 }
 

@@ -12,7 +12,7 @@ func TestCounterInPlaceTwiceThenAfterRemove(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
 	e.run("run", "-d", "--name", "web", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("web", 5)
+	e.waitCounter("web", 10)
 
 	for round := 0; round < 2; round++ {
 		e.run("checkpoint", "web")
@@ -59,15 +59,14 @@ func TestRestoreUnderNewNameWhileOriginalRuns(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
 	e.run("run", "--name", "orig", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("orig", 10)
+	at := e.waitCounter("orig", 10)
 	archive := filepath.Join(t.TempDir(), "orig.tar.zst")
 	e.run("checkpoint", "orig", "--export", archive, "--leave-running")
-	at := e.counter("orig")
 	e.run("restore", "--import", archive, "--name", "copy")
 	if s := e.status("orig"); s != "running" {
 		t.Fatalf("original is %q after a copy was restored", s)
 	}
-	e.assertContinues("copy", at-5)
+	e.assertContinues("copy", at)
 	if first := e.logCounts("copy")[0]; first < 10 {
 		t.Fatalf("copy's first count is %d: it started over", first)
 	}
@@ -80,6 +79,12 @@ func TestRestoreUnderNewNameWhileOriginalRuns(t *testing.T) {
 	if !strings.Contains(msg, "already in use") {
 		t.Fatalf("run under a used name: %s", msg)
 	}
+	// In place over a running container: refused, the container untouched.
+	e.run("checkpoint", "copy", "--leave-running")
+	if msg := e.fails("restore", "copy"); !strings.Contains(msg, "stop it") {
+		t.Fatalf("restore over a running container: %s", msg)
+	}
+	e.waitCounter("copy", e.counter("copy")+2)
 }
 
 // Files, environment, working directory, user and a process tree all come

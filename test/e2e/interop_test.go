@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -135,6 +134,4 @@ func TestCheckpointctlReadsStasisArchives(t *testing.T) {
 	if got := spec.Annotations[metadata.CheckpointAnnotationEngine]; got != "stasis" {
 		t.Fatalf("engine annotation %q", got)
 	}
-	b, _ := json.Marshal(spec.Annotations)
-	t.Logf("annotations: %s", b)
 }
