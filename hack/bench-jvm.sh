@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 HEAP_MIB=${HEAP_MIB:-500}
+WARM_PASSES=${WARM_PASSES:-40}
 JDK=${JDK:-$(ls -d /usr/lib/jvm/java-17-openjdk-* 2>/dev/null | head -1)}
 [ -x "$JDK/bin/jlink" ] || { echo "no JDK with jlink under /usr/lib/jvm" >&2; exit 1; }
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
@@ -23,22 +24,30 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The image: busybox, a jlink'ed JRE and a program that fills its heap
-# before it says ready, then ticks.
+# The image: busybox, a jlink'ed JRE and a program that fills its heap and
+# warms up before it says ready, then ticks.
 rf=$work/rootfs
 mkdir -p $rf/bin $rf/tmp $rf/app $rf/etc $rf/proc $rf/sys $rf/dev
 chmod 1777 $rf/tmp
 cp /bin/busybox $rf/bin/ && for a in sh cat sleep; do ln -s busybox $rf/bin/$a; done
 "$JDK/bin/jlink" --add-modules java.base --strip-debug --no-header-files --no-man-pages --output $rf/opt/jre
 cat > $work/Warm.java <<JAVA
+// Stands in for a service that warms up before it serves: it allocates its
+// heap, then spends WARM_PASSES passes over it building state (as caches,
+// indexes and the JIT do), says ready, and ticks.
 public class Warm {
   public static void main(String[] a) throws Exception {
     long t0 = System.nanoTime();
     byte[][] heap = new byte[$HEAP_MIB][];
     long sum = 0;
-    for (int i = 0; i < heap.length; i++) {
-      heap[i] = new byte[1 << 20];
-      for (int j = 0; j < heap[i].length; j += 64) { heap[i][j] = (byte) (i * 31 + j); sum += heap[i][j]; }
+    for (int p = 0; p < $WARM_PASSES; p++) {
+      for (int i = 0; i < heap.length; i++) {
+        if (heap[i] == null) heap[i] = new byte[1 << 20];
+        for (int j = 0; j < heap[i].length; j += 64) {
+          heap[i][j] = (byte) (heap[i][j] * 31 + i + j + p);
+          sum += heap[i][j];
+        }
+      }
     }
     System.out.println("ready after " + (System.nanoTime() - t0) / 1000000 + " ms, sum " + sum);
     for (long n = 0; ; n++) { System.out.println("tick " + n); Thread.sleep(100); }
@@ -87,7 +96,7 @@ p_size=$(stat -c %s $work/p.tar.zst)
 podman rm -f jvm-bench >/dev/null
 t=$(now); podman container restore --import $work/p.tar.zst --name jvm-bench >/dev/null; wait_log podman jvm-bench 'tick'; p_rest=$(since $t)
 
-printf '\nJVM with %d MiB heap, one run, same image (seconds, MiB)\n' $HEAP_MIB
+printf '\nJVM with %d MiB heap, %d warm-up passes, one run, same image (seconds, MiB)\n' $HEAP_MIB $WARM_PASSES
 printf '%-28s %10s %10s %8s\n' "" stasis podman ratio
 printf '%-28s %10.3f %10.3f %8.2f\n' "cold start to ready" $s_cold $p_cold $(echo "$s_cold/$p_cold" | bc -l)
 printf '%-28s %10.3f %10.3f %8.2f\n' "checkpoint (export)" $s_ckpt $p_ckpt $(echo "$s_ckpt/$p_ckpt" | bc -l)

@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 )
 
@@ -17,7 +19,9 @@ const SampleCommand = "__sample"
 
 // Sample stands in for an application that spends its start-up building
 // in-memory state (a JVM warming up, a cache filling): it fills memory with
-// a hash chain for --warmup, then prints "ready" and ticks.
+// a hash chain for --warmup, then prints "ready" and ticks. On SIGUSR1 it
+// prints the digest of all its state, so a test can tell that memory came
+// back byte for byte.
 func Sample(args []string) int {
 	fs := flag.NewFlagSet(SampleCommand, flag.ContinueOnError)
 	warmup := fs.Duration("warmup", 3*time.Second, "time spent initialising memory")
@@ -35,9 +39,15 @@ func Sample(args []string) int {
 		}
 	}
 	fmt.Printf("ready after %s, state %x\n", time.Since(start).Round(time.Millisecond), sum[:4])
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
 	for i := 0; ; i++ {
 		fmt.Printf("tick %d\n", i)
 		os.WriteFile("/tmp/state", []byte(strconv.Itoa(i)), 0o644)
-		time.Sleep(100 * time.Millisecond)
+		select {
+		case <-usr1:
+			fmt.Printf("digest %x\n", sha256.Sum256(state))
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }

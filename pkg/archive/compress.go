@@ -58,8 +58,7 @@ func compressor(w io.Writer, c Compression) (io.WriteCloser, error) {
 	case Zstd:
 		// The fastest level: checkpoints are mostly memory pages, where
 		// higher levels cost far more time than they save in size.
-		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.SpeedFastest),
-			zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+		return newFrameWriter(w)
 	case Gzip:
 		gw, err := pgzip.NewWriterLevel(w, pgzip.BestSpeed)
 		if err != nil {

@@ -2,6 +2,7 @@ package archive
 
 import (
 	"archive/tar"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -21,17 +22,27 @@ var Members = []string{ConfigDump, SpecDump, DeletedFiles, StatsDump, DumpLog, R
 type WriteStats struct {
 	// Archive is time spent reading the members and framing them as tar.
 	Archive time.Duration
-	// Compress is time spent in the compressor.
+	// Compress is time the archive waited for the compressor. zstd
+	// compresses on other goroutines, so this is less than its CPU time.
 	Compress time.Duration
-	// Write is time spent writing and syncing the destination.
+	// Write is time spent writing and syncing the destination; with zstd
+	// it overlaps the other two.
 	Write  time.Duration
 	Bytes  int64
 	Digest string
 }
 
-// Write streams the members of dir that exist as a tar, compressed with c,
-// into w. It returns the sha256 of the bytes written to w.
-func Write(w io.Writer, dir string, members []string, c Compression) (*WriteStats, error) {
+// Contents is what an archive holds: the members found in Dir, where a
+// Captured member stands in for the file of the same name.
+type Contents struct {
+	Dir      string
+	Members  []string
+	Captured []*Captured
+}
+
+// Write streams the contents as a tar, compressed with c, into w. It
+// returns the sha256 of the bytes written to w.
+func Write(w io.Writer, src Contents, c Compression) (*WriteStats, error) {
 	st := &WriteStats{}
 	start := time.Now()
 	h := sha256.New()
@@ -40,23 +51,46 @@ func Write(w io.Writer, dir string, members []string, c Compression) (*WriteStat
 	if err != nil {
 		return nil, err
 	}
+	closed := false
+	defer func() {
+		if !closed { // stops the compressor's goroutines on an error
+			cw.Close()
+		}
+	}()
 	var compressed int64
-	tw := tar.NewWriter(&timedWriter{w: cw, d: &st.Compress, n: &compressed})
-	for _, m := range members {
-		if err := addTree(tw, dir, m); err != nil {
+	a := &tarWriter{
+		compressed: &timedWriter{w: cw, d: &st.Compress, n: &compressed},
+		captured:   map[string]*Captured{},
+	}
+	a.tw = tar.NewWriter(a.compressed)
+	if len(src.Captured) > 0 {
+		fw, ok := cw.(*frameWriter)
+		if !ok {
+			return nil, fmt.Errorf("archive: captured members need zstd, not %s", c)
+		}
+		a.frames = fw
+	}
+	for _, m := range src.Captured {
+		a.captured[m.Name] = m
+	}
+	for _, m := range src.Members {
+		if err := a.addTree(src.Dir, m); err != nil {
 			return nil, fmt.Errorf("archive %s: %w", m, err)
 		}
 	}
-	if err := tw.Close(); err != nil {
+	if len(a.captured) > 0 {
+		return nil, fmt.Errorf("archive: %d captured members have no file in %s", len(a.captured), src.Dir)
+	}
+	if err := a.tw.Close(); err != nil {
 		return nil, err
 	}
 	closeStart := time.Now()
+	closed = true
 	if err := cw.Close(); err != nil {
 		return nil, err
 	}
 	st.Compress += time.Since(closeStart)
-	st.Compress -= st.Write // the compressor's writes include ours
-	st.Archive = time.Since(start) - st.Compress - st.Write
+	st.Archive = time.Since(start) - st.Compress
 	st.Digest = digestOf(h)
 	return st, nil
 }
@@ -64,7 +98,7 @@ func Write(w io.Writer, dir string, members []string, c Compression) (*WriteStat
 // WriteFile writes the archive to dest atomically: to a hidden temporary
 // name in the same directory, synced, then renamed. A reader never sees a
 // partial archive, and a failure leaves nothing behind.
-func WriteFile(dest, dir string, members []string, c Compression) (*WriteStats, error) {
+func WriteFile(dest string, src Contents, c Compression) (*WriteStats, error) {
 	dest, err := filepath.Abs(dest)
 	if err != nil {
 		return nil, err
@@ -81,7 +115,7 @@ func WriteFile(dest, dir string, members []string, c Compression) (*WriteStats, 
 			os.Remove(tmp)
 		}
 	}()
-	st, err := Write(f, dir, members, c)
+	st, err := Write(f, src, c)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +141,42 @@ func WriteFile(dest, dir string, members []string, c Compression) (*WriteStats, 
 	return st, nil
 }
 
-func addTree(tw *tar.Writer, root, member string) error {
+// tarWriter frames members as tar. Captured members bypass tw: their
+// header and padding go through the compressor like everything else, their
+// data is spliced in as the frames it already is.
+type tarWriter struct {
+	tw         *tar.Writer
+	compressed io.Writer
+	frames     *frameWriter
+	captured   map[string]*Captured
+}
+
+func (a *tarWriter) addCaptured(m *Captured) error {
+	if err := a.tw.Flush(); err != nil { // pads the previous member
+		return err
+	}
+	var hdr bytes.Buffer
+	if err := tar.NewWriter(&hdr).WriteHeader(&tar.Header{
+		Typeflag: tar.TypeReg, Name: m.Name, Size: m.Size, Mode: 0o600, ModTime: m.ModTime,
+	}); err != nil {
+		return err
+	}
+	if _, err := a.compressed.Write(hdr.Bytes()); err != nil {
+		return err
+	}
+	f, err := os.Open(m.spool)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := a.frames.WriteRaw(f); err != nil {
+		return err
+	}
+	_, err = a.compressed.Write(make([]byte, (512-m.Size%512)%512))
+	return err
+}
+
+func (a *tarWriter) addTree(root, member string) error {
 	top := filepath.Join(root, member)
 	if _, err := os.Lstat(top); os.IsNotExist(err) {
 		return nil
@@ -131,12 +200,16 @@ func addTree(tw *tar.Writer, root, member string) error {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
+		if m, ok := a.captured[filepath.ToSlash(rel)]; ok {
+			delete(a.captured, m.Name)
+			return a.addCaptured(m)
+		}
 		hdr.Name = filepath.ToSlash(rel)
 		if fi.IsDir() {
 			hdr.Name += "/"
 		}
 		hdr.Uname, hdr.Gname = "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
+		if err := a.tw.WriteHeader(hdr); err != nil {
 			return err
 		}
 		if !fi.Mode().IsRegular() {
@@ -147,7 +220,7 @@ func addTree(tw *tar.Writer, root, member string) error {
 			return err
 		}
 		defer f.Close()
-		_, err = io.Copy(tw, f)
+		_, err = io.Copy(a.tw, f)
 		return err
 	})
 }

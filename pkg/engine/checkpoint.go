@@ -3,9 +3,12 @@ package engine
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
@@ -77,6 +80,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	}
 	defer os.RemoveAll(work)
 	res := &CheckpointResult{Container: c.Name, Phases: Phases{}}
+	res.Phases.add("prepare", time.Since(start))
 	p := e.paths(c.ID)
 
 	t := time.Now()
@@ -84,7 +88,17 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		ImagePath: filepath.Join(work, archive.CheckpointDir), WorkPath: work,
 		LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks,
 	}
-	if err := e.rt.Checkpoint(ctx, c.ID, opts, p.rtLog()); err != nil {
+	pages, err := e.capturePages(ctx, c, o, work)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
+	}
+	err = e.rt.Checkpoint(ctx, c.ID, opts, p.rtLog())
+	if cerr := pages.close(); err == nil && cerr != nil {
+		// The tasks are gone but their pages are not all kept: fail the
+		// checkpoint; the container remains, marked checkpointed, below.
+		err = fmt.Errorf("capture pages: %w", cerr)
+	}
+	if err != nil {
 		e.recoverFromFailedDump(context.WithoutCancel(ctx), c)
 		return nil, fmt.Errorf("checkpoint %s: %w%s", c.Name, err, e.criuErrors(filepath.Join(work, archive.DumpLog)))
 	}
@@ -97,6 +111,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	// gone, so a failure must not lose the container: it stays as
 	// "checkpointed" with its rootfs, restorable once the cause is fixed.
 	if !o.LeaveRunning {
+		t := time.Now()
 		e.waitExit(ctx, c, 10*time.Second)
 		// The diff is read from the upper dir, not through the mount.
 		e.release(ctx, c)
@@ -104,6 +119,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		if err := e.save(c); err != nil {
 			return nil, err
 		}
+		res.Phases.add("stop", time.Since(t))
 	}
 
 	t = time.Now()
@@ -115,7 +131,9 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	var ws *archive.WriteStats
 	write := func(dest string) (int64, string, error) {
 		var err error
-		ws, err = archive.WriteFile(dest, work, archive.Members, o.Compression)
+		ws, err = archive.WriteFile(dest, archive.Contents{
+			Dir: work, Members: archive.Members, Captured: pages.captured,
+		}, o.Compression)
 		if err != nil {
 			return 0, "", err
 		}
@@ -142,6 +160,50 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	res.Phases.add("write", ws.Write)
 	res.Phases.add("total", time.Since(start))
 	return res, nil
+}
+
+// pageCapture is a dump's memory compressed on its way out of CRIU.
+type pageCapture struct {
+	streams  *criu.PageStreams
+	mu       sync.Mutex
+	captured []*archive.Captured
+}
+
+// capturePages sets up page streaming when it is safe and useful: the
+// archive is zstd (captured members are spliced in as frames) and the tasks
+// die with the dump (see criu.PageStreams). Otherwise CRIU writes files.
+func (e *Engine) capturePages(ctx context.Context, c *Container, o CheckpointOptions, work string) (*pageCapture, error) {
+	pc := &pageCapture{}
+	if o.Compression != archive.Zstd || o.LeaveRunning {
+		return pc, nil
+	}
+	pids, err := e.rt.Pids(ctx, c.ID)
+	if err != nil || len(pids) == 0 {
+		return pc, nil // CRIU writes files; nothing is lost
+	}
+	images := filepath.Join(work, archive.CheckpointDir)
+	if err := os.Mkdir(images, 0o700); err != nil {
+		return nil, err
+	}
+	pc.streams, err = criu.StreamPages(images, len(pids), func(name string, r io.Reader) error {
+		m, err := archive.Capture(path.Join(archive.CheckpointDir, name), r, filepath.Join(work, name+".zst"))
+		if err != nil {
+			return err
+		}
+		pc.mu.Lock()
+		pc.captured = append(pc.captured, m)
+		pc.mu.Unlock()
+		return nil
+	})
+	return pc, err
+}
+
+// close is called once CRIU has exited.
+func (pc *pageCapture) close() error {
+	if pc.streams == nil {
+		return nil
+	}
+	return pc.streams.Close()
 }
 
 func archiveName(c archive.Compression) string {

@@ -86,6 +86,19 @@ func (r *Runtime) State(ctx context.Context, id string) (*State, error) {
 	return &s, nil
 }
 
+// Pids lists the processes of a container (`runc ps --format json`).
+func (r *Runtime) Pids(ctx context.Context, id string) ([]int, error) {
+	out, err := r.run(ctx, "ps", "--format", "json", id)
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	if err := json.Unmarshal(out, &pids); err != nil {
+		return nil, fmt.Errorf("parse runtime ps: %w", err)
+	}
+	return pids, nil
+}
+
 // Kill sends a signal to the container's init ("TERM", "KILL", ...).
 func (r *Runtime) Kill(ctx context.Context, id, signal string) error {
 	_, err := r.run(ctx, "kill", id, signal)

@@ -1,11 +1,15 @@
 package e2e
 
 import (
+	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestCounterInPlaceTwiceThenAfterRemove(t *testing.T) {
@@ -159,4 +163,57 @@ func hasCapSysResource(t *testing.T) bool {
 		}
 	}
 	return false
+}
+
+// A stopping zstd checkpoint streams the tasks' pages out of CRIU through
+// FIFOs. Several processes, incompressible memory: every byte must come
+// back (the sample prints a digest of its state on SIGUSR1), and the
+// archive holds regular page images, not FIFOs.
+func TestStreamedCheckpointKeepsMemoryExact(t *testing.T) {
+	e := newEnv(t)
+	img := filepath.Join(t.TempDir(), "mem.tar")
+	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
+	e.run("image", "import", img, "localhost/mem:e2e")
+	e.run("run", "--name", "mem", "localhost/mem:e2e", "sh", "-c",
+		"/sample __sample --warmup 0s --mib 96 & echo $! > /tmp/sample.pid; sleep 1000 & wait")
+	waitLogLine(t, e, "mem", "tick 2")
+	digest := func() string {
+		before := strings.Count(e.run("logs", "mem"), "digest ")
+		e.run("exec", "mem", "sh", "-c", "kill -USR1 $(cat /tmp/sample.pid)")
+		for i := 0; i < 100; i++ {
+			lines := regexp.MustCompile(`digest ([0-9a-f]{64})`).FindAllStringSubmatch(e.run("logs", "mem"), -1)
+			if len(lines) > before {
+				return lines[len(lines)-1][1]
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		t.Fatal("the sample printed no digest")
+		return ""
+	}
+	want := digest()
+
+	var res struct{ Archive string }
+	if err := json.Unmarshal([]byte(e.run("checkpoint", "mem", "--print-stats")), &res); err != nil {
+		t.Fatal(err)
+	}
+	list, err := exec.Command("tar", "--zstd", "-tvf", res.Archive).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar cannot list the archive: %v: %s", err, list)
+	}
+	pages := 0
+	for _, l := range strings.Split(string(list), "\n") {
+		if strings.Contains(l, "checkpoint/pages-") {
+			pages++
+			if !strings.HasPrefix(l, "-") {
+				t.Errorf("page image is not a regular file: %s", l)
+			}
+		}
+	}
+	if pages < 3 {
+		t.Fatalf("want a page image per process (3), archive lists:\n%s", list)
+	}
+	e.run("restore", "mem")
+	if got := digest(); got != want {
+		t.Fatalf("memory digest after restore %s, want %s", got, want)
+	}
 }

@@ -1,0 +1,165 @@
+package archive
+
+import (
+	"io"
+	"runtime"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// frameSize is how much input goes into one zstd frame. Frames are
+// compressed independently, so this is the unit of parallelism; 4 MiB keeps
+// every core busy on a checkpoint's page images while the ratio stays within
+// a fraction of a percent of one long frame at the fastest level.
+const frameSize = 4 << 20
+
+// frameWriter compresses what is written to it as a sequence of independent
+// zstd frames, on all CPUs, and writes them to out in order.
+//
+// A stream of concatenated frames is one valid zstd stream (RFC 8878, 3.1),
+// so every zstd reader reads it as usual. klauspost's streaming encoder only
+// overlaps one block with the caller; independent frames are what let a
+// checkpoint compress on every core, and let bytes compressed earlier (a
+// Capture) be spliced into the stream between two frames.
+type frameWriter struct {
+	enc  *zstd.Encoder
+	out  io.Writer
+	buf  []byte
+	free chan []byte // reused buffers: fresh 4 MiB ones cost page faults
+
+	// queue holds one result channel per submitted frame, in submission
+	// order; the drain goroutine writes results in that order.
+	queue   chan chan []byte
+	open    bool
+	sem     chan struct{}
+	drained chan error
+	err     error
+}
+
+func newFrameWriter(out io.Writer) (*frameWriter, error) {
+	n := runtime.GOMAXPROCS(0)
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(n))
+	if err != nil {
+		return nil, err
+	}
+	fw := &frameWriter{enc: enc, out: out, sem: make(chan struct{}, n), free: make(chan []byte, 4*n)}
+	fw.start()
+	return fw, nil
+}
+
+func (fw *frameWriter) get() []byte {
+	select {
+	case b := <-fw.free:
+		return b[:0]
+	default:
+		return make([]byte, 0, frameSize)
+	}
+}
+
+func (fw *frameWriter) put(b []byte) {
+	select {
+	case fw.free <- b:
+	default:
+	}
+}
+
+func (fw *frameWriter) start() {
+	fw.queue = make(chan chan []byte, 2*cap(fw.sem))
+	fw.drained = make(chan error, 1)
+	fw.open = true
+	go func(queue chan chan []byte, done chan error) {
+		var err error
+		for res := range queue {
+			frame := <-res
+			if err == nil {
+				_, err = fw.out.Write(frame)
+			}
+			fw.put(frame)
+		}
+		done <- err
+	}(fw.queue, fw.drained)
+}
+
+func (fw *frameWriter) Write(p []byte) (int, error) {
+	if fw.err != nil {
+		return 0, fw.err
+	}
+	n := len(p)
+	for len(p) > 0 {
+		if fw.buf == nil {
+			fw.buf = fw.get()
+		}
+		k := min(frameSize-len(fw.buf), len(p))
+		fw.buf = append(fw.buf, p[:k]...)
+		p = p[k:]
+		if len(fw.buf) == frameSize {
+			fw.submit()
+		}
+	}
+	return n, nil
+}
+
+// submit hands the buffered input to a compressing goroutine; at most
+// GOMAXPROCS compress at once and at most twice that wait to be written,
+// which bounds memory and pushes back on the producer.
+func (fw *frameWriter) submit() {
+	if len(fw.buf) == 0 {
+		return
+	}
+	in := fw.buf
+	fw.buf = nil
+	res := make(chan []byte, 1)
+	fw.queue <- res
+	fw.sem <- struct{}{}
+	go func() {
+		out := fw.enc.EncodeAll(in, fw.get())
+		fw.put(in)
+		<-fw.sem
+		res <- out
+	}()
+}
+
+// Flush ends the current frame and waits until every frame is written to
+// out, so that the caller may write to out directly next.
+func (fw *frameWriter) Flush() error {
+	if err := fw.wait(); err != nil {
+		return err
+	}
+	fw.start()
+	return nil
+}
+
+func (fw *frameWriter) wait() error {
+	if !fw.open {
+		return fw.err
+	}
+	fw.submit()
+	close(fw.queue)
+	fw.open = false
+	if err := <-fw.drained; err != nil && fw.err == nil {
+		fw.err = err
+	}
+	return fw.err
+}
+
+// WriteRaw writes bytes that already are whole zstd frames, between the
+// frames of this stream.
+func (fw *frameWriter) WriteRaw(r io.Reader) (int64, error) {
+	if err := fw.Flush(); err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(fw.out, r)
+	if err != nil {
+		fw.err = err
+	}
+	return n, err
+}
+
+func (fw *frameWriter) Close() error {
+	err := fw.wait()
+	if fw.err == nil {
+		fw.err = io.ErrClosedPipe
+	}
+	fw.enc.Close()
+	return err
+}
