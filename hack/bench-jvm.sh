@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 HEAP_MIB=${HEAP_MIB:-500}
-WARM_PASSES=${WARM_PASSES:-40}
+WARM_PASSES=${WARM_PASSES:-80}
 JDK=${JDK:-$(ls -d /usr/lib/jvm/java-17-openjdk-* 2>/dev/null | head -1)}
 [ -x "$JDK/bin/jlink" ] || { echo "no JDK with jlink under /usr/lib/jvm" >&2; exit 1; }
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
@@ -86,6 +86,8 @@ s_size=$(stat -c %s $work/s.tar.zst)
 $S rm -f jvm >/dev/null
 t=$(now); $S restore --import $work/s.tar.zst --name jvm >/dev/null; wait_log stasis jvm 'tick'; s_rest=$(since $t)
 $S rm -f jvm >/dev/null
+t=$(now); $S restore --import $work/s.tar.zst --name jvm --lazy-pages >/dev/null; wait_log stasis jvm 'tick'; s_lazy=$(since $t)
+$S rm -f jvm >/dev/null
 
 # Podman, same image, same program
 t=$(now); podman run -d --name jvm-bench --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 $IMG $JAVA_ARGS >/dev/null
@@ -102,5 +104,7 @@ printf '%-28s %10.3f %10.3f %8.2f\n' "cold start to ready" $s_cold $p_cold $(ech
 printf '%-28s %10.3f %10.3f %8.2f\n' "checkpoint (export)" $s_ckpt $p_ckpt $(echo "$s_ckpt/$p_ckpt" | bc -l)
 printf '%-28s %10.1f %10.1f %8.2f\n' "archive size" $(echo "$s_size/1048576" | bc -l) $(echo "$p_size/1048576" | bc -l) $(echo "$s_size/$p_size" | bc -l)
 printf '%-28s %10.3f %10.3f %8.2f\n' "restore to first tick" $s_rest $p_rest $(echo "$s_rest/$p_rest" | bc -l)
+printf '%-28s %10.3f %10s %8.2f\n' "  same, --lazy-pages" $s_lazy "" $(echo "$s_lazy/$p_rest" | bc -l)
 printf '%-28s %10.1fx %9.1fx\n' "cold start / restore" $(echo "$s_cold/$s_rest" | bc -l) $(echo "$p_cold/$p_rest" | bc -l)
+printf '%-28s %10.1fx\n' "  same, --lazy-pages" $(echo "$s_cold/$s_lazy" | bc -l)
 printf '\ntargets: checkpoint ratio <= 0.50, restore ratio <= 0.25, stasis cold/restore >= 5x\n'

@@ -101,9 +101,15 @@ func restoreCmd(g *globals) *cobra.Command {
 
 With CONTAINER, its latest checkpoint in the store is restored in place (or,
 with --name, as a copy). With --import, any checkpoint archive is restored:
-stasis', Podman's or CRI-O's; its base image must be in the store.`,
+stasis', Podman's or CRI-O's; its base image must be in the store.
+
+With --lazy-pages the container runs before its memory is back: CRIU
+restores it without its heap, and a helper fills each page on first touch
+(userfaultfd) while copying the rest in behind it. A large process answers
+far sooner; it cannot be checkpointed again until every page is in.`,
 		Example: `  stasis restore web
-  stasis restore --import web.tar.zst --name web2`,
+  stasis restore --import web.tar.zst --name web2
+  stasis restore --import jvm.tar.zst --lazy-pages`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
@@ -129,6 +135,7 @@ stasis', Podman's or CRI-O's; its base image must be in the store.`,
 	f.StringVarP(&o.Name, "name", "n", "", "name of the restored container (default: the checkpointed one)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "restore file locks")
+	f.BoolVar(&o.LazyPages, "lazy-pages", false, "start the container first, bring its memory in on demand")
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/internal/demo"
+	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 )
@@ -36,10 +37,13 @@ func (g *globals) engine() (*engine.Engine, error) {
 }
 
 func main() {
-	// Hidden re-exec entry points: the per-container monitor and the demo's
-	// sample program. They bypass cobra so nothing else runs in them.
+	// Hidden re-exec entry points: the per-container monitor, the lazy-pages
+	// helper and the demo's sample program. They bypass cobra so nothing else runs in them.
 	if len(os.Args) == 3 && os.Args[1] == monitor.Command {
 		monitor.Main(os.Args[2])
+	}
+	if len(os.Args) == 3 && os.Args[1] == criu.LazyPagesCommand {
+		os.Exit(criu.LazyPagesMain(os.Args[2]))
 	}
 	if len(os.Args) >= 2 && os.Args[1] == demo.SampleCommand {
 		os.Exit(demo.Sample(os.Args[2:]))

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -72,6 +73,9 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	defer unlock()
 	if c.Status != "running" {
 		return nil, fmt.Errorf("checkpoint %s: container is %s, not running", c.Name, c.Status)
+	}
+	if err := e.waitLazyPages(ctx, c); err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 	}
 
 	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "checkpoint-")
@@ -214,6 +218,26 @@ func archiveName(c archive.Compression) string {
 		return "checkpoint.tar.gz"
 	}
 	return "checkpoint.tar"
+}
+
+// waitLazyPages waits until a lazily restored container has all its memory:
+// CRIU cannot dump pages that are still registered with userfaultfd.
+func (e *Engine) waitLazyPages(ctx context.Context, c *Container) error {
+	f := e.paths(c.ID).lazyPagesPid()
+	b, err := os.ReadFile(f)
+	if err != nil {
+		return nil
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	deadline := time.Now().Add(5 * time.Minute)
+	for criu.Running(pid) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("its memory is still being restored lazily (lazy-pages helper pid %d)", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	os.Remove(f)
+	return nil
 }
 
 // recoverFromFailedDump makes sure a failed dump leaves the container as it

@@ -99,6 +99,9 @@ func (p paths) etc() string      { return filepath.Join(p.dir, "etc") }
 func (p paths) pidFile() string  { return filepath.Join(p.run, "pid") }
 func (p paths) exitFile() string { return filepath.Join(p.run, "exit") }
 func (p paths) rtLog() string    { return filepath.Join(p.run, "runtime.log") }
+
+// lazyPagesPid names the lazy-pages helper of a lazily restored container.
+func (p paths) lazyPagesPid() string { return filepath.Join(p.run, "lazy-pages.pid") }
 func (p paths) layout(lower string) rootfs.Layout {
 	return rootfs.NewLayout(lower, filepath.Join(p.dir, "fs"))
 }

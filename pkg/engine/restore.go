@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
@@ -32,6 +33,9 @@ type RestoreOptions struct {
 	Name           string
 	TCPEstablished bool
 	FileLocks      bool
+	// LazyPages starts the container before its memory is restored: pages
+	// come in on first touch and in the background (criu.LazyPages).
+	LazyPages bool
 }
 
 // RestoreResult reports a restore.
@@ -60,7 +64,14 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	// A lazy restore hands the work directory, which holds the pages still
+	// to come, to the lazy-pages server once the restore succeeded.
+	keepWork := false
+	defer func() {
+		if !keepWork {
+			os.RemoveAll(work)
+		}
+	}()
 	t := time.Now()
 	dir, err := archive.Extract(src, work)
 	if err != nil {
@@ -133,7 +144,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 		}
 	}
 
-	pid, err := e.restoreInto(ctx, c, img.Rootfs, dir, spec, deleted, o, res)
+	pid, lazy, err := e.restoreInto(ctx, c, img.Rootfs, dir, spec, deleted, o, res)
 	if err != nil {
 		if existing == nil {
 			e.discard(context.WithoutCancel(ctx), c)
@@ -147,6 +158,10 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	res.Container, res.ID, res.Pid = c.Name, c.ID, pid
 	if st, err := criu.ReadRestoreStats(work); err == nil {
 		res.CRIU = st
+	}
+	if lazy != nil {
+		lazy.Detach()
+		keepWork = true
 	}
 	res.Phases.add("total", time.Since(start))
 	return res, nil
@@ -189,17 +204,17 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *
 }
 
 func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,
-	deleted []string, o RestoreOptions, res *RestoreResult) (int, error) {
+	deleted []string, o RestoreOptions, res *RestoreResult) (pid int, lazy *criu.LazyPagesServer, err error) {
 	p := e.paths(c.ID)
 	for _, d := range []string{p.bundle(), p.run} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 	}
 	t := time.Now()
 	lay := p.layout(lower)
 	if err := lay.Mount(); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	var diff io.Reader // an archive of a container that wrote nothing has none
 	f, err := os.Open(dir.RootfsDiff())
@@ -208,38 +223,54 @@ func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, di
 		defer f.Close()
 		diff = f
 	case !os.IsNotExist(err):
-		return 0, err
+		return 0, nil, err
 	}
 	if err := rootfs.Apply(lay.Merged, diff, deleted); err != nil {
 		if errors.Is(err, untar.ErrUnsafePath) {
-			return 0, fmt.Errorf("archive is unsafe: %w", err)
+			return 0, nil, fmt.Errorf("archive is unsafe: %w", err)
 		}
-		return 0, err
+		return 0, nil, err
 	}
 	res.Phases.add("rootfs", time.Since(t))
 
 	if err := e.adaptSpec(c, spec, lay.Merged, dir); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := writeSpec(p.bundle(), spec); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	if err := e.save(c); err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	t = time.Now()
 	opts := runtime.CheckpointOptions{
 		ImagePath: dir.Images(), WorkPath: string(dir), TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks,
+		LazyPages: o.LazyPages,
 	}
-	pid, err := monitor.Start(monitor.Config{
+	if o.LazyPages {
+		lazy, err = criu.StartLazyPages(criu.LazyPages{
+			Images: dir.Images(), Work: string(dir), LogDir: filepath.Join(e.root, "logs"),
+		})
+		if err != nil {
+			return 0, nil, err
+		}
+		if err := os.WriteFile(p.lazyPagesPid(), []byte(strconv.Itoa(lazy.Pid())), 0o600); err != nil {
+			lazy.Stop()
+			return 0, nil, err
+		}
+	}
+	pid, err = monitor.Start(monitor.Config{
 		Argv: e.rt.RestoreArgs(c.ID, p.bundle(), p.pidFile(), p.rtLog(), opts), PidFile: p.pidFile(),
 		LogFile: p.log(), ExitFile: p.exitFile(), ErrFile: p.rtLog(),
 	})
 	if err != nil {
-		return 0, fmt.Errorf("%w%s", err, e.criuErrors(filepath.Join(string(dir), archive.RestoreLog)))
+		if lazy != nil {
+			lazy.Stop()
+		}
+		return 0, nil, fmt.Errorf("%w%s", err, e.criuErrors(filepath.Join(string(dir), archive.RestoreLog)))
 	}
 	res.Phases.add("criu_restore", time.Since(t))
-	return pid, nil
+	return pid, lazy, nil
 }
 
 // adaptSpec turns the checkpointed container's spec (stasis', Podman's or

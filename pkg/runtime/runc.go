@@ -153,6 +153,9 @@ type CheckpointOptions struct {
 	LeaveRunning   bool
 	TCPEstablished bool
 	FileLocks      bool
+	// LazyPages, on restore, leaves lazy memory to a CRIU lazy-pages
+	// server listening in WorkPath.
+	LazyPages bool
 }
 
 func (o CheckpointOptions) flags() []string {
@@ -162,6 +165,9 @@ func (o CheckpointOptions) flags() []string {
 	}
 	if o.FileLocks {
 		f = append(f, "--file-locks")
+	}
+	if o.LazyPages {
+		f = append(f, "--lazy-pages")
 	}
 	return f
 }

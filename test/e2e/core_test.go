@@ -165,31 +165,38 @@ func hasCapSysResource(t *testing.T) bool {
 	return false
 }
 
-// A stopping zstd checkpoint streams the tasks' pages out of CRIU through
-// FIFOs. Several processes, incompressible memory: every byte must come
-// back (the sample prints a digest of its state on SIGUSR1), and the
-// archive holds regular page images, not FIFOs.
-func TestStreamedCheckpointKeepsMemoryExact(t *testing.T) {
-	e := newEnv(t)
+// memSample runs the sample program with incompressible memory next to two
+// other processes and returns a function that asks it for the digest of
+// its memory, so a test can tell that memory came back byte for byte.
+func memSample(t *testing.T, e *env, name string) (digest func() string) {
 	img := filepath.Join(t.TempDir(), "mem.tar")
 	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
 	e.run("image", "import", img, "localhost/mem:e2e")
-	e.run("run", "--name", "mem", "localhost/mem:e2e", "sh", "-c",
+	e.run("run", "--name", name, "localhost/mem:e2e", "sh", "-c",
 		"/sample __sample --warmup 0s --mib 96 & echo $! > /tmp/sample.pid; sleep 1000 & wait")
-	waitLogLine(t, e, "mem", "tick 2")
-	digest := func() string {
-		before := strings.Count(e.run("logs", "mem"), "digest ")
-		e.run("exec", "mem", "sh", "-c", "kill -USR1 $(cat /tmp/sample.pid)")
-		for i := 0; i < 100; i++ {
-			lines := regexp.MustCompile(`digest ([0-9a-f]{64})`).FindAllStringSubmatch(e.run("logs", "mem"), -1)
-			if len(lines) > before {
-				return lines[len(lines)-1][1]
+	waitLogLine(t, e, name, "tick 2")
+	re := regexp.MustCompile(`digest ([0-9a-f]{64})`)
+	return func() string {
+		before := len(re.FindAllString(e.run("logs", name), -1))
+		e.run("exec", name, "sh", "-c", "kill -USR1 $(cat /tmp/sample.pid)")
+		for i := 0; i < 200; i++ {
+			got := re.FindAllStringSubmatch(e.run("logs", name), -1)
+			if len(got) > before {
+				return got[len(got)-1][1]
 			}
 			time.Sleep(50 * time.Millisecond)
 		}
-		t.Fatal("the sample printed no digest")
+		t.Fatalf("%s printed no digest", name)
 		return ""
 	}
+}
+
+// A stopping zstd checkpoint streams the tasks' pages out of CRIU through
+// FIFOs. Several processes, incompressible memory: every byte must come
+// back, and the archive holds regular page images, not FIFOs.
+func TestStreamedCheckpointKeepsMemoryExact(t *testing.T) {
+	e := newEnv(t)
+	digest := memSample(t, e, "mem")
 	want := digest()
 
 	var res struct{ Archive string }
@@ -215,5 +222,50 @@ func TestStreamedCheckpointKeepsMemoryExact(t *testing.T) {
 	e.run("restore", "mem")
 	if got := digest(); got != want {
 		t.Fatalf("memory digest after restore %s, want %s", got, want)
+	}
+}
+
+// A lazy restore runs before its memory is in; the memory must still come
+// back whole, the helper must finish and clean up, and the container must
+// checkpoint again (which waits for the last pages).
+func TestLazyRestoreBringsAllMemoryBack(t *testing.T) {
+	e := newEnv(t)
+	digest := memSample(t, e, "lazy")
+	want := digest()
+	archive := filepath.Join(t.TempDir(), "lazy.tar.zst")
+	e.run("checkpoint", "lazy", "--export", archive)
+	e.run("rm", "lazy")
+
+	var res struct {
+		CRIU struct {
+			PagesRestored int `json:"pages_restored"`
+		}
+	}
+	if err := json.Unmarshal([]byte(e.run("restore", "--import", archive, "--lazy-pages", "--print-stats")), &res); err != nil {
+		t.Fatal(err)
+	}
+	// 96 MiB are 24576 pages; a lazy restore copies only the few that
+	// cannot wait (stacks, non-anonymous memory).
+	if res.CRIU.PagesRestored == 0 || res.CRIU.PagesRestored > 4096 {
+		t.Fatalf("CRIU restored %d pages itself; a lazy restore leaves the heap to the lazy-pages server", res.CRIU.PagesRestored)
+	}
+	if got := digest(); got != want {
+		t.Fatalf("memory digest after a lazy restore %s, want %s", got, want)
+	}
+	e.run("checkpoint", "lazy", "--export", filepath.Join(t.TempDir(), "again.tar.zst"), "--leave-running")
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-f", "__lazy-pages").Output()
+		work, _ := os.ReadDir(filepath.Join(e.root, "work"))
+		if len(out) == 0 && len(work) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages helper %q or work files %v left behind", out, work)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := digest(); got != want {
+		t.Fatalf("memory digest after checkpointing the lazily restored container %s, want %s", got, want)
 	}
 }
