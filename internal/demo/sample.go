@@ -26,8 +26,20 @@ func Sample(args []string) int {
 	fs := flag.NewFlagSet(SampleCommand, flag.ContinueOnError)
 	warmup := fs.Duration("warmup", 3*time.Second, "time spent initialising memory")
 	mib := fs.Int("mib", 64, "MiB of state to build")
+	lock := fs.String("lock", "", "hold an exclusive flock on this file, as a database holds its lock file")
 	if err := fs.Parse(args); err != nil {
 		return 2
+	}
+	if *lock != "" {
+		f, err := os.Create(*lock)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lock:", err)
+			return 1
+		}
+		defer f.Close()
 	}
 	start := time.Now()
 	state := make([]byte, *mib<<20)

@@ -217,5 +217,8 @@ func LastError(logFile, output string) string {
 	if msg == "" {
 		msg = strings.TrimSpace(output)
 	}
+	// runc names CRIU's log in a work directory that stasis removes; the
+	// engine says where it kept a copy instead.
+	msg, _, _ = strings.Cut(msg, "\nlog file:")
 	return msg
 }

@@ -37,6 +37,11 @@ type SpecOptions struct {
 }
 
 // CgroupsPath is where a container's cgroups live under each hierarchy.
+// SpecVersion is the OCI runtime-spec version stasis writes: the version
+// the runtimes it drives were built for (crun 1.8 refuses newer ones), not
+// that of the Go module, which only adds fields stasis does not use.
+const SpecVersion = "1.0.2"
+
 func CgroupsPath(id string) string { return "/stasis/" + id }
 
 // defaultCaps is the capability set Podman and Docker give containers.
@@ -71,7 +76,7 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 		return nil, fmt.Errorf("network %q is not supported (want none or host)", o.Network)
 	}
 	s := &specs.Spec{
-		Version:  specs.Version,
+		Version:  SpecVersion,
 		Hostname: o.Hostname,
 		Root:     &specs.Root{Path: o.Rootfs},
 		Process: &specs.Process{
