@@ -90,6 +90,8 @@ t=$(now); $S restore --import $work/s.tar.zst --name jvm --lazy-pages >/dev/null
 $S rm -f jvm >/dev/null
 
 # Podman, same image, same program
+# runc for both: the runtime is not what is compared.
+podman() { command podman --runtime runc "$@"; }
 t=$(now); podman run -d --name jvm-bench --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 $IMG $JAVA_ARGS >/dev/null
 wait_log podman jvm-bench 'ready after'; p_cold=$(since $t)
 sleep 1

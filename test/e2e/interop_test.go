@@ -24,7 +24,9 @@ func need(t *testing.T, bin string) string {
 
 func podman(t *testing.T, args ...string) string {
 	t.Helper()
-	cmd := exec.Command("podman", args...)
+	// runc, as stasis uses: Podman picks crun when it is installed, and
+	// Debian's crun refuses this host's hybrid cgroups.
+	cmd := exec.Command("podman", append([]string{"--runtime", "runc"}, args...)...)
 	cmd.Env = append(os.Environ(), "PATH=/usr/local/sbin:"+os.Getenv("PATH"))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
