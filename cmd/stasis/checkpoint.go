@@ -24,10 +24,14 @@ archive holding the CRIU images, the rootfs changes and the container's
 configuration (the layout Podman and CRI-O use, readable by checkpointctl).
 
 Without --export the archive is kept in stasis' store ('stasis checkpoints').
-Without --leave-running the container is stopped after the dump. If the dump
-fails, the container keeps running and no archive is left behind.`,
+With --create-image it becomes a checkpoint image instead: an OCI image whose
+one layer is the archive, with the annotations CRI-O, Podman and containerd
+look for; --push sends it to its registry. Without --leave-running the
+container is stopped after the dump. If the dump fails, the container keeps
+running and no archive is left behind.`,
 		Example: `  stasis checkpoint web --export web.tar.zst --leave-running
-  stasis checkpoint web`,
+  stasis checkpoint web
+  stasis checkpoint web --create-image registry.example.com/ckpt/web:v1 --push`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
@@ -46,12 +50,19 @@ fails, the container keeps running and no archive is left behind.`,
 			if stats {
 				return printJSON(res)
 			}
+			if res.Image != "" {
+				fmt.Println(res.Image)
+				return nil
+			}
 			fmt.Println(res.Archive)
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.Export, "export", "e", "", "write the archive to this file instead of the store")
+	f.StringVar(&o.CreateImage, "create-image", "", "store the checkpoint as this checkpoint image instead")
+	f.BoolVar(&o.Push, "push", false, "push the --create-image image to its registry")
+	registryFlags(f, &o.Registry)
 	f.StringVarP(&compression, "compress", "c", "zstd", "archive compression: zstd, gzip or none (default from --export's suffix)")
 	f.BoolVarP(&o.LeaveRunning, "leave-running", "R", false, "keep the container running after the checkpoint")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections")
@@ -95,13 +106,16 @@ func restoreCmd(g *globals) *cobra.Command {
 	var o engine.RestoreOptions
 	var stats bool
 	cmd := &cobra.Command{
-		Use:   "restore [CONTAINER]",
+		Use:   "restore [CONTAINER | CHECKPOINT-IMAGE]",
 		Short: "Restore a container from a checkpoint",
 		Long: `Restore brings a checkpointed container back from exactly where it was.
 
 With CONTAINER, its latest checkpoint in the store is restored in place (or,
 with --name, as a copy). With --import, any checkpoint archive is restored:
-stasis', Podman's or CRI-O's; its base image must be in the store.
+stasis', Podman's or CRI-O's. A CHECKPOINT-IMAGE is used from the local store
+or pulled from its registry. A base image the store lacks is pulled when its
+name says where it lives (exactly the checkpointed one, by digest, when the
+checkpoint image records it); otherwise import it first.
 
 With --lazy-pages the container runs before its memory is back: CRIU
 restores it without its heap, and a helper fills each page on first touch
@@ -109,7 +123,8 @@ restores it without its heap, and a helper fills each page on first touch
 far sooner; it cannot be checkpointed again until every page is in.`,
 		Example: `  stasis restore web
   stasis restore --import web.tar.zst --name web2
-  stasis restore --import jvm.tar.zst --lazy-pages`,
+  stasis restore --import jvm.tar.zst --lazy-pages
+  stasis restore registry.example.com/ckpt/web:v1 --name web2`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
@@ -136,6 +151,7 @@ far sooner; it cannot be checkpointed again until every page is in.`,
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "restore file locks")
 	f.BoolVar(&o.LazyPages, "lazy-pages", false, "start the container first, bring its memory in on demand")
+	registryFlags(f, &o.Registry)
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
 	return cmd
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/image"
 )
 
@@ -28,7 +29,7 @@ func imageCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("import %s: %w", args[0], err)
 			}
-			i, err := e.Images.Add(args[1], img)
+			i, err := e.Images.Add(args[1], img, nil)
 			if err != nil {
 				return fmt.Errorf("import %s: %w", args[0], err)
 			}
@@ -36,7 +37,50 @@ func imageCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "build ARCHIVE NAME",
+		Short: "Make a checkpoint image of a checkpoint archive (stasis', Podman's, CRI-O's, the kubelet's)",
+		Long: `Build stores a checkpoint archive as a checkpoint image: one layer that is the
+archive as it is (no recompression), annotated so that CRI-O, Podman and
+containerd recognise it. Push it with 'stasis push NAME'.`,
+		Example: `  stasis image build web.tar.zst 127.0.0.1:5000/ckpt/web:v1`,
+		Args:    cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			i, err := e.BuildCheckpointImage(args[0], args[1], false)
+			if err != nil {
+				return err
+			}
+			fmt.Println(i.ID)
+			return nil
+		},
+	})
+	cmd.AddCommand(rmiCmd(g, "rm"))
 	return cmd
+}
+
+// rmiCmd is both `stasis rmi` and `stasis image rm`.
+func rmiCmd(g *globals, use string) *cobra.Command {
+	return &cobra.Command{
+		Use:   use + " IMAGE...",
+		Short: "Remove images from the local store (blobs no other image uses go too)",
+		Args:    cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			for _, a := range args {
+				if err := e.Images.Remove(a); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
 }
 
 func imagesCmd(g *globals) *cobra.Command {
@@ -54,9 +98,13 @@ func imagesCmd(g *globals) *cobra.Command {
 				return err
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tIMAGE ID\tCREATED\tSIZE")
+			fmt.Fprintln(w, "NAME\tIMAGE ID\tCREATED\tSIZE\tCHECKPOINT OF")
 			for _, i := range list {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", i.Name, i.ID[:12], ago(i.Created), humanSize(i.Size))
+				of := "-"
+				if info, ok := checkpointimage.Read(i.Annotations); ok {
+					of = fmt.Sprintf("%s (image %s)", info.Container, info.BaseImage)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", i.Name, i.ID[:12], ago(i.Created), humanSize(i.Size), of)
 			}
 			return w.Flush()
 		},

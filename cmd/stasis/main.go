@@ -83,7 +83,7 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
 	root.AddCommand(
 		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
-		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), demoCmd(g),
+		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"), demoCmd(g),
 	)
 	return root
 }

@@ -27,7 +27,7 @@ func Run(ctx context.Context, e *engine.Engine, out io.Writer, warmup time.Durat
 	if err != nil {
 		return err
 	}
-	if _, err := e.Images.Add("localhost/stasis-demo:latest", img); err != nil {
+	if _, err := e.Images.Add("localhost/stasis-demo:latest", img, nil); err != nil {
 		return err
 	}
 	name := fmt.Sprintf("stasis-demo-%d", os.Getpid())

@@ -1,10 +1,14 @@
 package archive
 
 import (
+	"archive/tar"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
@@ -54,4 +58,46 @@ func Extract(path, dir string) (Dir, error) {
 		return "", fmt.Errorf("archive %s: %w", path, err)
 	}
 	return d, nil
+}
+
+// ReadMetadata reads config.dump and spec.dump from an archive file without
+// unpacking the rest; it stops as soon as it has both, which in archives of
+// every engine is near the start.
+func ReadMetadata(path string) (*Config, *specs.Spec, error) {
+	r, _, err := Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer r.Close()
+	var cfg *Config
+	var spec *specs.Spec
+	tr := tar.NewReader(r)
+	for cfg == nil || spec == nil {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("archive %s is corrupt or truncated: %w", path, err)
+		}
+		var dst any
+		name, _ := untar.CleanName(h.Name) // "./config.dump" in Podman's archives
+		switch name {
+		case ConfigDump:
+			cfg = &Config{}
+			dst = cfg
+		case SpecDump:
+			spec = &specs.Spec{}
+			dst = spec
+		default:
+			continue
+		}
+		if err := json.NewDecoder(io.LimitReader(tr, 64<<20)).Decode(dst); err != nil {
+			return nil, nil, fmt.Errorf("archive %s: %s: %w", path, h.Name, err)
+		}
+	}
+	if cfg == nil || spec == nil {
+		return nil, nil, fmt.Errorf("archive %s is not a checkpoint: it lacks %s or %s", path, ConfigDump, SpecDump)
+	}
+	return cfg, spec, nil
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
+	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 	"github.com/stasis-dev/stasis/pkg/store"
 )
@@ -29,6 +30,11 @@ type CheckpointOptions struct {
 	LeaveRunning   bool
 	TCPEstablished bool
 	FileLocks      bool
+	// CreateImage stores the checkpoint as a checkpoint image of this name
+	// instead of an archive; Push then sends it to its registry.
+	CreateImage string
+	Push        bool
+	Registry    registry.Options
 }
 
 // CheckpointResult says where the checkpoint went and where time went.
@@ -36,6 +42,7 @@ type CheckpointResult struct {
 	Container string          `json:"container"`
 	Archive   string          `json:"archive"`
 	StoreID   string          `json:"store_id,omitempty"`
+	Image     string          `json:"image,omitempty"`
 	Size      int64           `json:"size"`
 	Digest    string          `json:"digest"`
 	CRIU      *criu.DumpStats `json:"criu,omitempty"`
@@ -59,6 +66,17 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		o.Compression = archive.Zstd
 		if o.Export != "" {
 			o.Compression = archive.CompressionFor(o.Export, archive.Zstd)
+		}
+	}
+	if o.CreateImage != "" && o.Export != "" {
+		return nil, fmt.Errorf("checkpoint %s: --export and --create-image exclude each other", ref)
+	}
+	if o.CreateImage == "" && o.Push {
+		return nil, fmt.Errorf("checkpoint %s: --push needs --create-image", ref)
+	}
+	if o.CreateImage != "" {
+		if _, err := registry.ParseReference(o.CreateImage, o.Registry); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", ref, err)
 		}
 	}
 	if o.Export != "" {
@@ -143,12 +161,33 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		}
 		return ws.Bytes, ws.Digest, nil
 	}
-	if o.Export != "" {
+	switch {
+	case o.CreateImage != "":
+		layer := filepath.Join(work, archiveName(o.Compression))
+		if _, _, err := write(layer); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
+		}
+		img, err := e.BuildCheckpointImage(layer, o.CreateImage, true)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
+		}
+		res.Image = img.Name
+		if res.Archive, err = e.Images.LayerPath(img); err != nil {
+			return nil, err
+		}
+		if o.Push {
+			t := time.Now()
+			if err := e.Push(ctx, img.Name, "", o.Registry); err != nil {
+				return nil, fmt.Errorf("checkpoint %s: the checkpoint image %s is stored here but: %w", c.Name, img.Name, err)
+			}
+			res.Phases.add("push", time.Since(t))
+		}
+	case o.Export != "":
 		if _, _, err := write(o.Export); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: write %s: %w", c.Name, o.Export, err)
 		}
 		res.Archive, _ = filepath.Abs(o.Export)
-	} else {
+	default:
 		ent, err := e.Checkpoints.Put(store.Entry{
 			ContainerID: c.ID, ContainerName: c.Name, Image: c.Image, Created: time.Now().UTC(),
 			Compression: string(o.Compression),
@@ -294,7 +333,11 @@ func (e *Engine) writeMetadata(c *Container, work string) error {
 	if err != nil {
 		return err
 	}
-	deleted, err := p.layout(img.Rootfs).Diff(f)
+	lower, err := e.Images.Rootfs(img)
+	if err != nil {
+		return err
+	}
+	deleted, err := p.layout(lower).Diff(f)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

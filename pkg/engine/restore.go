@@ -14,8 +14,10 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 	"github.com/stasis-dev/stasis/pkg/store"
@@ -36,6 +38,9 @@ type RestoreOptions struct {
 	// LazyPages starts the container before its memory is restored: pages
 	// come in on first touch and in the background (criu.LazyPages).
 	LazyPages bool
+	// Registry is how to pull a checkpoint image, and a base image the
+	// store lacks.
+	Registry registry.Options
 }
 
 // RestoreResult reports a restore.
@@ -54,7 +59,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	if _, err := criu.Check(); err != nil {
 		return nil, err
 	}
-	src, existing, err := e.restoreSource(ctx, o)
+	src, existing, fromImage, err := e.restoreSource(ctx, o)
 	if err != nil {
 		return nil, err
 	}
@@ -93,12 +98,17 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	if err := rootfs.ValidateDeleted(deleted); err != nil {
 		return nil, fmt.Errorf("restore: archive %s is unsafe: %w", src, err)
 	}
-	img, err := e.Images.Get(cfg.ImageName())
-	if err != nil && cfg.ImageID() != "" {
-		img, err = e.Images.Get(cfg.ImageID())
+	baseDigest := ""
+	if fromImage != nil {
+		baseDigest = fromImage.BaseImageDigest
 	}
+	img, err := e.ensureBaseImage(ctx, cfg, baseDigest, o.Registry)
 	if err != nil {
-		return nil, fmt.Errorf("restore: the checkpoint's base image %q is not in the store: import it first (%w)", cfg.ImageName(), err)
+		return nil, fmt.Errorf("restore: %w", err)
+	}
+	lower, err := e.Images.Rootfs(img)
+	if err != nil {
+		return nil, fmt.Errorf("restore: %w", err)
 	}
 
 	unlock, err := e.lock("")
@@ -144,7 +154,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 		}
 	}
 
-	pid, lazy, err := e.restoreInto(ctx, c, img.Rootfs, dir, spec, deleted, o, res)
+	pid, lazy, err := e.restoreInto(ctx, c, lower, dir, spec, deleted, o, res)
 	if err != nil {
 		if existing == nil {
 			e.discard(context.WithoutCancel(ctx), c)
@@ -167,24 +177,25 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	return res, nil
 }
 
-// restoreSource finds the archive to restore and, for an in-place restore,
-// the container it belongs to.
-func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *Container, error) {
+// restoreSource finds the archive to restore: an --import file, the latest
+// stored checkpoint of a container (for an in-place restore, with the
+// container), or a checkpoint image, local or pulled.
+func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *Container, *checkpointimage.Info, error) {
 	if o.Import != "" {
 		if o.Container != "" {
-			return "", nil, errors.New("restore: give either a container or --import, not both")
+			return "", nil, nil, errors.New("restore: give either a container or --import, not both")
 		}
 		if _, err := os.Stat(o.Import); err != nil {
-			return "", nil, fmt.Errorf("restore: %w", err)
+			return "", nil, nil, fmt.Errorf("restore: %w", err)
 		}
-		return o.Import, nil, nil
+		return o.Import, nil, nil, nil
 	}
 	if o.Container == "" {
-		return "", nil, errors.New("restore: name a container or give --import ARCHIVE")
+		return "", nil, nil, errors.New("restore: name a container, a checkpoint image, or give --import ARCHIVE")
 	}
 	c, err := e.Get(ctx, o.Container)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		return "", nil, err
+		return "", nil, nil, err
 	}
 	key := o.Container
 	if c != nil {
@@ -195,12 +206,19 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *
 		ent, serr = store.Latest(e.Checkpoints, c.Name)
 	}
 	if serr != nil {
-		return "", nil, fmt.Errorf("restore %s: %w", o.Container, serr)
+		if c != nil {
+			return "", nil, nil, fmt.Errorf("restore %s: %w", o.Container, serr)
+		}
+		path, info, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry)
+		if ierr != nil {
+			return "", nil, nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
+		}
+		return path, nil, info, nil
 	}
 	if c != nil && o.Name != "" && o.Name != c.Name {
 		c = nil // a copy under a new name, the original untouched
 	}
-	return ent.Archive, c, nil
+	return ent.Archive, c, nil, nil
 }
 
 func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,

@@ -14,6 +14,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 )
@@ -35,6 +36,9 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 	img, err := e.Images.Get(o.Image)
 	if err != nil {
 		return nil, err
+	}
+	if info, ok := checkpointimage.Read(img.Annotations); ok {
+		return nil, fmt.Errorf("image %s is a checkpoint of container %s: restore it with 'stasis restore %s'", img.Name, info.Container, img.Name)
 	}
 	for _, v := range o.Volumes {
 		if _, err := os.Stat(v.Source); err != nil {
@@ -73,7 +77,11 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 	}
 	c = &Container{ID: id, Name: o.Name, Image: img.Name, ImageID: img.ID, Args: args, Network: o.Network, Created: time.Now().UTC()}
 	p := e.paths(id)
-	lay := p.layout(img.Rootfs)
+	lower, err := e.Images.Rootfs(img)
+	if err != nil {
+		return nil, err
+	}
+	lay := p.layout(lower)
 	defer func() {
 		if err != nil {
 			e.discard(context.WithoutCancel(ctx), c)

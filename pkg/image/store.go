@@ -4,8 +4,11 @@
 package image
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -35,8 +38,10 @@ type Image struct {
 	Size    int64  // compressed layers
 	Created time.Time
 	Config  v1.Config
-	// Rootfs is the unpacked, flattened filesystem of the image.
-	Rootfs string
+	// Annotations are the manifest's: checkpoint images say what they
+	// are there.
+	Annotations map[string]string
+	layers      []v1.Hash
 }
 
 // Store is an image store rooted at a directory.
@@ -90,32 +95,216 @@ func NormalizeName(name string) string {
 	return name
 }
 
-// Add stores img under name, replacing any image of that name, and unpacks
-// its rootfs. The rootfs is unpacked to a temporary directory and renamed,
-// so an interrupted import leaves no half-made image behind.
-func (s *Store) Add(name string, img v1.Image) (*Image, error) {
+// Add stores img under name, replacing any image of that name. Every blob
+// is written to a temporary file, checked against its digest and renamed,
+// so an interrupted or corrupt pull leaves nothing behind, and blobs the
+// store has are not fetched again. progress, when not nil, counts the
+// bytes fetched.
+func (s *Store) Add(name string, img v1.Image, progress io.Writer) (*Image, error) {
 	name = NormalizeName(name)
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	// Blobs this call adds go again if the image does not make it in.
+	var added []string
+	ok := false
+	defer func() {
+		if !ok {
+			for _, b := range added {
+				os.Remove(b)
+			}
+		}
+	}()
+	for _, l := range layers {
+		b, err := s.writeLayer(l, progress)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", name, err)
+		}
+		if b != "" {
+			added = append(added, b)
+		}
+	}
 	unlock, err := s.lock()
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
-	id, err := img.ConfigName()
-	if err != nil {
-		return nil, fmt.Errorf("image config: %w", err)
-	}
-	rootfs := filepath.Join(s.rootfsDir(), id.Hex)
-	if _, err := os.Stat(rootfs); os.IsNotExist(err) {
-		if err := unpack(img, rootfs); err != nil {
-			return nil, err
-		}
-	}
 	p := layout.Path(s.layoutDir())
 	if err := p.ReplaceImage(img, match.Annotation(refAnnotation, name),
 		layout.WithAnnotations(map[string]string{refAnnotation: name})); err != nil {
 		return nil, fmt.Errorf("write image %s: %w", name, err)
 	}
-	return s.Get(name)
+	ok = true
+	return s.get(name)
+}
+
+func (s *Store) blobPath(h v1.Hash) string {
+	return filepath.Join(s.layoutDir(), "blobs", h.Algorithm, h.Hex)
+}
+
+// writeLayer stores a layer's blob unless the store has it, and returns
+// the path of a blob it added.
+func (s *Store) writeLayer(l v1.Layer, progress io.Writer) (string, error) {
+	h, err := l.Digest()
+	if err != nil {
+		return "", err
+	}
+	dest := s.blobPath(h)
+	if _, err := os.Stat(dest); err == nil {
+		return "", nil
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		return "", fmt.Errorf("layer %s: %w", h, err)
+	}
+	defer rc.Close()
+	return dest, writeBlobFile(dest, h, rc, progress)
+}
+
+// writeBlobFile copies r into dest by way of a temporary file, and keeps it
+// only if its sha256 is h.
+func writeBlobFile(dest string, h v1.Hash, r io.Reader, progress io.Writer) error {
+	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(dest), ".partial-"+h.Hex[:12]+"-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	sum := sha256.New()
+	w := io.MultiWriter(f, sum)
+	if progress != nil {
+		w = io.MultiWriter(f, sum, progress)
+	}
+	if _, err := io.Copy(w, r); err != nil {
+		return fmt.Errorf("layer %s: %w", h, err)
+	}
+	if got := hex.EncodeToString(sum.Sum(nil)); h.Algorithm != "sha256" || got != h.Hex {
+		return fmt.Errorf("layer %s: content does not match its digest (got sha256:%s): corrupt or tampered", h, got)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
+	return os.Rename(f.Name(), dest)
+}
+
+// AddFile stores a file as the blob it is (an archive used as a layer).
+// With own, the file is stasis' own temporary file and is hard-linked when
+// on the same filesystem; a user's file is copied, so the store never
+// shares an inode the user could rewrite.
+func (s *Store) AddFile(path string, h v1.Hash, own bool) error {
+	dest := s.blobPath(h)
+	if _, err := os.Stat(dest); err == nil {
+		return nil
+	}
+	if err := os.MkdirAll(filepath.Dir(dest), 0o700); err != nil {
+		return err
+	}
+	if own && os.Link(path, dest) == nil {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return writeBlobFile(dest, h, f, nil)
+}
+
+// Rootfs returns the unpacked, flattened filesystem of an image, unpacking
+// it on first use: to a temporary directory, renamed when complete.
+func (s *Store) Rootfs(i *Image) (string, error) {
+	dest := filepath.Join(s.rootfsDir(), i.ID)
+	if _, err := os.Stat(dest); err == nil {
+		return dest, nil
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(dest); err == nil {
+		return dest, nil
+	}
+	img, err := s.Image(i)
+	if err != nil {
+		return "", err
+	}
+	if err := unpack(img, dest); err != nil {
+		return "", fmt.Errorf("image %s: %w", i.Name, err)
+	}
+	return dest, nil
+}
+
+// LayerPath is the blob of an image's only layer: for a checkpoint image,
+// the checkpoint archive itself.
+func (s *Store) LayerPath(i *Image) (string, error) {
+	if len(i.layers) != 1 {
+		return "", fmt.Errorf("image %s has %d layers, not one", i.Name, len(i.layers))
+	}
+	return s.blobPath(i.layers[0]), nil
+}
+
+// Remove deletes an image by name and every blob and unpacked rootfs no
+// other image uses.
+func (s *Store) Remove(ref string) error {
+	i, err := s.Get(ref)
+	if err != nil {
+		return err
+	}
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	p := layout.Path(s.layoutDir())
+	if err := p.RemoveDescriptors(match.Annotation(refAnnotation, i.Name)); err != nil {
+		return fmt.Errorf("remove %s: %w", i.Name, err)
+	}
+	return s.collect()
+}
+
+// collect removes blobs and rootfs directories no listed image refers to.
+func (s *Store) collect() error {
+	all, err := s.list()
+	if err != nil {
+		return err
+	}
+	keep := map[string]bool{}
+	rootfs := map[string]bool{}
+	p := layout.Path(s.layoutDir())
+	for _, i := range all {
+		rootfs[i.ID] = true
+		h, _ := v1.NewHash(i.Digest)
+		keep[h.Hex] = true
+		img, err := p.Image(h)
+		if err != nil {
+			return err
+		}
+		if cfg, err := img.ConfigName(); err == nil {
+			keep[cfg.Hex] = true
+		}
+		for _, l := range i.layers {
+			keep[l.Hex] = true
+		}
+	}
+	blobs := filepath.Join(s.layoutDir(), "blobs", "sha256")
+	ents, _ := os.ReadDir(blobs)
+	for _, e := range ents {
+		if !keep[e.Name()] {
+			os.Remove(filepath.Join(blobs, e.Name()))
+		}
+	}
+	dirs, _ := os.ReadDir(s.rootfsDir())
+	for _, d := range dirs {
+		if !rootfs[d.Name()] {
+			os.RemoveAll(filepath.Join(s.rootfsDir(), d.Name()))
+		}
+	}
+	return nil
 }
 
 func unpack(img v1.Image, dest string) error {
@@ -136,7 +325,9 @@ func unpack(img v1.Image, dest string) error {
 }
 
 // List returns every image in the store, sorted by name.
-func (s *Store) List() ([]*Image, error) {
+func (s *Store) List() ([]*Image, error) { return s.list() }
+
+func (s *Store) list() ([]*Image, error) {
 	p := layout.Path(s.layoutDir())
 	idx, err := p.ImageIndex()
 	if err != nil {
@@ -165,8 +356,10 @@ func (s *Store) List() ([]*Image, error) {
 
 // Get finds an image by name (normalised as on import) or by ID or ID prefix
 // of at least 12 characters.
-func (s *Store) Get(ref string) (*Image, error) {
-	all, err := s.List()
+func (s *Store) Get(ref string) (*Image, error) { return s.get(ref) }
+
+func (s *Store) get(ref string) (*Image, error) {
+	all, err := s.list()
 	if err != nil {
 		return nil, err
 	}
@@ -205,25 +398,17 @@ func (s *Store) describe(name string, digest v1.Hash, img v1.Image) (*Image, err
 	if err != nil {
 		return nil, err
 	}
-	layers, err := img.Layers()
+	m, err := img.Manifest()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("image %s manifest: %w", name, err)
 	}
-	var size int64
-	for _, l := range layers {
-		n, err := l.Size()
-		if err != nil {
-			return nil, err
-		}
-		size += n
+	i := &Image{
+		Name: name, ID: id.Hex, Digest: digest.String(), Created: cfg.Created.Time,
+		Config: cfg.Config, Annotations: m.Annotations,
 	}
-	return &Image{
-		Name:    name,
-		ID:      id.Hex,
-		Digest:  digest.String(),
-		Size:    size,
-		Created: cfg.Created.Time,
-		Config:  cfg.Config,
-		Rootfs:  filepath.Join(s.rootfsDir(), id.Hex),
-	}, nil
+	for _, l := range m.Layers {
+		i.Size += l.Size
+		i.layers = append(i.layers, l.Digest)
+	}
+	return i, nil
 }

@@ -1,0 +1,168 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/checkpointimage"
+	"github.com/stasis-dev/stasis/pkg/image"
+	"github.com/stasis-dev/stasis/pkg/progress"
+	"github.com/stasis-dev/stasis/pkg/registry"
+)
+
+// Pull fetches ref from its registry into the image store under that name.
+func (e *Engine) Pull(ctx context.Context, ref string, o registry.Options) (*image.Image, error) {
+	img, err := registry.Image(ctx, ref, o)
+	if err != nil {
+		return nil, err
+	}
+	var total int64
+	if m, err := img.Manifest(); err == nil {
+		for _, l := range m.Layers {
+			total += l.Size
+		}
+	}
+	m := progress.New(o.Progress, "pull "+ref, total)
+	defer m.Done()
+	i, err := e.Images.Add(ref, img, m)
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return i, nil
+}
+
+// Push sends a stored image to dest (its own name when dest is empty).
+func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Options) error {
+	i, err := e.Images.Get(local)
+	if err != nil {
+		return err
+	}
+	img, err := e.Images.Image(i)
+	if err != nil {
+		return err
+	}
+	if dest == "" {
+		dest = i.Name
+	}
+	return registry.Push(ctx, dest, img, o)
+}
+
+// BuildCheckpointImage stores a checkpoint archive as checkpoint image ref.
+// With own, the archive is stasis' own temporary file and becomes the
+// layer blob itself, without a copy.
+func (e *Engine) BuildCheckpointImage(archivePath, ref string, own bool) (*image.Image, error) {
+	cfg, _, err := archive.ReadMetadata(archivePath)
+	if err != nil {
+		return nil, fmt.Errorf("image build: %w", err)
+	}
+	baseDigest := ""
+	if base, err := e.baseImage(cfg); err == nil {
+		baseDigest = base.Digest
+	}
+	img, err := checkpointimage.Build(archivePath, baseDigest)
+	if err != nil {
+		return nil, fmt.Errorf("image build: %w", err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	if mt, _ := layers[0].MediaType(); mt == types.OCILayerZStd || isGzip(archivePath) {
+		h, err := layers[0].Digest()
+		if err != nil {
+			return nil, err
+		}
+		if err := e.Images.AddFile(archivePath, h, own); err != nil {
+			return nil, fmt.Errorf("image build: %w", err)
+		}
+	}
+	i, err := e.Images.Add(ref, img, nil)
+	if err != nil {
+		return nil, fmt.Errorf("image build: %w", err)
+	}
+	return i, nil
+}
+
+func isGzip(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	b := make([]byte, 2)
+	n, _ := f.Read(b)
+	return n == 2 && b[0] == 0x1f && b[1] == 0x8b
+}
+
+// baseImage finds a checkpoint's base image in the store, by name, then ID.
+func (e *Engine) baseImage(cfg *archive.Config) (*image.Image, error) {
+	img, err := e.Images.Get(cfg.ImageName())
+	if err != nil && cfg.ImageID() != "" {
+		img, err = e.Images.Get(cfg.ImageID())
+	}
+	return img, err
+}
+
+// ensureBaseImage finds the base image, pulling it when it is missing and
+// its name says where it lives. digest, when known (from a checkpoint
+// image), pins exactly the image that was checkpointed.
+func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, digest string, o registry.Options) (*image.Image, error) {
+	img, err := e.baseImage(cfg)
+	if err == nil {
+		return img, nil
+	}
+	name := cfg.ImageName()
+	if name == "" || strings.HasPrefix(image.NormalizeName(name), "localhost/") {
+		return nil, fmt.Errorf("the checkpoint's base image %q is not in the store: import it first (%w)", name, err)
+	}
+	ref := name
+	if digest != "" {
+		r, perr := registry.ParseReference(name, o)
+		if perr != nil {
+			return nil, perr
+		}
+		ref = r.Context().Digest(digest).String()
+	}
+	pulled, perr := registry.Image(ctx, ref, o)
+	if perr != nil {
+		return nil, fmt.Errorf("the checkpoint's base image %q is not in the store and cannot be pulled: %w", name, perr)
+	}
+	if id := cfg.ImageID(); id != "" {
+		if got, err := pulled.ConfigName(); err == nil && !strings.HasPrefix(got.Hex, strings.TrimPrefix(id, "sha256:")) {
+			return nil, fmt.Errorf("base image %s in the registry is not the one checkpointed (ID %s, want %s)", ref, got.Hex[:12], id)
+		}
+	}
+	m := progress.New(o.Progress, "pull "+ref, 0)
+	defer m.Done()
+	return e.Images.Add(name, pulled, m)
+}
+
+// checkpointImageArchive finds a checkpoint image, locally or in its
+// registry, and returns its archive (the layer blob) and what it says.
+func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options) (string, *checkpointimage.Info, error) {
+	i, err := e.Images.Get(ref)
+	if errors.Is(err, image.ErrNotFound) {
+		if _, perr := registry.ParseReference(ref, o); perr != nil {
+			return "", nil, err
+		}
+		i, err = e.Pull(ctx, ref, o)
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	info, ok := checkpointimage.Read(i.Annotations)
+	if !ok {
+		return "", nil, fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", i.Name)
+	}
+	path, err := e.Images.LayerPath(i)
+	if err != nil {
+		return "", nil, err
+	}
+	return path, info, nil
+}

@@ -1,0 +1,136 @@
+// Package registry talks to OCI registries with go-containerregistry:
+// resolving a reference to an image whose blobs are fetched as they are
+// read, and pushing an image, skipping blobs the registry already has.
+package registry
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+
+	"github.com/stasis-dev/stasis/pkg/progress"
+)
+
+// Options are how to reach a registry.
+type Options struct {
+	// TLSVerify false allows plain HTTP and certificates nobody signed.
+	TLSVerify bool
+	// Creds is "user:password"; empty uses ~/.docker/config.json (and
+	// $DOCKER_CONFIG), as docker and podman login write it.
+	Creds string
+	// Progress, when not nil, shows bytes moved.
+	Progress io.Writer
+}
+
+func (o Options) nameOptions() []name.Option {
+	if !o.TLSVerify {
+		return []name.Option{name.Insecure}
+	}
+	return nil
+}
+
+func (o Options) remoteOptions(ctx context.Context) ([]remote.Option, error) {
+	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("stasis")}
+	if o.Creds != "" {
+		user, pass, ok := strings.Cut(o.Creds, ":")
+		if !ok {
+			return nil, errors.New("--creds wants USER:PASSWORD")
+		}
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+	} else {
+		opts = append(opts, remote.WithAuthFromKeychain(authn.DefaultKeychain))
+	}
+	if !o.TLSVerify {
+		t := remote.DefaultTransport.(*http.Transport).Clone()
+		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the user asked: --tls-verify=false
+		opts = append(opts, remote.WithTransport(t))
+	}
+	return opts, nil
+}
+
+// ParseReference parses an image reference as the registry flags allow.
+func ParseReference(ref string, o Options) (name.Reference, error) {
+	r, err := name.ParseReference(ref, o.nameOptions()...)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not an image reference: %w", ref, err)
+	}
+	return r, nil
+}
+
+// Image resolves ref in its registry. Blobs are fetched, and checked
+// against their digests, only as the caller reads them.
+func Image(ctx context.Context, ref string, o Options) (v1.Image, error) {
+	r, err := ParseReference(ref, o)
+	if err != nil {
+		return nil, err
+	}
+	opts, err := o.remoteOptions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	img, err := remote.Image(r, opts...)
+	if err != nil {
+		return nil, explain("pull", ref, err)
+	}
+	return img, nil
+}
+
+// Push writes img to ref.
+func Push(ctx context.Context, ref string, img v1.Image, o Options) error {
+	r, err := ParseReference(ref, o)
+	if err != nil {
+		return err
+	}
+	opts, err := o.remoteOptions(ctx)
+	if err != nil {
+		return err
+	}
+	var done chan struct{}
+	if o.Progress != nil {
+		updates := make(chan v1.Update, 16)
+		done = make(chan struct{})
+		m := progress.New(o.Progress, "push "+ref, 0)
+		go func() {
+			defer close(done)
+			for u := range updates {
+				m.Set(u.Complete, u.Total)
+			}
+			m.Done()
+		}()
+		opts = append(opts, remote.WithProgress(updates))
+	}
+	err = remote.Write(r, img, opts...)
+	if done != nil {
+		<-done
+	}
+	if err != nil {
+		return explain("push", ref, err)
+	}
+	return nil
+}
+
+// explain turns registry errors into what the user can act on.
+func explain(op, ref string, err error) error {
+	var te *transport.Error
+	if errors.As(err, &te) {
+		switch {
+		case te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden:
+			return fmt.Errorf("%s %s: the registry refused the credentials (%d): give --creds USER:PASSWORD or log in: %w", op, ref, te.StatusCode, err)
+		case te.StatusCode == http.StatusNotFound:
+			return fmt.Errorf("%s %s: not found in the registry: %w", op, ref, err)
+		case te.StatusCode >= 500:
+			return fmt.Errorf("%s %s: the registry failed (%d); nothing was changed here: %w", op, ref, te.StatusCode, err)
+		}
+	}
+	return fmt.Errorf("%s %s: %w", op, ref, err)
+}
