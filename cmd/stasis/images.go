@@ -67,7 +67,7 @@ func rmiCmd(g *globals, use string) *cobra.Command {
 	return &cobra.Command{
 		Use:   use + " IMAGE...",
 		Short: "Remove images from the local store (blobs no other image uses go too)",
-		Args:    cobra.MinimumNArgs(1),
+		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
 			if err != nil {
