@@ -74,7 +74,7 @@ func rmiCmd(g *globals, use string) *cobra.Command {
 				return err
 			}
 			for _, a := range args {
-				if err := e.Images.Remove(a); err != nil {
+				if err := e.RemoveImage(cmd.Context(), a); err != nil {
 					return err
 				}
 			}

@@ -112,7 +112,7 @@ func (e *Engine) baseImage(cfg *archive.Config) (*image.Image, error) {
 // ensureBaseImage finds the base image, pulling it when it is missing and
 // its name says where it lives. digest, when known (from a checkpoint
 // image), pins exactly the image that was checkpointed.
-func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, digest string, o registry.Options) (*image.Image, error) {
+func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, digest string, o registry.Options, pulled *[]string) (*image.Image, error) {
 	img, err := e.baseImage(cfg)
 	if err == nil {
 		return img, nil
@@ -129,36 +129,75 @@ func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, diges
 		}
 		ref = r.Context().Digest(digest).String()
 	}
-	pulled, perr := registry.Image(ctx, ref, o)
+	remoteImg, perr := registry.Image(ctx, ref, o)
 	if perr != nil {
 		return nil, fmt.Errorf("the checkpoint's base image %q is not in the store and cannot be pulled: %w", name, perr)
 	}
 	if id := cfg.ImageID(); id != "" {
-		if got, err := pulled.ConfigName(); err == nil && !strings.HasPrefix(got.Hex, strings.TrimPrefix(id, "sha256:")) {
+		if got, err := remoteImg.ConfigName(); err == nil && !strings.HasPrefix(got.Hex, strings.TrimPrefix(id, "sha256:")) {
 			return nil, fmt.Errorf("base image %s in the registry is not the one checkpointed (ID %s, want %s)", ref, got.Hex[:12], id)
 		}
 	}
 	m := progress.New(o.Progress, "pull "+ref, 0)
 	defer m.Done()
-	return e.Images.Add(name, pulled, m)
+	i, err := e.Images.Add(name, remoteImg, m)
+	if err == nil {
+		*pulled = append(*pulled, i.Name)
+	}
+	return i, err
+}
+
+// RemoveImage deletes an image no container uses.
+func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
+	i, err := e.Images.Get(ref)
+	if err != nil {
+		return err
+	}
+	cs, err := e.List(ctx)
+	if err != nil {
+		return err
+	}
+	for _, c := range cs {
+		if c.ImageID == i.ID && c.Image == i.Name {
+			return fmt.Errorf("image %s is used by container %s: remove the container first", i.Name, c.Name)
+		}
+	}
+	return e.Images.Remove(i.Name)
 }
 
 // checkpointImageArchive finds a checkpoint image, locally or in its
-// registry, and returns its archive (the layer blob) and what it says.
-func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options) (string, *checkpointimage.Info, error) {
+// registry, and returns its archive (the layer blob) and what it says. A
+// remote image is checked from its manifest before any blob is fetched.
+func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options, pulled *[]string) (string, *checkpointimage.Info, error) {
+	notCheckpoint := func(name string) error {
+		return fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", name)
+	}
 	i, err := e.Images.Get(ref)
 	if errors.Is(err, image.ErrNotFound) {
 		if _, perr := registry.ParseReference(ref, o); perr != nil {
 			return "", nil, err
 		}
-		i, err = e.Pull(ctx, ref, o)
+		remote, rerr := registry.Image(ctx, ref, o)
+		if rerr != nil {
+			return "", nil, rerr
+		}
+		m, merr := remote.Manifest()
+		if merr != nil {
+			return "", nil, fmt.Errorf("pull %s: %w", ref, merr)
+		}
+		if _, ok := checkpointimage.Read(m.Annotations); !ok {
+			return "", nil, notCheckpoint(ref)
+		}
+		if i, err = e.Pull(ctx, ref, o); err == nil {
+			*pulled = append(*pulled, i.Name)
+		}
 	}
 	if err != nil {
 		return "", nil, err
 	}
 	info, ok := checkpointimage.Read(i.Annotations)
 	if !ok {
-		return "", nil, fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", i.Name)
+		return "", nil, notCheckpoint(i.Name)
 	}
 	path, err := e.Images.LayerPath(i)
 	if err != nil {

@@ -55,11 +55,24 @@ type RestoreResult struct {
 // Restore brings a checkpoint back to life. On failure nothing of the new
 // container is left, and a container restored in place stays checkpointed.
 func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
+	var pulled []string
+	res, err := e.restore(ctx, o, &pulled)
+	if err != nil {
+		// A failed restore leaves the image store as it found it.
+		for _, name := range pulled {
+			e.Images.Remove(name)
+		}
+	}
+	return res, err
+}
+
+// restore does the work of Restore, adding to pulled the images it pulls.
+func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string) (*RestoreResult, error) {
 	start := time.Now()
 	if _, err := criu.Check(); err != nil {
 		return nil, err
 	}
-	src, existing, fromImage, err := e.restoreSource(ctx, o)
+	src, existing, fromImage, err := e.restoreSource(ctx, o, pulled)
 	if err != nil {
 		return nil, err
 	}
@@ -102,7 +115,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	if fromImage != nil {
 		baseDigest = fromImage.BaseImageDigest
 	}
-	img, err := e.ensureBaseImage(ctx, cfg, baseDigest, o.Registry)
+	img, err := e.ensureBaseImage(ctx, cfg, baseDigest, o.Registry, pulled)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -180,7 +193,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 // restoreSource finds the archive to restore: an --import file, the latest
 // stored checkpoint of a container (for an in-place restore, with the
 // container), or a checkpoint image, local or pulled.
-func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *Container, *checkpointimage.Info, error) {
+func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]string) (string, *Container, *checkpointimage.Info, error) {
 	if o.Import != "" {
 		if o.Container != "" {
 			return "", nil, nil, errors.New("restore: give either a container or --import, not both")
@@ -209,7 +222,7 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions) (string, *
 		if c != nil {
 			return "", nil, nil, fmt.Errorf("restore %s: %w", o.Container, serr)
 		}
-		path, info, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry)
+		path, info, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry, pulled)
 		if ierr != nil {
 			return "", nil, nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
 		}

@@ -294,13 +294,14 @@ func (s *Store) collect() error {
 	blobs := filepath.Join(s.layoutDir(), "blobs", "sha256")
 	ents, _ := os.ReadDir(blobs)
 	for _, e := range ents {
-		if !keep[e.Name()] {
+		// Dot names are blobs and rootfs trees still being written.
+		if !keep[e.Name()] && !strings.HasPrefix(e.Name(), ".") {
 			os.Remove(filepath.Join(blobs, e.Name()))
 		}
 	}
 	dirs, _ := os.ReadDir(s.rootfsDir())
 	for _, d := range dirs {
-		if !rootfs[d.Name()] {
+		if !rootfs[d.Name()] && !strings.HasPrefix(d.Name(), ".") {
 			os.RemoveAll(filepath.Join(s.rootfsDir(), d.Name()))
 		}
 	}
