@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/engine"
 )
 
@@ -80,8 +81,11 @@ func printJSON(v any) error {
 func checkpointsCmd(g *globals) *cobra.Command {
 	return &cobra.Command{
 		Use:   "checkpoints",
-		Short: "List checkpoints in the store",
-		Args:  cobra.NoArgs,
+		Short: "List checkpoints: archives in the store and checkpoint images",
+		Long: `Checkpoints lists every checkpoint stasis holds: archives kept in its store
+(restore them with 'stasis restore CONTAINER') and checkpoint images in the
+image store (restore them with 'stasis restore IMAGE').`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
 			if err != nil {
@@ -91,11 +95,21 @@ func checkpointsCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			images, err := e.Images.List()
+			if err != nil {
+				return err
+			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "CHECKPOINT\tCONTAINER\tIMAGE\tCREATED\tSIZE\tDIGEST")
 			for _, c := range list {
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.ContainerName, c.Image, ago(c.Created),
 					humanSize(c.Size), truncate(c.Digest, 19))
+			}
+			for _, i := range images {
+				if info, ok := checkpointimage.Read(i.Annotations); ok {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, info.Container, info.BaseImage, ago(i.Created),
+						humanSize(i.Size), truncate(i.Digest, 19))
+				}
 			}
 			return w.Flush()
 		},

@@ -57,12 +57,27 @@ func Open(dir string) (*Store, error) {
 			return nil, err
 		}
 	}
+	s.removeStale()
 	if _, err := os.Stat(filepath.Join(s.layoutDir(), "index.json")); os.IsNotExist(err) {
 		if _, err := layout.Write(s.layoutDir(), empty.Index); err != nil {
 			return nil, fmt.Errorf("init image layout: %w", err)
 		}
 	}
 	return s, nil
+}
+
+// removeStale deletes what a killed pull or unpack left: temporary blobs
+// and trees a day old, long past any copy still running.
+func (s *Store) removeStale() {
+	for _, dir := range []string{filepath.Join(s.layoutDir(), "blobs", "sha256"), s.rootfsDir()} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			fi, err := e.Info()
+			if err == nil && strings.HasPrefix(e.Name(), ".") && time.Since(fi.ModTime()) > 24*time.Hour {
+				os.RemoveAll(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
 }
 
 func (s *Store) layoutDir() string { return filepath.Join(s.dir, "oci") }

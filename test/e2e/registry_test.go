@@ -46,6 +46,9 @@ func TestRegistryRoundTrip(t *testing.T) {
 			if images := e.run("images"); !strings.Contains(images, "web (image "+base+")") {
 				t.Fatalf("stasis images does not say what the checkpoint image is:\n%s", images)
 			}
+			if list := e.run("checkpoints"); !strings.Contains(list, ckpt) {
+				t.Fatalf("stasis checkpoints does not list the checkpoint image:\n%s", list)
+			}
 			e.run("rm", "web")
 			e.run("rmi", ckpt, base)
 			if left := strings.TrimSpace(e.run("images")); strings.Count(left, "\n") != 0 {
