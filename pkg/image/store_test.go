@@ -1,0 +1,92 @@
+package image
+
+import (
+	"bytes"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/random"
+)
+
+func blobCount(t *testing.T, s *Store) int {
+	ents, err := os.ReadDir(filepath.Join(s.layoutDir(), "blobs", "sha256"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func TestAddRemoveCollectsBlobs(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty := blobCount(t, s)
+	a, _ := random.Image(1024, 2)
+	b, _ := random.Image(1024, 1)
+	if _, err := s.Add("a:1", a, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Add("b:1", b, nil); err != nil {
+		t.Fatal(err)
+	}
+	i, err := s.Get("a:1")
+	if err != nil || i.Name != "localhost/a:1" || len(i.layers) != 2 {
+		t.Fatalf("get a:1: %+v %v", i, err)
+	}
+	if err := s.Remove("a:1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get("a:1"); err == nil {
+		t.Fatal("a:1 still there")
+	}
+	// b's manifest, config and layer remain; a's are gone.
+	if n := blobCount(t, s); n != empty+3 {
+		t.Fatalf("%d blobs after removing a, want %d", n, empty+3)
+	}
+}
+
+// corruptLayer claims one digest and delivers other bytes, as a tampered
+// or broken registry would.
+type corruptLayer struct{ v1.Layer }
+
+func (l corruptLayer) Compressed() (io.ReadCloser, error) {
+	rc, err := l.Layer.Compressed()
+	if err != nil {
+		return nil, err
+	}
+	b, _ := io.ReadAll(rc)
+	b[len(b)/2] ^= 0xff
+	return io.NopCloser(bytes.NewReader(b)), nil
+}
+
+func TestAddRefusesAndForgetsACorruptLayer(t *testing.T) {
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The first layer is fetched fine; the second fails and takes the
+	// first with it.
+	bad, _ := random.Image(4096, 1)
+	l, _ := random.Layer(4096, "application/vnd.oci.image.layer.v1.tar+gzip")
+	bad, err = mutate.AppendLayers(bad, corruptLayer{l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := blobCount(t, s)
+	_, err = s.Add("bad:1", bad, nil)
+	if err == nil || !strings.Contains(err.Error(), "does not match its digest") {
+		t.Fatalf("Add of a corrupt layer: %v", err)
+	}
+	if n := blobCount(t, s); n != before {
+		t.Fatalf("a failed Add left %d blobs (had %d)", n, before)
+	}
+	if list, _ := s.List(); len(list) != 0 {
+		t.Fatalf("a failed Add listed %v", list)
+	}
+}
