@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
@@ -167,19 +168,9 @@ func stopCmd(g *globals) *cobra.Command {
 		Use:   "stop CONTAINER...",
 		Short: "Stop containers (SIGTERM, then SIGKILL after --time)",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			for _, a := range args {
-				if err := e.Stop(cmd.Context(), a, timeout); err != nil {
-					return err
-				}
-				fmt.Println(a)
-			}
-			return nil
-		},
+		RunE: eachArg(g, func(ctx context.Context, e *engine.Engine, a string) error {
+			return e.Stop(ctx, a, timeout)
+		}),
 	}
 	cmd.Flags().DurationVarP(&timeout, "time", "t", 10*time.Second, "how long to wait after SIGTERM")
 	return cmd
@@ -191,20 +182,28 @@ func rmCmd(g *globals) *cobra.Command {
 		Use:   "rm CONTAINER...",
 		Short: "Remove containers (their checkpoints stay in the store)",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			for _, a := range args {
-				if err := e.Remove(cmd.Context(), a, force); err != nil {
-					return err
-				}
-				fmt.Println(a)
-			}
-			return nil
-		},
+		RunE: eachArg(g, func(ctx context.Context, e *engine.Engine, a string) error {
+			return e.Remove(ctx, a, force)
+		}),
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running container first")
 	return cmd
+}
+
+// eachArg is the body of commands that act on each argument in turn and
+// print it when done, stopping at the first error.
+func eachArg(g *globals, fn func(ctx context.Context, e *engine.Engine, arg string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		e, err := g.engine()
+		if err != nil {
+			return err
+		}
+		for _, a := range args {
+			if err := fn(cmd.Context(), e, a); err != nil {
+				return err
+			}
+			fmt.Println(a)
+		}
+		return nil
+	}
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -8,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
+	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/image"
 )
 
@@ -68,18 +70,9 @@ func rmiCmd(g *globals, use string) *cobra.Command {
 		Use:   use + " IMAGE...",
 		Short: "Remove images from the local store (blobs no other image uses go too)",
 		Args:  cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			e, err := g.engine()
-			if err != nil {
-				return err
-			}
-			for _, a := range args {
-				if err := e.RemoveImage(cmd.Context(), a); err != nil {
-					return err
-				}
-			}
-			return nil
-		},
+		RunE: eachArg(g, func(ctx context.Context, e *engine.Engine, a string) error {
+			return e.RemoveImage(ctx, a)
+		}),
 	}
 }
 
