@@ -125,6 +125,30 @@ func Build(archivePath, baseDigest string) (v1.Image, error) {
 	return mutate.Annotations(img, ann).(v1.Image), nil
 }
 
+// Index wraps a checkpoint image in an OCI index that carries the same
+// annotations, on the index and on the manifest's descriptor: containerd
+// and checkpointctl look for them there, Podman and CRI-O on the manifest.
+func Index(img v1.Image) (v1.ImageIndex, error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, err
+	}
+	idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+	idx = mutate.AppendManifests(idx, mutate.IndexAddendum{
+		Add: img,
+		Descriptor: v1.Descriptor{
+			MediaType:   types.OCIManifestSchema1,
+			Platform:    &v1.Platform{OS: cfg.OS, Architecture: cfg.Architecture},
+			Annotations: m.Annotations,
+		},
+	})
+	return mutate.Annotations(idx, m.Annotations).(v1.ImageIndex), nil
+}
+
 // layerMediaType names the archive's compression as a layer media type.
 func layerMediaType(path string) (types.MediaType, error) {
 	f, err := os.Open(path)

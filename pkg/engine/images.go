@@ -50,6 +50,13 @@ func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Option
 	if dest == "" {
 		dest = i.Name
 	}
+	if _, ok := checkpointimage.Read(i.Annotations); ok {
+		idx, err := checkpointimage.Index(img)
+		if err != nil {
+			return err
+		}
+		return registry.Push(ctx, dest, idx, o)
+	}
 	return registry.Push(ctx, dest, img, o)
 }
 

@@ -85,8 +85,8 @@ func Image(ctx context.Context, ref string, o Options) (v1.Image, error) {
 	return img, nil
 }
 
-// Push writes img to ref.
-func Push(ctx context.Context, ref string, img v1.Image, o Options) error {
+// Push writes an image (a v1.Image or a v1.ImageIndex) to ref.
+func Push(ctx context.Context, ref string, img remote.Taggable, o Options) error {
 	r, err := ParseReference(ref, o)
 	if err != nil {
 		return err
@@ -109,7 +109,14 @@ func Push(ctx context.Context, ref string, img v1.Image, o Options) error {
 		}()
 		opts = append(opts, remote.WithProgress(updates))
 	}
-	err = remote.Write(r, img, opts...)
+	switch x := img.(type) {
+	case v1.ImageIndex:
+		err = remote.WriteIndex(r, x, opts...)
+	case v1.Image:
+		err = remote.Write(r, x, opts...)
+	default:
+		err = fmt.Errorf("cannot push a %T", img)
+	}
 	if done != nil {
 		<-done
 	}

@@ -116,6 +116,19 @@ func TestCheckpointImageAnnotations(t *testing.T) {
 	if len(m.Layers) != 1 || !strings.HasSuffix(string(m.Layers[0].MediaType), "+zstd") {
 		t.Fatalf("want one zstd layer (the archive itself), got %+v", m.Layers)
 	}
+	// containerd and checkpointctl read them on the index too.
+	idx, err := remote.Index(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	im, err := idx.IndexManifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.Annotations[metadata.CheckpointAnnotationName] != "ann" || len(im.Manifests) != 1 ||
+		im.Manifests[0].Annotations[metadata.CheckpointAnnotationName] != "ann" {
+		t.Fatalf("index lacks the checkpoint annotations: %+v", im)
+	}
 }
 
 // A registry that fails, a digest that does not match, an image that is
