@@ -17,7 +17,7 @@ pkgs=(runc iptables busybox-static zstd tar xz-utils ca-certificates podman
       uidmap fuse-overlayfs conmon docker-registry
       gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
       libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
-      python3-protobuf dpkg-dev)
+      python3-protobuf dpkg-dev patch)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -28,10 +28,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# stasis' own CRIU build carries the patches in hack/criu-patches (fixes for
+# kernels newer than the release); a stamp says which were applied.
+patches=$(dirname "$0")/criu-patches
+stamp=/usr/local/sbin/.criu-stasis-patches
+want_stamp=$(cat "$patches"/*.patch 2>/dev/null | sha256sum | cut -d' ' -f1)
+
 criu_ok() {
   command -v criu >/dev/null 2>&1 || return 1
   local v; v=$(criu --version 2>/dev/null | awk '/^Version:/{print $2}')
   case "$v" in 3.*|2.*|1.*|"") return 1 ;; esac
+  if [ "$(command -v criu)" = /usr/local/sbin/criu ] && [ "$(cat "$stamp" 2>/dev/null)" != "$want_stamp" ]; then
+    return 1
+  fi
   criu check >/dev/null 2>&1
 }
 
@@ -53,9 +62,15 @@ if ! criu_ok; then
   tarball=$(ls "$work"/criu_*.orig.tar.* | head -1)
   tar -C "$work" -xf "$tarball"
   dir=$(find "$work" -maxdepth 1 -type d -name 'criu-*' | head -1)
+  for p in "$patches"/*.patch; do
+    [ -e "$p" ] || continue
+    log "applying $(basename "$p")"
+    patch -d "$dir" -p1 -s < "$p"
+  done
   log "building CRIU in $dir"
   make -C "$dir" -j"$(nproc)" criu >"$work/build.log" 2>&1 || { tail -30 "$work/build.log" >&2; exit 1; }
   install -m 0755 "$dir/criu/criu" /usr/local/sbin/criu
+  echo "$want_stamp" > "$stamp"
   criu_ok || { criu check >&2; echo "CRIU built but 'criu check' fails" >&2; exit 1; }
 fi
 log "criu $(criu --version | awk '/^Version:/{print $2}'), $(runc --version | head -1)"

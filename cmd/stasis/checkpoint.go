@@ -15,6 +15,7 @@ import (
 
 func checkpointCmd(g *globals) *cobra.Command {
 	var o engine.CheckpointOptions
+	var tl engine.TimelineOptions
 	var compression string
 	var stats bool
 	cmd := &cobra.Command{
@@ -32,7 +33,8 @@ container is stopped after the dump. If the dump fails, the container keeps
 running and no archive is left behind.`,
 		Example: `  stasis checkpoint web --export web.tar.zst --leave-running
   stasis checkpoint web
-  stasis checkpoint web --create-image registry.example.com/ckpt/web:v1 --push`,
+  stasis checkpoint web --create-image registry.example.com/ckpt/web:v1 --push
+  stasis checkpoint web --every 30s --keep 10      # a timeline; see 'stasis history' and 'stasis rewind'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
@@ -43,6 +45,12 @@ running and no archive is left behind.`,
 				if o.Compression, err = archive.ParseCompression(compression); err != nil {
 					return err
 				}
+			}
+			if cmd.Flags().Changed("every") {
+				tl.CheckpointOptions = o
+				return e.Timeline(cmd.Context(), args[0], tl, func(r *engine.CheckpointResult) {
+					fmt.Println(r.StoreID)
+				})
 			}
 			res, err := e.Checkpoint(cmd.Context(), args[0], o)
 			if err != nil {
@@ -69,6 +77,9 @@ running and no archive is left behind.`,
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "checkpoint file locks")
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
+	f.DurationVar(&tl.Every, "every", 0, "keep checkpointing (leaving it running) at this interval, until interrupted")
+	f.IntVar(&tl.Keep, "keep", 10, "with --every: how many of the newest checkpoints to keep")
+	f.IntVar(&tl.Count, "count", 0, "with --every: stop after this many checkpoints")
 	return cmd
 }
 

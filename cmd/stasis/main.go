@@ -83,7 +83,8 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
 	root.AddCommand(
 		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
-		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"), demoCmd(g),
+		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"),
+		inspectCmd(g), diffCmd(g), historyCmd(g), rewindCmd(g), demoCmd(g),
 	)
 	return root
 }

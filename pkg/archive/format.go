@@ -38,9 +38,12 @@ const Engine = "stasis"
 // (rootfsImageID, RawImageName), so one file serves every engine.
 type Config struct {
 	metadata.ContainerConfig
-	RootfsImageID string   `json:"rootfsImageID,omitempty"`
-	RawImageName  string   `json:"RawImageName,omitempty"`
-	Command       []string `json:"command,omitempty"`
+	RootfsImageID string `json:"rootfsImageID,omitempty"`
+	RawImageName  string `json:"RawImageName,omitempty"`
+	// CreateNetNS tells Podman to make the network namespace the restore
+	// joins: stasis dumps a network-none container's namespace as external.
+	CreateNetNS bool     `json:"createNetNS,omitempty"`
+	Command     []string `json:"command,omitempty"`
 	// Spec is read by Podman's import, which rebuilds its container from it.
 	Spec *specs.Spec `json:"spec,omitempty"`
 }

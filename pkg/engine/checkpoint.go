@@ -353,6 +353,12 @@ func (e *Engine) writeMetadata(c *Container, work string) error {
 	if err := readJSONFile(filepath.Join(p.bundle(), "config.json"), &spec); err != nil {
 		return err
 	}
+	// The namespace's path is this host's; whoever restores makes its own.
+	for i, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			spec.Linux.Namespaces[i].Path = ""
+		}
+	}
 	criuVersion, _ := criu.Version()
 	spec.Annotations[metadata.CheckpointAnnotationCriuVersion] = criuVersion
 	spec.Annotations[metadata.CheckpointAnnotationRuntimeName] = e.rt.Name()
@@ -368,6 +374,7 @@ func (e *Engine) writeMetadata(c *Container, work string) error {
 		// Podman resolves this field as an image reference in its own store,
 		// where stasis' image IDs do not exist; the name resolves in both.
 		RootfsImageID: c.Image, RawImageName: c.Image, Command: c.Args, Spec: &spec,
+		CreateNetNS: c.Network == runtime.NetworkNone,
 	}
 	return archive.WriteJSON(work, archive.ConfigDump, &cfg)
 }

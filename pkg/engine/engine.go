@@ -21,6 +21,7 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/netns"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 	"github.com/stasis-dev/stasis/pkg/store"
@@ -99,6 +100,9 @@ func (p paths) etc() string      { return filepath.Join(p.dir, "etc") }
 func (p paths) pidFile() string  { return filepath.Join(p.run, "pid") }
 func (p paths) exitFile() string { return filepath.Join(p.run, "exit") }
 func (p paths) rtLog() string    { return filepath.Join(p.run, "runtime.log") }
+
+// netns is the bind mount keeping a network-none container's namespace.
+func (p paths) netns() string { return filepath.Join(p.run, "netns") }
 
 // lazyPagesPid names the lazy-pages helper of a lazily restored container.
 func (p paths) lazyPagesPid() string { return filepath.Join(p.run, "lazy-pages.pid") }
@@ -208,6 +212,9 @@ func (e *Engine) getLocked(ctx context.Context, ref string) (*Container, func(),
 func (e *Engine) release(ctx context.Context, c *Container) error {
 	if err := e.rt.Delete(ctx, c.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
 		return fmt.Errorf("delete %s from runtime: %w", c.Name, err)
+	}
+	if err := netns.Remove(e.paths(c.ID).netns()); err != nil {
+		return err
 	}
 	return e.paths(c.ID).layout("").Unmount()
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/netns"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
@@ -41,6 +42,9 @@ type RestoreOptions struct {
 	// Registry is how to pull a checkpoint image, and a base image the
 	// store lacks.
 	Registry registry.Options
+	// Checkpoint picks a stored checkpoint of Container by ID instead of
+	// its latest (a rewind).
+	Checkpoint string
 }
 
 // RestoreResult reports a restore.
@@ -218,6 +222,9 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 	if serr != nil && c != nil {
 		ent, serr = store.Latest(e.Checkpoints, c.Name)
 	}
+	if o.Checkpoint != "" {
+		ent, serr = e.Checkpoints.Get(o.Checkpoint)
+	}
 	if serr != nil {
 		if c != nil {
 			return "", nil, nil, fmt.Errorf("restore %s: %w", o.Container, serr)
@@ -319,10 +326,18 @@ func (e *Engine) adaptSpec(c *Container, spec *specs.Spec, rootfsDir string, dir
 		spec.Process.OOMScoreAdj = nil // lowering it needs CAP_SYS_RESOURCE
 	}
 	for i, ns := range spec.Linux.Namespaces {
+		if ns.Type == specs.NetworkNamespace {
+			// A namespace of stasis' own with loopback up (see pkg/netns),
+			// in place of whatever the checkpointing engine had.
+			if err := netns.New(p.netns()); err != nil {
+				return err
+			}
+			spec.Linux.Namespaces[i].Path = p.netns()
+			continue
+		}
 		if ns.Path != "" {
 			return fmt.Errorf("the checkpoint joined an existing %s namespace (%s), which stasis cannot provide", ns.Type, ns.Path)
 		}
-		spec.Linux.Namespaces[i] = ns
 	}
 	hostname := spec.Hostname
 	if hostname == "" {

@@ -16,6 +16,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/netns"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
@@ -99,10 +100,17 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 	if err != nil {
 		return c, err
 	}
+	ns := ""
+	if o.Network == runtime.NetworkNone {
+		ns = p.netns()
+		if err := netns.New(ns); err != nil {
+			return c, err
+		}
+	}
 	spec, err := runtime.Spec(runtime.SpecOptions{
 		ID: id, Hostname: o.Name, Rootfs: lay.Merged, Args: args,
 		Env: append(append([]string{}, img.Config.Env...), o.Env...), Cwd: workdir, User: user,
-		Network: o.Network, Mounts: o.Volumes, EtcFiles: etc, Annotations: e.annotations(c),
+		Network: o.Network, NetNSPath: ns, Mounts: o.Volumes, EtcFiles: etc, Annotations: e.annotations(c),
 	})
 	if err != nil {
 		return c, err

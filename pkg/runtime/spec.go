@@ -28,7 +28,10 @@ type SpecOptions struct {
 	Args, Env    []string
 	Cwd, User    string // User as in an image config: "name", "uid", "uid:gid"
 	Network      string
-	Mounts       []Mount
+	// NetNSPath, with network none, is the namespace to join (see
+	// pkg/netns); empty lets the runtime make one.
+	NetNSPath string
+	Mounts    []Mount
 	// EtcFiles maps /etc/hosts, /etc/hostname and /etc/resolv.conf to files
 	// stasis writes for the container, bind-mounted as Podman does, so an
 	// archive restores in either tool with the same set of mounts.
@@ -36,12 +39,12 @@ type SpecOptions struct {
 	Annotations map[string]string
 }
 
-// CgroupsPath is where a container's cgroups live under each hierarchy.
 // SpecVersion is the OCI runtime-spec version stasis writes: the version
 // the runtimes it drives were built for (crun 1.8 refuses newer ones), not
 // that of the Go module, which only adds fields stasis does not use.
 const SpecVersion = "1.0.2"
 
+// CgroupsPath is where a container's cgroups live under each hierarchy.
 func CgroupsPath(id string) string { return "/stasis/" + id }
 
 // defaultCaps is the capability set Podman and Docker give containers.
@@ -70,7 +73,7 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 	ns := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}
 	switch o.Network {
 	case NetworkNone, "":
-		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: o.NetNSPath})
 	case NetworkHost:
 	default:
 		return nil, fmt.Errorf("network %q is not supported (want none or host)", o.Network)

@@ -1,0 +1,44 @@
+package engine
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+
+	"github.com/stasis-dev/stasis/pkg/inspect"
+	"github.com/stasis-dev/stasis/pkg/registry"
+)
+
+// OpenCheckpoint unpacks the checkpoint ref names (see ArchiveOf) for
+// inspection; close removes the unpacked copy.
+func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Options) (c *inspect.Checkpoint, close func(), err error) {
+	path, err := e.ArchiveOf(ctx, ref, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "inspect-")
+	if err != nil {
+		return nil, nil, err
+	}
+	close = func() { os.RemoveAll(work) }
+	c, err = inspect.Open(path, work)
+	if err != nil {
+		close()
+		return nil, nil, err
+	}
+	return c, close, nil
+}
+
+// BaseRootfs is the unpacked base image of a checkpoint, or "" when the
+// store does not have it.
+func (e *Engine) BaseRootfs(c *inspect.Checkpoint) string {
+	img, err := e.baseImage(c.Config())
+	if err != nil {
+		return ""
+	}
+	dir, err := e.Images.Rootfs(img)
+	if err != nil {
+		return ""
+	}
+	return dir
+}

@@ -1,0 +1,124 @@
+package inspect
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"github.com/checkpoint-restore/go-criu/v8/crit"
+	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
+)
+
+// pagePresent is CRIU's PE_PRESENT: the entry's pages are in the pages
+// image (rather than in a parent image, or not dumped).
+const pagePresent = 1 << 2
+
+var pageSize = uint64(os.Getpagesize())
+
+// pageIndex maps a process's dumped memory to its pages image. go-criu
+// decodes the pagemap; the reading is done here because go-criu's own
+// reader only knows the page count field newer CRIUs write (nr_pages,
+// field 5), not the one CRIU 4.1 and older write (field 2).
+type pageIndex struct {
+	file string
+	runs []pageRun
+}
+
+type pageRun struct {
+	vaddr, length, offset uint64 // bytes
+}
+
+func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
+	f, err := os.Open(filepath.Join(c.dir.Images(), fmt.Sprintf("pagemap-%d.img", pid)))
+	if err != nil {
+		return nil, fmt.Errorf("memory of pid %d: %w", pid, err)
+	}
+	defer f.Close()
+	img, err := crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
+	if err != nil {
+		return nil, fmt.Errorf("memory of pid %d: pagemap: %w", pid, err)
+	}
+	if len(img.Entries) == 0 {
+		return nil, fmt.Errorf("memory of pid %d: empty pagemap", pid)
+	}
+	head := img.Entries[0].Message.(*pagemap.PagemapHead)
+	ix := &pageIndex{file: filepath.Join(c.dir.Images(), fmt.Sprintf("pages-%d.img", head.GetPagesId()))}
+	var off uint64
+	for _, e := range img.Entries[1:] {
+		p := e.Message.(*pagemap.PagemapEntry)
+		n := p.GetNrPages()
+		if n == 0 {
+			n = uint64(p.GetCompatNrPages())
+		}
+		if p.GetInParent() || (p.Flags != nil && p.GetFlags()&pagePresent == 0) {
+			continue
+		}
+		r := pageRun{vaddr: p.GetVaddr(), length: n * pageSize, offset: off}
+		off += r.length
+		if k := len(ix.runs) - 1; k >= 0 && ix.runs[k].vaddr+ix.runs[k].length == r.vaddr && ix.runs[k].offset+ix.runs[k].length == r.offset {
+			ix.runs[k].length += r.length
+			continue
+		}
+		ix.runs = append(ix.runs, r)
+	}
+	return ix, nil
+}
+
+// read returns memory [start, end); bytes not dumped read as zero.
+func (ix *pageIndex) read(start, end uint64) ([]byte, error) {
+	if end < start || end-start > 64<<20 {
+		return nil, fmt.Errorf("bad memory range %x-%x", start, end)
+	}
+	out := make([]byte, end-start)
+	f, err := os.Open(ix.file)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	for _, r := range ix.runs {
+		lo, hi := max(start, r.vaddr), min(end, r.vaddr+r.length)
+		if lo >= hi {
+			continue
+		}
+		if _, err := f.ReadAt(out[lo-start:hi-start], int64(r.offset+lo-r.vaddr)); err != nil && err != io.EOF {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// searchOverlap is how far chunks overlap: a match up to this long is found
+// even when it straddles two chunks.
+const searchOverlap = 64 << 10
+
+// search streams through the dumped memory a chunk at a time and calls fn
+// for each match of re with its address and the bytes around it.
+func (ix *pageIndex) search(re *regexp.Regexp, context int, fn func(vaddr uint64, n int, around []byte)) error {
+	f, err := os.Open(ix.file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := make([]byte, searchChunk+searchOverlap)
+	for _, r := range ix.runs {
+		// Each chunk owns the matches that start in its first
+		// searchChunk bytes; the overlap lets those finish.
+		for pos := uint64(0); pos < r.length; pos += searchChunk {
+			n := min(uint64(len(buf)), r.length-pos)
+			b := buf[:n]
+			if _, err := f.ReadAt(b, int64(r.offset+pos)); err != nil && err != io.EOF {
+				return err
+			}
+			for _, m := range re.FindAllIndex(b, -1) {
+				if uint64(m[0]) >= searchChunk {
+					break
+				}
+				lo, hi := max(m[0]-context, 0), min(m[1]+context, len(b))
+				fn(r.vaddr+pos+uint64(m[0]), m[1]-m[0], b[lo:hi])
+			}
+		}
+	}
+	return nil
+}
