@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"syscall"
 	"time"
@@ -27,6 +29,8 @@ func Sample(args []string) int {
 	warmup := fs.Duration("warmup", 3*time.Second, "time spent initialising memory")
 	mib := fs.Int("mib", 64, "MiB of state to build")
 	lock := fs.String("lock", "", "hold an exclusive flock on this file, as a database holds its lock file")
+	seed := fs.String("secret-seed", "", "derive a token from this seed and hold it only in memory, as a service holds a credential")
+	sock := fs.String("listen-unix", "", "listen on a unix socket at this path")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -40,6 +44,19 @@ func Sample(args []string) int {
 			return 1
 		}
 		defer f.Close()
+	}
+	var secret []byte
+	if *seed != "" {
+		h := sha256.Sum256([]byte(*seed))
+		secret = []byte(fmt.Sprintf("tok_%x", h[:8]))
+	}
+	if *sock != "" {
+		l, err := net.Listen("unix", *sock)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "listen:", err)
+			return 1
+		}
+		defer l.Close()
 	}
 	start := time.Now()
 	state := make([]byte, *mib<<20)
@@ -61,5 +78,6 @@ func Sample(args []string) int {
 			fmt.Printf("digest %x\n", sha256.Sum256(state))
 		case <-time.After(100 * time.Millisecond):
 		}
+		runtime.KeepAlive(secret)
 	}
 }

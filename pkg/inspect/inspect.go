@@ -157,7 +157,7 @@ func (c *Checkpoint) critter() crit.Critter {
 func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 	root, err := c.critter().ExplorePs()
 	if err != nil {
-		return nil, fmt.Errorf("process tree: %w", err)
+		return nil, corrupt("process tree", err)
 	}
 	var out []*Process
 	var walk func(t *crit.PsTree, ppid uint32)
@@ -193,7 +193,7 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 	if o.Files {
 		fds, err := c.critter().ExploreFds()
 		if err != nil {
-			return nil, fmt.Errorf("open files: %w", err)
+			return nil, corrupt("open files", err)
 		}
 		for _, fd := range fds {
 			if p := byPid[fd.PId]; p != nil {
@@ -206,13 +206,17 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 	if o.Sockets {
 		sks, err := c.critter().ExploreSk()
 		if err != nil {
-			return nil, fmt.Errorf("sockets: %w", err)
+			return nil, corrupt("sockets", err)
 		}
 		for _, sk := range sks {
 			if p := byPid[sk.PId]; p != nil {
 				for _, s := range sk.Sockets {
+					family := s.Family
+					if family == "" && s.FdType == "UNIXSK" {
+						family = "UNIX"
+					}
 					p.Sockets = append(p.Sockets, Socket{
-						Fd: s.Fd, Family: s.Family, Protocol: s.Protocol, Type: s.Type, State: s.State,
+						Fd: s.Fd, Family: family, Protocol: s.Protocol, Type: s.Type, State: s.State,
 						Src: hostPort(s.SrcAddr, s.SrcPort), Dst: hostPort(s.DestAddr, s.DestPort),
 					})
 				}
@@ -254,6 +258,11 @@ func (c *Checkpoint) readArgs(p *Process, cmdline, env bool) error {
 		p.Env = splitNul(string(b))
 	}
 	return nil
+}
+
+// corrupt words a decoding error: crit does not say which image failed.
+func corrupt(what string, err error) error {
+	return fmt.Errorf("%s: the checkpoint's CRIU images are corrupt or truncated: %w", what, err)
 }
 
 func splitNul(s string) []string {

@@ -39,6 +39,11 @@ func (l Layout) Diff(w io.Writer) ([]string, error) {
 			deleted = append(deleted, "/"+filepath.ToSlash(rel))
 			return nil
 		}
+		if fi.Mode()&os.ModeSocket != 0 {
+			// tar has no sockets; CRIU binds a listening one again on
+			// restore, which makes the file (as Podman's diff skips them).
+			return nil
+		}
 		if fi.IsDir() && isOpaque(p) {
 			hidden, err := lowerEntriesHidden(filepath.Join(l.Lower, rel), p)
 			if err != nil {

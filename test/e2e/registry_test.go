@@ -49,6 +49,9 @@ func TestRegistryRoundTrip(t *testing.T) {
 			if list := e.run("checkpoints"); !strings.Contains(list, ckpt) {
 				t.Fatalf("stasis checkpoints does not list the checkpoint image:\n%s", list)
 			}
+			if got := e.run("inspect", ckpt, "--cat", "/tmp/last"); strings.TrimSpace(got) == "" {
+				t.Fatal("inspect of a checkpoint image shows no /tmp/last")
+			}
 			e.run("rm", "web")
 			e.run("rmi", ckpt, base)
 			if left := strings.TrimSpace(e.run("images")); strings.Count(left, "\n") != 0 {
