@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -12,6 +13,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/inspect"
 	"github.com/stasis-dev/stasis/pkg/registry"
+	"github.com/stasis-dev/stasis/pkg/store"
 )
 
 type inspectFlags struct {
@@ -207,14 +209,25 @@ func historyCmd(g *globals) *cobra.Command {
 				return fmt.Errorf("%s has no stored checkpoints", args[0])
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "#\tCHECKPOINT\tCREATED\tSIZE\tCHANGE")
+			fmt.Fprintln(w, "#\tCHECKPOINT\tCREATED\tSIZE\tPROCESSES\tMEMORY\tROOTFS")
+			var prev *store.Summary
 			for i, ent := range h {
-				change := "-"
-				if i > 0 {
-					change = fmt.Sprintf("%+d B", ent.Size-h[i-1].Size)
+				procs, mem, rootfs := "-", "-", "-"
+				if s := ent.Summary; s != nil {
+					procs, mem, rootfs = strconv.Itoa(s.Processes), humanSize(s.MemoryBytes), "changes"
+					if prev != nil {
+						procs += fmt.Sprintf(" (%+d)", s.Processes-prev.Processes)
+						mem += fmt.Sprintf(" (%+d KiB)", (s.MemoryBytes-prev.MemoryBytes)/1024)
+						if s.RootfsDigest == prev.RootfsDigest {
+							rootfs = "same"
+						} else {
+							rootfs = "changed"
+						}
+					}
+					prev = s
 				}
-				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\n", i+1, ent.ID, ent.Created.Format("2006-01-02 15:04:05"),
-					humanSize(ent.Size), change)
+				fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", i+1, ent.ID, ent.Created.Format("2006-01-02 15:04:05"),
+					humanSize(ent.Size), procs, mem, rootfs)
 			}
 			return w.Flush()
 		},

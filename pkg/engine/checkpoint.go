@@ -17,7 +17,9 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
+	"github.com/stasis-dev/stasis/pkg/inspect"
 	"github.com/stasis-dev/stasis/pkg/registry"
+	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 	"github.com/stasis-dev/stasis/pkg/store"
 )
@@ -35,6 +37,10 @@ type CheckpointOptions struct {
 	CreateImage string
 	Push        bool
 	Registry    registry.Options
+	// ShareRootfs keeps a stored checkpoint's rootfs diff beside its
+	// archive, shared with every stored checkpoint with the same diff: a
+	// timeline stores an unchanged diff once.
+	ShareRootfs bool
 }
 
 // CheckpointResult says where the checkpoint went and where time went.
@@ -150,11 +156,25 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	}
 	res.Phases.add("rootfs", time.Since(t))
 
+	members := archive.Members
+	summary := summarize(work, res.CRIU)
+	shared := ""
+	if o.ShareRootfs && o.Export == "" && o.CreateImage == "" {
+		if _, err := os.Stat(filepath.Join(work, archive.RootfsDiff)); err == nil {
+			shared = filepath.Join(work, archive.RootfsDiff)
+			members = without(members, archive.RootfsDiff)
+			// Unchanged since the last checkpoint: share that one's diff.
+			if prev, err := store.Latest(e.Checkpoints, c.ID); err == nil && prev.RootfsDiff != "" &&
+				prev.Summary != nil && prev.Summary.RootfsDigest == summary.RootfsDigest {
+				shared = prev.RootfsDiff
+			}
+		}
+	}
 	var ws *archive.WriteStats
 	write := func(dest string) (int64, string, error) {
 		var err error
 		ws, err = archive.WriteFile(dest, archive.Contents{
-			Dir: work, Members: archive.Members, Captured: pages.captured,
+			Dir: work, Members: members, Captured: pages.captured,
 		}, o.Compression)
 		if err != nil {
 			return 0, "", err
@@ -190,7 +210,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	default:
 		ent, err := e.Checkpoints.Put(store.Entry{
 			ContainerID: c.ID, ContainerName: c.Name, Image: c.Image, Created: time.Now().UTC(),
-			Compression: string(o.Compression),
+			Compression: string(o.Compression), RootfsDiff: shared, Summary: summary,
 		}, archiveName(o.Compression), write)
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s: store: %w", c.Name, err)
@@ -247,6 +267,32 @@ func (pc *pageCapture) close() error {
 		return nil
 	}
 	return pc.streams.Close()
+}
+
+func without(list []string, x string) []string {
+	var out []string
+	for _, s := range list {
+		if s != x {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// summarize describes a dump for a history: how many processes, how much
+// memory, which rootfs diff.
+func summarize(work string, st *criu.DumpStats) *store.Summary {
+	s := &store.Summary{}
+	if st != nil {
+		s.MemoryBytes = int64(st.PagesWritten) * int64(os.Getpagesize())
+	}
+	if c, err := inspect.OpenDir(work); err == nil {
+		if ps, err := c.Processes(inspect.ProcessOptions{}); err == nil {
+			s.Processes = len(ps)
+		}
+	}
+	s.RootfsDigest, _ = rootfs.DiffDigest(filepath.Join(work, archive.RootfsDiff))
+	return s
 }
 
 func archiveName(c archive.Compression) string {

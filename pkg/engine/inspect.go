@@ -9,10 +9,10 @@ import (
 	"github.com/stasis-dev/stasis/pkg/registry"
 )
 
-// OpenCheckpoint unpacks the checkpoint ref names (see ArchiveOf) for
+// OpenCheckpoint unpacks the checkpoint ref names (see checkpointOf) for
 // inspection; close removes the unpacked copy.
 func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Options) (c *inspect.Checkpoint, close func(), err error) {
-	path, err := e.ArchiveOf(ctx, ref, o)
+	src, err := e.checkpointOf(ctx, ref, o)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -21,11 +21,15 @@ func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Opti
 		return nil, nil, err
 	}
 	close = func() { os.RemoveAll(work) }
-	c, err = inspect.Open(path, work)
-	if err != nil {
+	if _, err := extract(src.archive, src.rootfsDiff, work); err != nil {
 		close()
 		return nil, nil, err
 	}
+	if c, err = inspect.OpenDir(work); err != nil {
+		close()
+		return nil, nil, err
+	}
+	c.SetArchiveSize(src.archive)
 	return c, close, nil
 }
 

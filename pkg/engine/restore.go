@@ -76,7 +76,7 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 	if _, err := criu.Check(); err != nil {
 		return nil, err
 	}
-	src, existing, fromImage, err := e.restoreSource(ctx, o, pulled)
+	from, err := e.restoreSource(ctx, o, pulled)
 	if err != nil {
 		return nil, err
 	}
@@ -95,7 +95,8 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 		}
 	}()
 	t := time.Now()
-	dir, err := archive.Extract(src, work)
+	src, existing, fromImage := from.archive, from.existing, from.image
+	dir, err := extract(from.archive, from.rootfsDiff, work)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -194,25 +195,49 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 	return res, nil
 }
 
-// restoreSource finds the archive to restore: an --import file, the latest
-// stored checkpoint of a container (for an in-place restore, with the
-// container), or a checkpoint image, local or pulled.
-func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]string) (string, *Container, *checkpointimage.Info, error) {
+// source is where a restore or an inspection reads a checkpoint from.
+type source struct {
+	archive string
+	// rootfsDiff is a stored checkpoint's shared rootfs diff, kept beside
+	// its archive (store.Entry.RootfsDiff).
+	rootfsDiff string
+	// existing is the container an in-place restore brings back.
+	existing *Container
+	// image is what a checkpoint image says about itself.
+	image *checkpointimage.Info
+}
+
+// extract unpacks a checkpoint into work, adding a shared rootfs diff.
+func extract(archivePath, rootfsDiff, work string) (archive.Dir, error) {
+	dir, err := archive.Extract(archivePath, work)
+	if err != nil || rootfsDiff == "" {
+		return dir, err
+	}
+	if err := os.Link(rootfsDiff, dir.RootfsDiff()); err != nil {
+		return "", fmt.Errorf("rootfs diff of %s: %w", archivePath, err)
+	}
+	return dir, nil
+}
+
+// restoreSource finds the checkpoint to restore: an --import file, the
+// latest (or a chosen) stored checkpoint of a container, with the container
+// for an in-place restore, or a checkpoint image, local or pulled.
+func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]string) (*source, error) {
 	if o.Import != "" {
 		if o.Container != "" {
-			return "", nil, nil, errors.New("restore: give either a container or --import, not both")
+			return nil, errors.New("restore: give either a container or --import, not both")
 		}
 		if _, err := os.Stat(o.Import); err != nil {
-			return "", nil, nil, fmt.Errorf("restore: %w", err)
+			return nil, fmt.Errorf("restore: %w", err)
 		}
-		return o.Import, nil, nil, nil
+		return &source{archive: o.Import}, nil
 	}
 	if o.Container == "" {
-		return "", nil, nil, errors.New("restore: name a container, a checkpoint image, or give --import ARCHIVE")
+		return nil, errors.New("restore: name a container, a checkpoint image, or give --import ARCHIVE")
 	}
 	c, err := e.Get(ctx, o.Container)
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		return "", nil, nil, err
+		return nil, err
 	}
 	key := o.Container
 	if c != nil {
@@ -227,18 +252,18 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 	}
 	if serr != nil {
 		if c != nil {
-			return "", nil, nil, fmt.Errorf("restore %s: %w", o.Container, serr)
+			return nil, fmt.Errorf("restore %s: %w", o.Container, serr)
 		}
 		path, info, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry, pulled)
 		if ierr != nil {
-			return "", nil, nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
+			return nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
 		}
-		return path, nil, info, nil
+		return &source{archive: path, image: info}, nil
 	}
 	if c != nil && o.Name != "" && o.Name != c.Name {
 		c = nil // a copy under a new name, the original untouched
 	}
-	return ent.Archive, c, nil, nil
+	return &source{archive: ent.Archive, rootfsDiff: ent.RootfsDiff, existing: c}, nil
 }
 
 func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,

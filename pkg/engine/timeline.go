@@ -11,32 +11,31 @@ import (
 	"github.com/stasis-dev/stasis/pkg/store"
 )
 
-// ArchiveOf finds the archive a reference names: an archive file, a stored
-// checkpoint's ID, a container (its latest stored checkpoint), or a
+// checkpointOf finds the checkpoint a reference names: an archive file, a
+// stored checkpoint's ID, a container (its latest stored checkpoint), or a
 // checkpoint image (local, or pulled).
-func (e *Engine) ArchiveOf(ctx context.Context, ref string, o registry.Options) (string, error) {
+func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Options) (*source, error) {
 	if fi, err := os.Stat(ref); err == nil && fi.Mode().IsRegular() {
-		return ref, nil
+		return &source{archive: ref}, nil
 	}
 	if ent, err := e.Checkpoints.Get(ref); err == nil {
-		return ent.Archive, nil
+		return &source{archive: ent.Archive, rootfsDiff: ent.RootfsDiff}, nil
 	}
 	key := ref
 	if c, err := e.Get(ctx, ref); err == nil {
 		key = c.ID
 	}
-	if ent, err := store.Latest(e.Checkpoints, key); err == nil {
-		return ent.Archive, nil
-	}
-	if ent, err := store.Latest(e.Checkpoints, ref); err == nil {
-		return ent.Archive, nil
+	for _, k := range []string{key, ref} {
+		if ent, err := store.Latest(e.Checkpoints, k); err == nil {
+			return &source{archive: ent.Archive, rootfsDiff: ent.RootfsDiff}, nil
+		}
 	}
 	var pulled []string
-	path, _, err := e.checkpointImageArchive(ctx, ref, o, &pulled)
+	path, info, err := e.checkpointImageArchive(ctx, ref, o, &pulled)
 	if err != nil {
-		return "", fmt.Errorf("%s is no archive file, stored checkpoint or container with one, nor a checkpoint image: %w", ref, err)
+		return nil, fmt.Errorf("%s is no archive file, stored checkpoint or container with one, nor a checkpoint image: %w", ref, err)
 	}
-	return path, nil
+	return &source{archive: path, image: info}, nil
 }
 
 // TimelineOptions make a timeline: a checkpoint of a running container
@@ -60,7 +59,7 @@ func (e *Engine) Timeline(ctx context.Context, ref string, o TimelineOptions, do
 	if o.Export != "" || o.CreateImage != "" {
 		return errors.New("timeline: checkpoints go to the store; --export and --create-image do not apply")
 	}
-	o.LeaveRunning = true
+	o.LeaveRunning, o.ShareRootfs = true, true
 	tick := time.NewTicker(o.Every)
 	defer tick.Stop()
 	for n := 1; ; n++ {

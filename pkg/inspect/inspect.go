@@ -31,27 +31,27 @@ import (
 // Checkpoint is a checkpoint unpacked for reading.
 type Checkpoint struct {
 	dir         archive.Dir
-	archivePath string
 	archiveSize int64
 	cfg         *archive.Config
 }
 
-// Open unpacks the archive at path into work (an empty directory the
-// caller removes) and checks that it is a checkpoint.
-func Open(path, work string) (*Checkpoint, error) {
-	fi, err := os.Stat(path)
+// OpenDir reads a checkpoint already unpacked in dir (or being written
+// there: the images and config.dump are what it needs).
+func OpenDir(dir string) (*Checkpoint, error) {
+	d := archive.Dir(dir)
+	cfg, err := d.Config()
 	if err != nil {
 		return nil, err
 	}
-	dir, err := archive.Extract(path, work)
-	if err != nil {
-		return nil, err
+	return &Checkpoint{dir: d, cfg: cfg}, nil
+}
+
+// SetArchiveSize records the size of the archive the checkpoint came from,
+// for Summary.
+func (c *Checkpoint) SetArchiveSize(path string) {
+	if fi, err := os.Stat(path); err == nil {
+		c.archiveSize = fi.Size()
 	}
-	cfg, err := dir.Config()
-	if err != nil {
-		return nil, err
-	}
-	return &Checkpoint{dir: dir, archivePath: path, archiveSize: fi.Size(), cfg: cfg}, nil
 }
 
 // Config is the checkpoint's config.dump.

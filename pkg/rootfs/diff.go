@@ -2,6 +2,8 @@ package rootfs
 
 import (
 	"archive/tar"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"io/fs"
@@ -160,4 +162,35 @@ func Apply(root string, diff io.Reader, deleted []string) error {
 		}
 	}
 	return nil
+}
+
+// DiffDigest identifies what a rootfs diff changes: the same for two diffs
+// that differ only in directory times. Those move whenever anything, CRIU
+// included, creates and removes a file in a directory, and matter to no
+// restore; a timeline shares a diff whose digest has not moved.
+func DiffDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	tr := tar.NewReader(f)
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+		}
+		if err != nil {
+			return "", err
+		}
+		mtime := hdr.ModTime.UnixNano()
+		if hdr.Typeflag == tar.TypeDir {
+			mtime = 0
+		}
+		fmt.Fprintf(h, "%q %c %o %d:%d %d %q %d\n", hdr.Name, hdr.Typeflag, hdr.Mode, hdr.Uid, hdr.Gid, hdr.Size, hdr.Linkname, mtime)
+		if _, err := io.Copy(h, tr); err != nil {
+			return "", err
+		}
+	}
 }

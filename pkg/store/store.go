@@ -5,14 +5,17 @@ package store
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -29,9 +32,29 @@ type Entry struct {
 	Size          int64     `json:"size"`
 	Digest        string    `json:"digest"`
 	Compression   string    `json:"compression"`
+	// Summary is what the checkpoint held, for a history to compare.
+	Summary *Summary `json:"summary,omitempty"`
 	// Archive is the archive's path; filled in when read, not stored.
 	Archive string `json:"-"`
+	// RootfsDiff, when set, is the rootfs diff kept beside the archive
+	// instead of in it: shared, by hard link, by every entry with the same
+	// diff (a timeline whose files do not change stores it once). On Put
+	// it names the file to share; on Get, where it is.
+	RootfsDiff string `json:"-"`
 }
+
+// Summary is a checkpoint in a few figures.
+type Summary struct {
+	Processes    int    `json:"processes"`
+	MemoryBytes  int64  `json:"memory_bytes"`
+	RootfsDigest string `json:"rootfs_digest,omitempty"`
+}
+
+const (
+	rootfsFile = "rootfs-diff.tar"
+	// sharedDir holds one copy of each shared rootfs diff, by digest.
+	sharedDir = ".rootfs"
+)
 
 // Store is where checkpoints are kept. Dir is the only backend today; the
 // interface is what the engine depends on.
@@ -78,6 +101,12 @@ func (d *Dir) Put(e Entry, archiveName string, write func(string) (int64, string
 		return nil, err
 	}
 	e.Size, e.Digest = size, digest
+	if e.RootfsDiff != "" {
+		if err := d.share(e.RootfsDiff, filepath.Join(tmp, rootfsFile)); err != nil {
+			return nil, err
+		}
+		e.RootfsDiff = ""
+	}
 	b, err := json.MarshalIndent(e, "", "  ")
 	if err != nil {
 		return nil, err
@@ -90,6 +119,32 @@ func (d *Dir) Put(e Entry, archiveName string, write func(string) (int64, string
 	}
 	ok = true
 	return d.Get(e.ID)
+}
+
+// share hard-links src into dest by way of the shared copy with the same
+// content, creating it when it is new.
+func (d *Dir) share(src, dest string) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	h := sha256.New()
+	_, err = io.Copy(h, f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	pool := filepath.Join(d.root, sharedDir)
+	if err := os.MkdirAll(pool, 0o700); err != nil {
+		return err
+	}
+	shared := filepath.Join(pool, hex.EncodeToString(h.Sum(nil))+".tar")
+	if _, err := os.Stat(shared); os.IsNotExist(err) {
+		if err := os.Link(src, shared); err != nil && !os.IsExist(err) {
+			return fmt.Errorf("share rootfs diff: %w", err)
+		}
+	}
+	return os.Link(shared, dest)
 }
 
 // List returns all checkpoints, oldest first.
@@ -135,15 +190,29 @@ func (d *Dir) Get(id string) (*Entry, error) {
 		return nil, fmt.Errorf("checkpoint %s: archive missing", id)
 	}
 	e.Archive = files[0]
+	if _, err := os.Stat(filepath.Join(dir, rootfsFile)); err == nil {
+		e.RootfsDiff = filepath.Join(dir, rootfsFile)
+	}
 	return &e, nil
 }
 
-// Delete removes a checkpoint.
+// Delete removes a checkpoint, and a shared rootfs diff no other
+// checkpoint links to.
 func (d *Dir) Delete(id string) error {
 	if _, err := d.Get(id); err != nil {
 		return err
 	}
-	return os.RemoveAll(filepath.Join(d.root, id))
+	if err := os.RemoveAll(filepath.Join(d.root, id)); err != nil {
+		return err
+	}
+	pool, _ := filepath.Glob(filepath.Join(d.root, sharedDir, "*.tar"))
+	for _, p := range pool {
+		var st syscall.Stat_t
+		if syscall.Stat(p, &st) == nil && st.Nlink == 1 {
+			os.Remove(p)
+		}
+	}
+	return nil
 }
 
 // Latest returns the newest checkpoint whose container matches nameOrID.

@@ -302,3 +302,28 @@ func TestInspectBadInput(t *testing.T) {
 	}
 	os.Remove(badMagic)
 }
+
+// A timeline of a container whose files do not change stores its rootfs
+// diff once, and a rewind still gets it.
+func TestTimelineSharesUnchangedRootfs(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	e.run("run", "--name", "still", "localhost/busybox:e2e", "sh", "-c", "echo kept > /tmp/kept; exec sleep 1000")
+	waitFor(t, func() bool { _, err := e.try("exec", "still", "cat", "/tmp/kept"); return err == nil })
+	e.run("checkpoint", "still", "--every", "300ms", "--keep", "5", "--count", "3")
+	hist := e.run("history", "still")
+	if strings.Count(hist, "same") != 2 {
+		t.Fatalf("history should show the rootfs unchanged twice:\n%s", hist)
+	}
+	pool, _ := filepath.Glob(filepath.Join(e.root, "checkpoints", ".rootfs", "*.tar"))
+	if len(pool) != 1 {
+		t.Fatalf("want one shared rootfs diff, found %v", pool)
+	}
+	if fi, err := os.Stat(pool[0]); err != nil || linkCount(fi) != 4 {
+		t.Fatalf("the shared diff should be linked by 3 entries (+1): %v %v", fi, err)
+	}
+	e.run("rewind", "still", "--to", "1")
+	if got := strings.TrimSpace(e.run("exec", "still", "cat", "/tmp/kept")); got != "kept" {
+		t.Fatalf("after rewind /tmp/kept is %q", got)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -228,4 +229,11 @@ func (e *env) assertContinues(name string, atCheckpoint int) {
 		e.t.Fatalf("%s counts %d, below its checkpointed %d: it started over", name, v, atCheckpoint)
 	}
 	e.waitCounter(name, atCheckpoint+3)
+}
+
+func linkCount(fi os.FileInfo) uint64 {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		return uint64(st.Nlink)
+	}
+	return 0
 }

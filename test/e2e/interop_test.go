@@ -74,6 +74,10 @@ func TestPodmanArchiveRestoresInStasis(t *testing.T) {
 	}
 	archive := filepath.Join(t.TempDir(), "podman.tar.zst")
 	podman(t, "container", "checkpoint", "--export", archive, name)
+	// inspect reads Podman's archives too.
+	if tree := e.run("inspect", archive, "--ps-tree", "--cmdline"); !strings.Contains(tree, "sh -c") {
+		t.Errorf("inspect of a Podman archive:\n%s", tree)
+	}
 	at := 10
 	e.run("restore", "--import", archive, "--name", "from-podman")
 	e.assertContinues("from-podman", at)
