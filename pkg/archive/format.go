@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	"github.com/checkpoint-restore/go-criu/v8/stats"
@@ -32,6 +33,24 @@ const (
 // Engine is the value stasis writes as io.container.manager and as the
 // org.criu.checkpoint.engine.name annotation.
 const Engine = "stasis"
+
+// EngineVersion is stasis' version as recorded in checkpoints: the module
+// version of a released build, else the commit it was built from.
+func EngineVersion() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return "devel-" + s.Value[:12]
+		}
+	}
+	return "devel"
+}
 
 // Config is config.dump. It carries the fields CRI-O and checkpointctl read
 // (metadata.ContainerConfig) plus those Podman needs on import

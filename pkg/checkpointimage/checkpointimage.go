@@ -121,6 +121,7 @@ func Build(archivePath, baseDigest string) (v1.Image, error) {
 	ann["org.opencontainers.image.created"] = created.Format(time.RFC3339)
 	if baseDigest != "" {
 		ann[BaseImageDigest] = baseDigest
+		ann[metadata.CheckpointAnnotationRootfsImageSha] = baseDigest
 	}
 	return mutate.Annotations(img, ann).(v1.Image), nil
 }
@@ -244,6 +245,7 @@ func Annotations(cfg *archive.Config, specAnn map[string]string, h Host) map[str
 		podmanPrefix + "distribution.version": h.DistVersion,
 
 		metadata.CheckpointAnnotationEngine:              engine,
+		metadata.CheckpointAnnotationEngineVersion:       specAnn[metadata.CheckpointAnnotationEngineVersion],
 		metadata.CheckpointAnnotationName:                cfg.Name,
 		metadata.CheckpointAnnotationRootfsImageName:     cfg.ImageName(),
 		metadata.CheckpointAnnotationRootfsImageID:       cfg.ImageID(),

@@ -408,6 +408,7 @@ func (e *Engine) writeMetadata(c *Container, work string) error {
 	criuVersion, _ := criu.Version()
 	spec.Annotations[metadata.CheckpointAnnotationCriuVersion] = criuVersion
 	spec.Annotations[metadata.CheckpointAnnotationRuntimeName] = e.rt.Name()
+	spec.Annotations[metadata.CheckpointAnnotationEngineVersion] = archive.EngineVersion()
 	if err := archive.WriteJSON(work, archive.SpecDump, &spec); err != nil {
 		return err
 	}

@@ -109,7 +109,8 @@ func TestCheckpointImageAnnotations(t *testing.T) {
 			t.Errorf("annotation %s = %q, want %q", k, m.Annotations[k], v)
 		}
 	}
-	for _, k := range []string{metadata.CheckpointAnnotationCriuVersion, metadata.CheckpointAnnotationHostArch,
+	for _, k := range []string{metadata.CheckpointAnnotationCriuVersion, metadata.CheckpointAnnotationEngineVersion,
+		metadata.CheckpointAnnotationRootfsImageSha, metadata.CheckpointAnnotationHostArch,
 		metadata.CheckpointAnnotationHostKernel, metadata.CheckpointAnnotationCgroupVersion,
 		metadata.CheckpointAnnotationRootfsImageID} {
 		if m.Annotations[k] == "" {
