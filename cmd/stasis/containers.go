@@ -18,6 +18,7 @@ func runCmd(g *globals) *cobra.Command {
 	var o engine.RunOptions
 	var volumes []string
 	var detach bool
+	var labels []string
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
 		Short: "Run a command in a new container, in the background",
@@ -40,6 +41,16 @@ with only loopback; "host" shares the host's.`,
 				}
 				o.Volumes = append(o.Volumes, m)
 			}
+			for _, l := range labels {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("invalid label %q: want KEY=VALUE", l)
+				}
+				if o.Labels == nil {
+					o.Labels = map[string]string{}
+				}
+				o.Labels[k] = v
+			}
 			c, err := e.Run(cmd.Context(), o)
 			if err != nil {
 				return err
@@ -56,6 +67,7 @@ with only loopback; "host" shares the host's.`,
 	f.StringVarP(&o.Workdir, "workdir", "w", "", "working directory inside the container")
 	f.StringVarP(&o.User, "user", "u", "", "user (name, uid or uid:gid) to run as")
 	f.StringVar(&o.Network, "network", runtime.NetworkNone, "network mode: none or host")
+	f.StringArrayVarP(&labels, "label", "l", nil, "set a label KEY=VALUE (stasis.dev/checkpoint=never opts out of checkpoints, stasis.dev/migrate=never of exports)")
 	f.BoolVarP(&detach, "detach", "d", true, "run in the background (the only mode)")
 	return cmd
 }

@@ -84,7 +84,7 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.AddCommand(
 		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
 		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"),
-		inspectCmd(g), diffCmd(g), historyCmd(g), rewindCmd(g), demoCmd(g),
+		inspectCmd(g), diffCmd(g), historyCmd(g), rewindCmd(g), agentCmd(g), demoCmd(g),
 	)
 	return root
 }

@@ -98,6 +98,9 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	if c.Status != "running" {
 		return nil, fmt.Errorf("checkpoint %s: container is %s, not running", c.Name, c.Status)
 	}
+	if err := mayCheckpoint(c, o.Export != "" || o.CreateImage != ""); err != nil {
+		return nil, err
+	}
 	if err := e.waitLazyPages(ctx, c); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 	}

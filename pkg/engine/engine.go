@@ -69,6 +69,9 @@ func New(o Options) (*Engine, error) {
 	}, nil
 }
 
+// ErrBusy is returned when another operation holds the container.
+var ErrBusy = errors.New("busy with another operation")
+
 // Container is the persistent record of a container.
 type Container struct {
 	ID       string    `json:"id"`
@@ -79,6 +82,9 @@ type Container struct {
 	Network  string    `json:"network"`
 	Created  time.Time `json:"created"`
 	Restored bool      `json:"restored,omitempty"`
+	// Labels are the user's; stasis.dev/checkpoint and stasis.dev/migrate
+	// set to "never" opt the container out (see policy.go).
+	Labels map[string]string `json:"labels,omitempty"`
 	// Checkpointed is set when a checkpoint stopped the container.
 	Checkpointed time.Time `json:"checkpointed,omitempty"`
 
@@ -260,7 +266,7 @@ func (e *Engine) lock(id string) (func(), error) {
 		if err != unix.EWOULDBLOCK || id != "" || time.Now().After(deadline) {
 			f.Close()
 			if err == unix.EWOULDBLOCK {
-				return nil, fmt.Errorf("container %s is busy with another operation", id)
+				return nil, fmt.Errorf("container %s: %w", id, ErrBusy)
 			}
 			return nil, err
 		}
@@ -315,4 +321,9 @@ func writeEtc(dir, hostname, network string) (map[string]string, error) {
 		m[dst] = src
 	}
 	return m, nil
+}
+
+// TempFile creates a file in stasis' work directory (an upload, for one).
+func (e *Engine) TempFile(pattern string) (*os.File, error) {
+	return os.CreateTemp(filepath.Join(e.root, "work"), pattern)
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
@@ -165,6 +166,16 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 		c = &Container{ID: newID(), Name: name, Created: time.Now().UTC()}
 	}
 	c.Image, c.ImageID, c.Args, c.Restored, c.Checkpointed = img.Name, img.ID, spec.Process.Args, true, time.Time{}
+	// The opt-outs come back with the container, from its annotations
+	// (where Kubernetes puts a pod's, too).
+	for k, v := range spec.Annotations {
+		if strings.HasPrefix(k, "stasis.dev/") {
+			if c.Labels == nil {
+				c.Labels = map[string]string{}
+			}
+			c.Labels[k] = v
+		}
+	}
 	c.Network = runtime.NetworkHost
 	for _, ns := range spec.Linux.Namespaces {
 		if ns.Type == specs.NetworkNamespace {

@@ -30,6 +30,7 @@ type RunOptions struct {
 	User    string
 	Network string
 	Volumes []runtime.Mount
+	Labels  map[string]string
 }
 
 // Run creates and starts a container in the background.
@@ -76,7 +77,8 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 	if user == "" {
 		user = img.Config.User
 	}
-	c = &Container{ID: id, Name: o.Name, Image: img.Name, ImageID: img.ID, Args: args, Network: o.Network, Created: time.Now().UTC()}
+	c = &Container{ID: id, Name: o.Name, Image: img.Name, ImageID: img.ID, Args: args, Network: o.Network,
+		Labels: o.Labels, Created: time.Now().UTC()}
 	p := e.paths(id)
 	lower, err := e.Images.Rootfs(img)
 	if err != nil {
@@ -132,9 +134,14 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 	return c, nil
 }
 
-// annotations identify the container to every tool that reads spec.dump.
+// annotations identify the container to every tool that reads spec.dump,
+// and carry its labels (so an opt-out survives a checkpoint and restore).
 func (e *Engine) annotations(c *Container) map[string]string {
-	return map[string]string{
+	a := map[string]string{}
+	for k, v := range c.Labels {
+		a[k] = v
+	}
+	for k, v := range map[string]string{
 		"io.container.manager":                       archive.Engine,
 		metadata.CheckpointAnnotationEngine:          archive.Engine,
 		metadata.CheckpointAnnotationName:            c.Name,
@@ -142,7 +149,10 @@ func (e *Engine) annotations(c *Container) map[string]string {
 		metadata.CheckpointAnnotationRootfsImageID:   c.ImageID,
 		// checkpointctl names containers of engines it does not know by this.
 		"io.kubernetes.cri.container-name": c.Name,
+	} {
+		a[k] = v
 	}
+	return a
 }
 
 func writeSpec(bundle string, s *specs.Spec) error {

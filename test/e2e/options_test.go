@@ -145,3 +145,33 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// A container labelled stasis.dev/checkpoint=never is never checkpointed,
+// one labelled stasis.dev/migrate=never never leaves the node; the refusal
+// says why, the container keeps running, and the opt-out survives a
+// restore.
+func TestOptOutLabels(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	e.run("run", "--name", "secret", "--label", "stasis.dev/checkpoint=never", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	e.waitCounter("secret", 3)
+	if msg := e.fails("checkpoint", "secret", "--leave-running"); !strings.Contains(msg, "stasis.dev/checkpoint=never") {
+		t.Fatalf("opted-out checkpoint: %s", msg)
+	}
+	if s := e.status("secret"); s != "running" {
+		t.Fatalf("opted-out container is %q after the refusal", s)
+	}
+
+	e.run("run", "--name", "local", "--label", "stasis.dev/migrate=never", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	e.waitCounter("local", 10)
+	if msg := e.fails("checkpoint", "local", "--export", filepath.Join(t.TempDir(), "x.tar.zst")); !strings.Contains(msg, "stasis.dev/migrate=never") {
+		t.Fatalf("export of a migrate=never container: %s", msg)
+	}
+	e.run("checkpoint", "local")
+	at := e.logCounts("local")
+	e.run("restore", "local")
+	e.assertContinues("local", at[len(at)-1])
+	if msg := e.fails("checkpoint", "local", "--create-image", "localhost/local-ckpt:1"); !strings.Contains(msg, "stasis.dev/migrate=never") {
+		t.Fatalf("after a restore the opt-out is gone: %s", msg)
+	}
+}

@@ -1,0 +1,82 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stasis-dev/stasis/pkg/agent"
+)
+
+func agentCmd(g *globals) *cobra.Command {
+	var listen, cert, key, clientCA, tokens, auditLog string
+	var cfg agent.Config
+	var grace time.Duration
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Serve checkpoint and restore on this node over an HTTPS API",
+		Long: `The agent is the node's one process that checkpoints and restores, for
+callers who prove who they are: a client certificate signed by --client-ca
+(CN is the user, organisation "stasis:admin" or "stasis:viewer" the role), or
+a bearer token from --tokens ({"<token>": {"user": "...", "role": "admin"}}).
+Admins checkpoint, restore, delete and download; viewers list and read
+metadata. Every request goes to the audit log (JSON lines); /metrics serves
+Prometheus metrics. SIGTERM stops it gracefully.
+
+API: GET /v1/containers, GET /v1/checkpoints[/{id}[/archive]],
+DELETE /v1/checkpoints/{id}, POST /v1/containers/{name}/checkpoint,
+POST /v1/restore, PUT /v1/restore?name= (archive in the body),
+GET|DELETE /v1/operations/{id} (?async=true on an operation), and the
+kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
+		Example: `  stasis agent --tls-cert agent.pem --tls-key agent-key.pem --client-ca ca.pem --tokens tokens.json`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cert == "" || key == "" {
+				return fmt.Errorf("the agent serves HTTPS only: give --tls-cert and --tls-key")
+			}
+			e, err := g.engine()
+			if err != nil {
+				return err
+			}
+			tlsConfig, err := agent.TLSConfig(cert, key, clientCA)
+			if err != nil {
+				return err
+			}
+			auth, err := agent.NewCertOrToken(tokens)
+			if err != nil {
+				return err
+			}
+			if auditLog == "" {
+				auditLog = filepath.Join(g.root, "audit.log")
+			}
+			audit, err := os.OpenFile(auditLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+			if err != nil {
+				return fmt.Errorf("audit log: %w", err)
+			}
+			defer audit.Close()
+			cfg.Engine, cfg.Auth, cfg.Audit = e, auth, audit
+			cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			srv, err := agent.New(cfg)
+			if err != nil {
+				return err
+			}
+			return srv.Serve(cmd.Context(), listen, tlsConfig, grace)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&listen, "listen", "127.0.0.1:7443", "address to serve HTTPS on")
+	f.StringVar(&cert, "tls-cert", "", "the agent's certificate (PEM)")
+	f.StringVar(&key, "tls-key", "", "the agent's private key (PEM)")
+	f.StringVar(&clientCA, "client-ca", "", "CA whose client certificates are accepted (PEM)")
+	f.StringVar(&tokens, "tokens", "", "bearer tokens file (JSON)")
+	f.StringVar(&auditLog, "audit-log", "", "audit log file (default: ROOT/audit.log)")
+	f.IntVar(&cfg.Parallel, "parallel", 8, "operations run at once; more wait")
+	f.Int64Var(&cfg.MaxUpload, "max-upload", 64<<30, "largest archive accepted by PUT /v1/restore, in bytes")
+	f.DurationVar(&cfg.OpTimeout, "timeout", 30*time.Minute, "longest an operation may take unless ?timeout= says otherwise")
+	f.DurationVar(&grace, "grace", time.Minute, "how long SIGTERM waits for running operations")
+	return cmd
+}

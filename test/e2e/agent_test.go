@@ -1,0 +1,350 @@
+package e2e
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"io"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// pki is a CA with certificates it signed, written as PEM files.
+type pki struct {
+	dir  string
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newPKI(t *testing.T, name string) *pki {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	p := &pki{dir: t.TempDir(), cert: cert, key: key}
+	writePEM(t, filepath.Join(p.dir, "ca.pem"), "CERTIFICATE", der)
+	return p
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// issue signs a certificate: a server's for 127.0.0.1, or a client's with
+// the organisation that is its role. It returns the cert and key paths.
+func (p *pki) issue(t *testing.T, cn, org string, server bool) (string, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	tmpl := &x509.Certificate{SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
+	if org != "" {
+		tmpl.Subject.Organization = []string{org}
+	}
+	if server {
+		tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
+		tmpl.IPAddresses = []net.IP{net.ParseIP("127.0.0.1")}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, p.cert, &key.PublicKey, p.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	c, k := filepath.Join(p.dir, cn+".pem"), filepath.Join(p.dir, cn+"-key.pem")
+	writePEM(t, c, "CERTIFICATE", der)
+	writePEM(t, k, "EC PRIVATE KEY", kb)
+	return c, k
+}
+
+// agentUnderTest is `stasis agent` run by the test on the env's root.
+type agentUnderTest struct {
+	url      string
+	ca       *pki
+	auditLog string
+}
+
+const adminToken, viewerToken = "admin-token-0123456789", "viewer-token-0123456789"
+
+func startAgent(t *testing.T, e *env) *agentUnderTest {
+	t.Helper()
+	ca := newPKI(t, "stasis-test-ca")
+	cert, key := ca.issue(t, "agent", "", true)
+	tokens := filepath.Join(ca.dir, "tokens.json")
+	os.WriteFile(tokens, []byte(fmt.Sprintf(`{%q: {"user": "tok-admin", "role": "admin"}, %q: {"user": "tok-viewer", "role": "viewer"}}`,
+		adminToken, viewerToken)), 0o600)
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := l.Addr().String()
+	l.Close()
+	a := &agentUnderTest{url: "https://" + addr, ca: ca, auditLog: filepath.Join(ca.dir, "audit.log")}
+	cmd := e.cmd("agent", "--listen", addr, "--tls-cert", cert, "--tls-key", key, "--client-ca",
+		filepath.Join(ca.dir, "ca.pem"), "--tokens", tokens, "--audit-log", a.auditLog, "--parallel", "4")
+	logf, _ := os.Create(filepath.Join(ca.dir, "agent.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait(); logf.Close() })
+	c := a.client(t, "", "")
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if resp, err := c.Get(a.url + "/healthz"); err == nil {
+			resp.Body.Close()
+			return a
+		}
+	}
+	b, _ := os.ReadFile(filepath.Join(ca.dir, "agent.log"))
+	t.Fatalf("agent did not start:\n%s", b)
+	return nil
+}
+
+// client trusts the agent's CA and presents a certificate for cn with
+// role org ("" and "": none).
+func (a *agentUnderTest) client(t *testing.T, cn, org string) *http.Client {
+	pool := x509.NewCertPool()
+	pool.AddCert(a.ca.cert)
+	cfg := &tls.Config{RootCAs: pool}
+	if cn != "" {
+		c, k := a.ca.issue(t, cn, org, false)
+		pair, err := tls.LoadX509KeyPair(c, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{TLSClientConfig: cfg}}
+}
+
+// call makes a request and returns the status and body.
+func call(t *testing.T, c *http.Client, method, url, token string, body any) (int, []byte) {
+	t.Helper()
+	var r io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		r = bytes.NewReader(b)
+	}
+	req, _ := http.NewRequest(method, url, r)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+func TestAgentAuthRolesAndOperations(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	a := startAgent(t, e)
+	admin := a.client(t, "alice", "stasis:admin")
+	viewer := a.client(t, "victor", "stasis:viewer")
+	anon := a.client(t, "", "")
+
+	if code, _ := call(t, anon, "GET", a.url+"/v1/containers", "", nil); code != 401 {
+		t.Errorf("no credentials: %d, want 401", code)
+	}
+	if code, _ := call(t, anon, "GET", a.url+"/v1/containers", "not-a-known-token-at-all", nil); code != 401 {
+		t.Errorf("unknown token: %d, want 401", code)
+	}
+	// A certificate of another CA does not get through the handshake.
+	other := newPKI(t, "other-ca")
+	oc, ok := other.issue(t, "mallory", "stasis:admin", false)
+	pair, _ := tls.LoadX509KeyPair(oc, ok)
+	pool := x509.NewCertPool()
+	pool.AddCert(a.ca.cert)
+	// GetClientCertificate presents it even though the agent asks for
+	// certificates of its own CA (Go's client would otherwise send none).
+	foreign := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &pair, nil }}}}
+	if resp, err := foreign.Get(a.url + "/v1/containers"); err == nil {
+		resp.Body.Close()
+		t.Errorf("a certificate from another CA got an answer: %d", resp.StatusCode)
+	}
+
+	e.run("run", "--name", "web", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	e.waitCounter("web", 10)
+	if code, b := call(t, viewer, "GET", a.url+"/v1/containers", "", nil); code != 200 || !strings.Contains(string(b), `"name": "web"`) {
+		t.Errorf("viewer list: %d %s", code, b)
+	}
+	if code, _ := call(t, viewer, "POST", a.url+"/v1/containers/web/checkpoint", "", CheckpointBody{}); code != 403 {
+		t.Errorf("viewer checkpoint: %d, want 403", code)
+	}
+	if code, _ := call(t, anon, "POST", a.url+"/v1/containers/web/checkpoint", viewerToken, CheckpointBody{}); code != 403 {
+		t.Errorf("viewer token checkpoint: %d, want 403", code)
+	}
+
+	// The admin checkpoints (the container stops) and restores in place.
+	code, b := call(t, admin, "POST", a.url+"/v1/containers/web/checkpoint", "", CheckpointBody{})
+	if code != 200 {
+		t.Fatalf("admin checkpoint: %d %s", code, b)
+	}
+	var res struct {
+		StoreID string `json:"store_id"`
+		Size    int64  `json:"size"`
+		Digest  string `json:"digest"`
+	}
+	json.Unmarshal(b, &res)
+	at := e.logCounts("web")
+	if code, b := call(t, anon, "GET", a.url+"/v1/checkpoints/"+res.StoreID+"/archive", viewerToken, nil); code != 403 {
+		t.Errorf("viewer download: %d %s", code, b)
+	}
+	code, archive := call(t, anon, "GET", a.url+"/v1/checkpoints/"+res.StoreID+"/archive", adminToken, nil)
+	sum := sha256.Sum256(archive)
+	if code != 200 || "sha256:"+hex.EncodeToString(sum[:]) != res.Digest {
+		t.Errorf("admin download: %d, %d bytes, digest mismatch with %s", code, len(archive), res.Digest)
+	}
+	if code, b := call(t, admin, "POST", a.url+"/v1/restore", "", map[string]any{"checkpoint": res.StoreID}); code != 200 {
+		t.Fatalf("admin restore: %d %s", code, b)
+	}
+	e.assertContinues("web", at[len(at)-1])
+
+	// The kubelet's endpoint, for a container with Kubernetes labels.
+	e.run("run", "--name", "kube-c", "-l", "io.kubernetes.pod.namespace=shop", "-l", "io.kubernetes.pod.name=cart",
+		"-l", "io.kubernetes.container.name=app", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	e.waitCounter("kube-c", 10)
+	code, b = call(t, admin, "POST", a.url+"/checkpoint/shop/cart/app?timeout=120", "", nil)
+	var items struct{ Items []string }
+	if json.Unmarshal(b, &items); code != 200 || len(items.Items) != 1 {
+		t.Fatalf("kubelet endpoint: %d %s", code, b)
+	}
+	if s := e.status("kube-c"); s != "running" {
+		t.Errorf("the kubelet's checkpoint leaves the container running; it is %q", s)
+	}
+	e.run("restore", "--import", items.Items[0], "--name", "kube-copy")
+	e.assertContinues("kube-copy", 10)
+	if code, _ := call(t, admin, "POST", a.url+"/checkpoint/shop/cart/nope", "", nil); code != 404 {
+		t.Errorf("kubelet endpoint, unknown container: %d", code)
+	}
+
+	// An opted-out container is refused, with the reason, and runs on.
+	e.run("run", "--name", "private", "-l", "stasis.dev/checkpoint=never", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	e.waitCounter("private", 2)
+	if code, b := call(t, admin, "POST", a.url+"/v1/containers/private/checkpoint", "", CheckpointBody{}); code != 403 || !strings.Contains(string(b), "stasis.dev/checkpoint=never") {
+		t.Errorf("opted-out checkpoint: %d %s", code, b)
+	}
+	if s := e.status("private"); s != "running" {
+		t.Errorf("opted-out container is %q", s)
+	}
+
+	// Metrics show the operations; the audit log names who did what.
+	_, m := call(t, viewer, "GET", a.url+"/metrics", "", nil)
+	for _, want := range []string{`stasis_operation_duration_seconds_count{operation="checkpoint",result="ok"}`,
+		`stasis_operation_duration_seconds_count{operation="restore",result="ok"}`,
+		`stasis_operation_failures_total{operation="checkpoint",reason="opted_out"} 1`, "stasis_checkpoints_stored "} {
+		if !strings.Contains(string(m), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	audit, _ := os.ReadFile(a.auditLog)
+	for _, want := range []string{`"user":"alice","role":"admin","via":"certificate","action":"checkpoint","target":"web","status":200`,
+		`"user":"victor","role":"viewer","via":"certificate","action":"checkpoint","status":403`,
+		`"user":"anonymous","action":"list-containers","status":401`} {
+		if !strings.Contains(string(audit), want) {
+			t.Errorf("audit log lacks %s:\n%s", want, audit)
+		}
+	}
+}
+
+// CheckpointBody is an empty checkpoint request: stop the container, keep
+// the archive in the store.
+type CheckpointBody struct {
+	LeaveRunning bool `json:"leave_running"`
+}
+
+// Twenty containers checkpointed, then restored, all at once through the
+// API; two simultaneous checkpoints of one container conflict.
+func TestAgentParallelAndConflicts(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	a := startAgent(t, e)
+	admin := a.client(t, "alice", "stasis:admin")
+	const n = 20
+	for i := 0; i < n; i++ {
+		e.run("run", "--name", fmt.Sprintf("p%d", i), "localhost/busybox:e2e", "sh", "-c", counterScript)
+	}
+	at := make([]int, n)
+	for i := 0; i < n; i++ {
+		at[i] = e.waitCounter(fmt.Sprintf("p%d", i), 10)
+	}
+	ids := make([]string, n)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			code, b := call(t, admin, "POST", fmt.Sprintf("%s/v1/containers/p%d/checkpoint", a.url, i), "", CheckpointBody{})
+			var res struct {
+				StoreID string `json:"store_id"`
+			}
+			json.Unmarshal(b, &res)
+			if code != 200 || res.StoreID == "" {
+				t.Errorf("checkpoint p%d: %d %s", i, code, b)
+			}
+			ids[i] = res.StoreID
+		}(i)
+	}
+	wg.Wait()
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if code, b := call(t, admin, "POST", a.url+"/v1/restore", "", map[string]any{"checkpoint": ids[i]}); code != 200 {
+				t.Errorf("restore p%d: %d %s", i, code, b)
+			}
+		}(i)
+	}
+	wg.Wait()
+	for i := 0; i < n; i++ {
+		e.assertContinues(fmt.Sprintf("p%d", i), at[i])
+	}
+
+	// Two checkpoints of one container at once: one works, one conflicts.
+	img := filepath.Join(t.TempDir(), "mem.tar")
+	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
+	e.run("image", "import", img, "localhost/mem:e2e")
+	e.run("run", "--name", "big", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "256")
+	waitLogLine(t, e, "big", "tick 1")
+	codes := make([]int, 2)
+	bodies := make([][]byte, 2)
+	for i := range codes {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			codes[i], bodies[i] = call(t, admin, "POST", a.url+"/v1/containers/big/checkpoint", "", CheckpointBody{LeaveRunning: true})
+		}(i)
+	}
+	wg.Wait()
+	if !(codes[0] == 200 && codes[1] == 409 || codes[0] == 409 && codes[1] == 200) {
+		t.Fatalf("two checkpoints at once: %d %s / %d %s", codes[0], bodies[0], codes[1], bodies[1])
+	}
+	if !strings.Contains(string(bodies[0])+string(bodies[1]), "busy") {
+		t.Errorf("the conflict does not say why: %s %s", bodies[0], bodies[1])
+	}
+}
