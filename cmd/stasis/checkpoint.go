@@ -15,6 +15,7 @@ import (
 
 func checkpointCmd(g *globals) *cobra.Command {
 	var o engine.CheckpointOptions
+	var encryptTo []string
 	var tl engine.TimelineOptions
 	var compression string
 	var stats bool
@@ -39,6 +40,9 @@ running and no archive is left behind.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
 			if err != nil {
+				return err
+			}
+			if o.Recipients, err = archive.ParseRecipients(encryptTo); err != nil {
 				return err
 			}
 			if cmd.Flags().Changed("compress") {
@@ -76,6 +80,7 @@ running and no archive is left behind.`,
 	f.BoolVarP(&o.LeaveRunning, "leave-running", "R", false, "keep the container running after the checkpoint")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "checkpoint file locks")
+	f.StringArrayVar(&encryptTo, "encrypt-to", nil, "encrypt the archive to this age recipient (age1... key, or a file of them; repeatable); restore then needs --identity")
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
 	f.DurationVar(&tl.Every, "every", 0, "keep checkpointing (leaving it running) at this interval, until interrupted")
 	f.IntVar(&tl.Keep, "keep", 10, "with --every: how many of the newest checkpoints to keep")

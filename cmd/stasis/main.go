@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/internal/demo"
+	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/monitor"
@@ -20,6 +21,7 @@ import (
 
 type globals struct {
 	root, runRoot, runtime string
+	identities             []string
 }
 
 func requireRoot() error {
@@ -33,7 +35,11 @@ func (g *globals) engine() (*engine.Engine, error) {
 	if err := requireRoot(); err != nil {
 		return nil, err
 	}
-	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime})
+	ids, err := archive.ReadIdentities(g.identities)
+	if err != nil {
+		return nil, err
+	}
+	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime, Identities: ids})
 }
 
 func main() {
@@ -81,6 +87,7 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.PersistentFlags().StringVar(&g.root, "root", "/var/lib/stasis", "directory for images, containers and checkpoints")
 	root.PersistentFlags().StringVar(&g.runRoot, "runroot", "/run/stasis", "directory for runtime state")
 	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
+	root.PersistentFlags().StringArrayVar(&g.identities, "identity", nil, "age identity file that opens encrypted checkpoints (repeatable)")
 	root.AddCommand(
 		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
 		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"),

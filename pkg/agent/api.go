@@ -10,6 +10,7 @@ import (
 	"os"
 	"time"
 
+	"filippo.io/age"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
 )
@@ -24,6 +25,8 @@ type CheckpointRequest struct {
 	// stored archive; Push sends it to its registry.
 	CreateImage string `json:"create_image,omitempty"`
 	Push        bool   `json:"push"`
+	// EncryptTo are age recipients ("age1...") the archive is encrypted to.
+	EncryptTo []string `json:"encrypt_to,omitempty"`
 }
 
 // RestoreRequest is the body of POST /v1/restore.
@@ -172,6 +175,13 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, _ *Identity)
 	o := engine.CheckpointOptions{
 		LeaveRunning: req.LeaveRunning, TCPEstablished: req.TCPEstablished, FileLocks: req.FileLocks,
 		CreateImage: req.CreateImage, Push: req.Push,
+	}
+	for _, k := range req.EncryptTo {
+		r, err := age.ParseX25519Recipient(k)
+		if err != nil {
+			return name, fmt.Errorf("%w: encrypt_to %q: %v", errBadRequest, k, err)
+		}
+		o.Recipients = append(o.Recipients, r)
 	}
 	if req.Compression != "" {
 		c, err := archive.ParseCompression(req.Compression)

@@ -2,56 +2,132 @@ package archive
 
 import (
 	"archive/tar"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 
+	"filippo.io/age"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
-// Open returns the tar stream of an archive file, whatever its compression.
-func Open(path string) (io.ReadCloser, Compression, error) {
+// ReadOptions say how to open an archive.
+type ReadOptions struct {
+	// Identities decrypt an encrypted archive.
+	Identities []age.Identity
+	// Digest, when set, is the "sha256:..." the archive's bytes must have;
+	// a mismatch wins over any other error, since it says why the rest
+	// failed.
+	Digest string
+}
+
+// Open returns the tar stream of an archive file, whatever its
+// compression, decrypting it when it is encrypted.
+func Open(path string, o ReadOptions) (io.ReadCloser, Compression, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, "", err
 	}
-	dr, c, err := decompressor(f)
+	var src io.Reader = f
+	var h *digestReader
+	if o.Digest != "" {
+		h = &digestReader{r: f, h: sha256.New()}
+		src = h
+	}
+	plain, _, err := decrypter(src, o.Identities)
 	if err != nil {
 		f.Close()
 		return nil, "", fmt.Errorf("%s: %w", path, err)
 	}
-	return &readCloser{Reader: dr, close: func() error { dr.Close(); return f.Close() }}, c, nil
+	dr, c, err := decompressor(plain)
+	if err != nil {
+		f.Close()
+		return nil, "", fmt.Errorf("%s: %w", path, err)
+	}
+	rc := &readCloser{Reader: dr, close: func() error { dr.Close(); return f.Close() }}
+	if h != nil {
+		rc.verify = func() error { return h.check(o.Digest) }
+	}
+	return rc, c, nil
 }
+
+// digestReader hashes what is read through it.
+type digestReader struct {
+	r io.Reader
+	h hash.Hash
+}
+
+func (d *digestReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	d.h.Write(p[:n])
+	return n, err
+}
+
+// check reads what is left of the file and compares the digest.
+func (d *digestReader) check(want string) error {
+	if _, err := io.Copy(d.h, d.r); err != nil {
+		return err
+	}
+	if got := "sha256:" + hex.EncodeToString(d.h.Sum(nil)); got != want {
+		return fmt.Errorf("%w: its sha256 is %s, recorded %s", ErrDigest, got, want)
+	}
+	return nil
+}
+
+// ErrDigest is returned when an archive's bytes are not those recorded.
+var ErrDigest = errors.New("archive was altered or damaged")
 
 type readCloser struct {
 	io.Reader
-	close func() error
+	close  func() error
+	verify func() error
 }
 
 func (r *readCloser) Close() error { return r.close() }
 
+// Verify checks the digest, when one was asked for.
+func (r *readCloser) Verify() error {
+	if r.verify == nil {
+		return nil
+	}
+	return r.verify()
+}
+
 // Extract unpacks the archive at path into dir (which must exist and be
-// empty) and checks that it is a checkpoint. Any error leaves dir for the
-// caller to remove.
-func Extract(path, dir string) (Dir, error) {
-	r, _, err := Open(path)
+// empty, and private: nothing in it is used before Extract returns) and
+// checks that it is a checkpoint. Any error leaves dir for the caller to
+// remove.
+func Extract(path, dir string, o ReadOptions) (Dir, error) {
+	rc, _, err := Open(path, o)
 	if err != nil {
 		return "", fmt.Errorf("open archive: %w", err)
 	}
-	defer r.Close()
+	defer rc.Close()
+	r := rc.(*readCloser)
+	fail := func(err error) (Dir, error) {
+		if verr := r.Verify(); verr != nil {
+			return "", fmt.Errorf("archive %s: %w", path, verr)
+		}
+		return "", err
+	}
 	if err := untar.Extract(r, dir, untar.Options{NoDevices: true}); err != nil {
 		if errors.Is(err, untar.ErrUnsafePath) {
-			return "", fmt.Errorf("archive %s is unsafe: %w", path, err)
+			return fail(fmt.Errorf("archive %s is unsafe: %w", path, err))
 		}
-		return "", fmt.Errorf("archive %s is corrupt or truncated: %w", path, err)
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, err))
 	}
 	// Drain what follows the tar's end so a corrupt compressed tail is noticed.
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return "", fmt.Errorf("archive %s is corrupt or truncated: %w", path, err)
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, err))
+	}
+	if err := r.Verify(); err != nil {
+		return "", fmt.Errorf("archive %s: %w", path, err)
 	}
 	d := Dir(dir)
 	if err := d.Validate(); err != nil {
@@ -64,7 +140,7 @@ func Extract(path, dir string) (Dir, error) {
 // unpacking the rest; it stops as soon as it has both, which in archives of
 // every engine is near the start.
 func ReadMetadata(path string) (*Config, *specs.Spec, error) {
-	r, _, err := Open(path)
+	r, _, err := Open(path, ReadOptions{})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -12,6 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"filippo.io/age"
 )
 
 // Members lists what a checkpoint archive holds, in the order written:
@@ -40,14 +42,32 @@ type Contents struct {
 	Captured []*Captured
 }
 
-// Write streams the contents as a tar, compressed with c, into w. It
-// returns the sha256 of the bytes written to w.
-func Write(w io.Writer, src Contents, c Compression) (*WriteStats, error) {
+// WriteOptions say how an archive is written.
+type WriteOptions struct {
+	Compression Compression
+	// Recipients, when any, encrypt the archive (age, X25519): only their
+	// identities can read it.
+	Recipients []age.Recipient
+}
+
+// Write streams the contents as a tar, compressed and maybe encrypted, into
+// w. It returns the sha256 of the bytes written to w.
+func Write(w io.Writer, src Contents, o WriteOptions) (*WriteStats, error) {
 	st := &WriteStats{}
 	start := time.Now()
 	h := sha256.New()
 	out := &timedWriter{w: io.MultiWriter(w, h), d: &st.Write, n: &st.Bytes}
-	cw, err := compressor(out, c)
+	var sink io.Writer = out
+	var enc io.WriteCloser
+	if len(o.Recipients) > 0 {
+		var err error
+		if enc, err = age.Encrypt(out, o.Recipients...); err != nil {
+			return nil, fmt.Errorf("encrypt: %w", err)
+		}
+		sink = enc
+	}
+	c := o.Compression
+	cw, err := compressor(sink, c)
 	if err != nil {
 		return nil, err
 	}
@@ -89,6 +109,11 @@ func Write(w io.Writer, src Contents, c Compression) (*WriteStats, error) {
 	if err := cw.Close(); err != nil {
 		return nil, err
 	}
+	if enc != nil {
+		if err := enc.Close(); err != nil {
+			return nil, fmt.Errorf("encrypt: %w", err)
+		}
+	}
 	st.Compress += time.Since(closeStart)
 	st.Archive = time.Since(start) - st.Compress
 	st.Digest = digestOf(h)
@@ -98,7 +123,7 @@ func Write(w io.Writer, src Contents, c Compression) (*WriteStats, error) {
 // WriteFile writes the archive to dest atomically: to a hidden temporary
 // name in the same directory, synced, then renamed. A reader never sees a
 // partial archive, and a failure leaves nothing behind.
-func WriteFile(dest string, src Contents, c Compression) (*WriteStats, error) {
+func WriteFile(dest string, src Contents, o WriteOptions) (*WriteStats, error) {
 	dest, err := filepath.Abs(dest)
 	if err != nil {
 		return nil, err
@@ -115,7 +140,7 @@ func WriteFile(dest string, src Contents, c Compression) (*WriteStats, error) {
 			os.Remove(tmp)
 		}
 	}()
-	st, err := Write(f, src, c)
+	st, err := Write(f, src, o)
 	if err != nil {
 		return nil, err
 	}

@@ -38,7 +38,7 @@ func writeFile(t *testing.T, p string, b []byte) {
 // readMembers reads an archive back with stasis' own reader.
 func readMembers(t *testing.T, path string) map[string][]byte {
 	t.Helper()
-	r, c, err := Open(path)
+	r, c, err := Open(path, ReadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestCapturedMemberSplicedIntoZstdArchive(t *testing.T) {
 		t.Fatalf("captured %d bytes, want %d", m.Size, len(pages))
 	}
 	dest := filepath.Join(t.TempDir(), "a.tar.zst")
-	st, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, Zstd)
+	st, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, WriteOptions{Compression: Zstd})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,10 +121,10 @@ func TestCapturedMemberWithoutFileIsRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	dest := filepath.Join(t.TempDir(), "a.tar.zst")
-	if _, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, Zstd); err == nil {
+	if _, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, WriteOptions{Compression: Zstd}); err == nil {
 		t.Fatal("an archive missing a captured member was written")
 	}
-	if _, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, Gzip); err == nil {
+	if _, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, WriteOptions{Compression: Gzip}); err == nil {
 		t.Fatal("a captured member was accepted into a gzip archive")
 	}
 	if left, _ := filepath.Glob(filepath.Join(filepath.Dir(dest), "*")); len(left) != 0 {
@@ -139,10 +139,10 @@ func TestRoundTripEachCompression(t *testing.T) {
 	writeFile(t, filepath.Join(dir, CheckpointDir, "pages-1.img"), data)
 	for _, c := range []Compression{Zstd, Gzip, None} {
 		dest := filepath.Join(t.TempDir(), "a.tar")
-		if _, err := WriteFile(dest, Contents{Dir: dir, Members: Members}, c); err != nil {
+		if _, err := WriteFile(dest, Contents{Dir: dir, Members: Members}, WriteOptions{Compression: c}); err != nil {
 			t.Fatalf("%s: %v", c, err)
 		}
-		r, got, err := Open(dest)
+		r, got, err := Open(dest, ReadOptions{})
 		if err != nil || got != c {
 			t.Fatalf("%s: opened as %s: %v", c, got, err)
 		}

@@ -29,7 +29,7 @@ func writeArchive(t *testing.T, c archive.Compression) string {
 	os.MkdirAll(filepath.Join(dir, archive.CheckpointDir), 0o700)
 	os.WriteFile(filepath.Join(dir, archive.CheckpointDir, "pages-1.img"), make([]byte, 1<<20), 0o600)
 	out := filepath.Join(t.TempDir(), "a.tar")
-	if _, err := archive.WriteFile(out, archive.Contents{Dir: dir, Members: archive.Members}, c); err != nil {
+	if _, err := archive.WriteFile(out, archive.Contents{Dir: dir, Members: archive.Members}, archive.WriteOptions{Compression: c}); err != nil {
 		t.Fatal(err)
 	}
 	return out

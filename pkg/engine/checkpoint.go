@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"filippo.io/age"
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
@@ -37,6 +38,9 @@ type CheckpointOptions struct {
 	CreateImage string
 	Push        bool
 	Registry    registry.Options
+	// Recipients encrypt the archive (age X25519): only their identities
+	// restore or inspect it.
+	Recipients []age.Recipient
 	// ShareRootfs keeps a stored checkpoint's rootfs diff beside its
 	// archive, shared with every stored checkpoint with the same diff: a
 	// timeline stores an unchanged diff once.
@@ -178,7 +182,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		var err error
 		ws, err = archive.WriteFile(dest, archive.Contents{
 			Dir: work, Members: members, Captured: pages.captured,
-		}, o.Compression)
+		}, archive.WriteOptions{Compression: o.Compression, Recipients: o.Recipients})
 		if err != nil {
 			return 0, "", err
 		}

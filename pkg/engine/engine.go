@@ -17,6 +17,7 @@ import (
 	"strings"
 	"time"
 
+	"filippo.io/age"
 	"golang.org/x/sys/unix"
 
 	"github.com/stasis-dev/stasis/pkg/image"
@@ -35,11 +36,14 @@ type Options struct {
 	Root    string // persistent state, e.g. /var/lib/stasis
 	RunRoot string // runtime state, e.g. /run/stasis
 	Runtime string // OCI runtime binary, "runc" by default
+	// Identities open encrypted checkpoints (the node's age keys).
+	Identities []age.Identity
 }
 
 // Engine manages containers under one root.
 type Engine struct {
 	root, runRoot string
+	identities    []age.Identity
 	Images        *image.Store
 	Checkpoints   store.Store
 	rt            *runtime.Runtime
@@ -64,7 +68,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("open checkpoint store: %w", err)
 	}
 	return &Engine{
-		root: o.Root, runRoot: o.RunRoot, Images: imgs, Checkpoints: ck,
+		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, Images: imgs, Checkpoints: ck,
 		rt: &runtime.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
 	}, nil
 }

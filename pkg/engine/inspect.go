@@ -21,7 +21,7 @@ func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Opti
 		return nil, nil, err
 	}
 	close = func() { os.RemoveAll(work) }
-	if _, err := extract(src.archive, src.rootfsDiff, work); err != nil {
+	if _, err := e.extract(src, work); err != nil {
 		close()
 		return nil, nil, err
 	}

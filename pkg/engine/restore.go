@@ -97,7 +97,7 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 	}()
 	t := time.Now()
 	src, existing, fromImage := from.archive, from.existing, from.image
-	dir, err := extract(from.archive, from.rootfsDiff, work)
+	dir, err := e.extract(from, work)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -209,6 +209,8 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 // source is where a restore or an inspection reads a checkpoint from.
 type source struct {
 	archive string
+	// digest, when known, is what the archive's bytes must hash to.
+	digest string
 	// rootfsDiff is a stored checkpoint's shared rootfs diff, kept beside
 	// its archive (store.Entry.RootfsDiff).
 	rootfsDiff string
@@ -218,16 +220,22 @@ type source struct {
 	image *checkpointimage.Info
 }
 
-// extract unpacks a checkpoint into work, adding a shared rootfs diff.
-func extract(archivePath, rootfsDiff, work string) (archive.Dir, error) {
-	dir, err := archive.Extract(archivePath, work)
-	if err != nil || rootfsDiff == "" {
+// extract unpacks a checkpoint into work, checking its digest when known,
+// decrypting it with the engine's identities, adding a shared rootfs diff.
+func (e *Engine) extract(src *source, work string) (archive.Dir, error) {
+	dir, err := archive.Extract(src.archive, work, archive.ReadOptions{Identities: e.identities, Digest: src.digest})
+	if err != nil || src.rootfsDiff == "" {
 		return dir, err
 	}
-	if err := os.Link(rootfsDiff, dir.RootfsDiff()); err != nil {
-		return "", fmt.Errorf("rootfs diff of %s: %w", archivePath, err)
+	if err := os.Link(src.rootfsDiff, dir.RootfsDiff()); err != nil {
+		return "", fmt.Errorf("rootfs diff of %s: %w", src.archive, err)
 	}
 	return dir, nil
+}
+
+// blobDigest is the digest a content-addressed blob's name says it has.
+func blobDigest(path string) string {
+	return "sha256:" + filepath.Base(path)
 }
 
 // restoreSource finds the checkpoint to restore: an --import file, the
@@ -269,12 +277,12 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 		if ierr != nil {
 			return nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
 		}
-		return &source{archive: path, image: info}, nil
+		return &source{archive: path, digest: blobDigest(path), image: info}, nil
 	}
 	if c != nil && o.Name != "" && o.Name != c.Name {
 		c = nil // a copy under a new name, the original untouched
 	}
-	return &source{archive: ent.Archive, rootfsDiff: ent.RootfsDiff, existing: c}, nil
+	return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff, existing: c}, nil
 }
 
 func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,

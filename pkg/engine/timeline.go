@@ -19,7 +19,7 @@ func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Option
 		return &source{archive: ref}, nil
 	}
 	if ent, err := e.Checkpoints.Get(ref); err == nil {
-		return &source{archive: ent.Archive, rootfsDiff: ent.RootfsDiff}, nil
+		return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff}, nil
 	}
 	key := ref
 	if c, err := e.Get(ctx, ref); err == nil {
@@ -27,7 +27,7 @@ func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Option
 	}
 	for _, k := range []string{key, ref} {
 		if ent, err := store.Latest(e.Checkpoints, k); err == nil {
-			return &source{archive: ent.Archive, rootfsDiff: ent.RootfsDiff}, nil
+			return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff}, nil
 		}
 	}
 	var pulled []string
@@ -35,7 +35,7 @@ func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Option
 	if err != nil {
 		return nil, fmt.Errorf("%s is no archive file, stored checkpoint or container with one, nor a checkpoint image: %w", ref, err)
 	}
-	return &source{archive: path, image: info}, nil
+	return &source{archive: path, digest: blobDigest(path), image: info}, nil
 }
 
 // TimelineOptions make a timeline: a checkpoint of a running container
