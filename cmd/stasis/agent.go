@@ -60,6 +60,15 @@ kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
 			defer audit.Close()
 			cfg.Engine, cfg.Auth, cfg.Audit = e, auth, audit
 			cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
+			// A previous agent killed in the middle of an operation may
+			// have left a container frozen and files half written.
+			did, err := e.Recover(cmd.Context())
+			for _, d := range did {
+				cfg.Log.Info("recovered", "action", d)
+			}
+			if err != nil {
+				return fmt.Errorf("recover: %w", err)
+			}
 			srv, err := agent.New(cfg)
 			if err != nil {
 				return err

@@ -40,8 +40,10 @@ type LazyPagesServer struct {
 	cmd *exec.Cmd
 }
 
-// StartLazyPages starts the server and returns once it listens.
-func StartLazyPages(l LazyPages) (*LazyPagesServer, error) {
+// StartLazyPages starts the server and returns once it listens. The helper
+// inherits keep (a lock on the work directory, say) and holds it until it
+// is done.
+func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -56,7 +58,7 @@ func StartLazyPages(l LazyPages) (*LazyPagesServer, error) {
 	}
 	defer r.Close()
 	cmd := exec.Command(self, LazyPagesCommand, string(b))
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = append([]*os.File{w}, keep...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = os.Environ() // CRIU is found on our PATH
 	if err := cmd.Start(); err != nil {

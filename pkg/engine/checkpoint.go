@@ -109,11 +109,11 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 	}
 
-	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "checkpoint-")
+	work, lock, err := e.workDir("checkpoint-")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(work)
+	defer func() { lock.Close(); os.RemoveAll(work) }()
 	res := &CheckpointResult{Container: c.Name, Phases: Phases{}}
 	res.Phases.add("prepare", time.Since(start))
 	p := e.paths(c.ID)

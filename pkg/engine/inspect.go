@@ -3,7 +3,6 @@ package engine
 import (
 	"context"
 	"os"
-	"path/filepath"
 
 	"github.com/stasis-dev/stasis/pkg/inspect"
 	"github.com/stasis-dev/stasis/pkg/registry"
@@ -16,11 +15,11 @@ func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Opti
 	if err != nil {
 		return nil, nil, err
 	}
-	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "inspect-")
+	work, lock, err := e.workDir("inspect-")
 	if err != nil {
 		return nil, nil, err
 	}
-	close = func() { os.RemoveAll(work) }
+	close = func() { lock.Close(); os.RemoveAll(work) }
 	if _, err := e.extract(src, work); err != nil {
 		close()
 		return nil, nil, err

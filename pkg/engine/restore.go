@@ -83,14 +83,16 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 	}
 	res := &RestoreResult{Phases: Phases{}}
 
-	work, err := os.MkdirTemp(filepath.Join(e.root, "work"), "restore-")
+	work, lock, err := e.workDir("restore-")
 	if err != nil {
 		return nil, err
 	}
 	// A lazy restore hands the work directory, which holds the pages still
-	// to come, to the lazy-pages server once the restore succeeded.
+	// to come, to the lazy-pages server once the restore succeeded; the
+	// server inherits the lock.
 	keepWork := false
 	defer func() {
+		lock.Close()
 		if !keepWork {
 			os.RemoveAll(work)
 		}
@@ -183,7 +185,7 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 		}
 	}
 
-	pid, lazy, err := e.restoreInto(ctx, c, lower, dir, spec, deleted, o, res)
+	pid, lazy, err := e.restoreInto(ctx, c, lower, dir, spec, deleted, o, res, lock)
 	if err != nil {
 		if existing == nil {
 			e.discard(context.WithoutCancel(ctx), c)
@@ -286,7 +288,7 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 }
 
 func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,
-	deleted []string, o RestoreOptions, res *RestoreResult) (pid int, lazy *criu.LazyPagesServer, err error) {
+	deleted []string, o RestoreOptions, res *RestoreResult, workLock *os.File) (pid int, lazy *criu.LazyPagesServer, err error) {
 	p := e.paths(c.ID)
 	for _, d := range []string{p.bundle(), p.run} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
@@ -332,7 +334,7 @@ func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, di
 	if o.LazyPages {
 		lazy, err = criu.StartLazyPages(criu.LazyPages{
 			Images: dir.Images(), Work: string(dir), LogDir: filepath.Join(e.root, "logs"),
-		})
+		}, workLock)
 		if err != nil {
 			return 0, nil, err
 		}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 )
 
 // ErrNotExist is returned when the runtime does not know the container.
@@ -181,6 +182,10 @@ func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpti
 	}
 	args = append(args, id)
 	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	// If stasis dies, the dump dies with it rather than finish and kill a
+	// container whose archive nobody will write; the freeze it leaves is
+	// thawed by engine.Recover.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {

@@ -86,10 +86,20 @@ func (d *Dir) Put(e Entry, archiveName string, write func(string) (int64, string
 	if e.ID == "" {
 		e.ID = newID(e.Created)
 	}
-	tmp, err := os.MkdirTemp(d.root, ".partial-")
+	tmp, err := os.MkdirTemp(d.root, partialPrefix)
 	if err != nil {
 		return nil, err
 	}
+	// The lock tells RemoveAbandoned that a writer still works here.
+	lock, err := os.OpenFile(filepath.Join(tmp, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	if err == nil {
+		err = syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
+	}
+	if err != nil {
+		os.RemoveAll(tmp)
+		return nil, err
+	}
+	defer lock.Close()
 	ok := false
 	defer func() {
 		if !ok {
@@ -145,6 +155,31 @@ func (d *Dir) share(src, dest string) error {
 		}
 	}
 	return os.Link(shared, dest)
+}
+
+const partialPrefix = ".partial-"
+
+// RemoveAbandoned removes entries a writer that died left half made, and
+// says which.
+func (d *Dir) RemoveAbandoned() []string {
+	var did []string
+	ents, _ := os.ReadDir(d.root)
+	for _, de := range ents {
+		if !de.IsDir() || !strings.HasPrefix(de.Name(), partialPrefix) {
+			continue
+		}
+		p := filepath.Join(d.root, de.Name())
+		f, err := os.OpenFile(filepath.Join(p, ".lock"), os.O_RDWR, 0)
+		if err == nil {
+			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+			f.Close()
+		}
+		if err == nil || os.IsNotExist(err) {
+			os.RemoveAll(p)
+			did = append(did, "removed "+p)
+		}
+	}
+	return did
 }
 
 // List returns all checkpoints, oldest first.

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -86,21 +87,31 @@ type agentUnderTest struct {
 	url      string
 	ca       *pki
 	auditLog string
+	cmd      *exec.Cmd
+	restart  func() *agentUnderTest
 }
 
 const adminToken, viewerToken = "admin-token-0123456789", "viewer-token-0123456789"
 
 func startAgent(t *testing.T, e *env) *agentUnderTest {
 	t.Helper()
-	ca := newPKI(t, "stasis-test-ca")
+	return startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "")
+}
+
+// startAgentWith starts an agent with the CA ca, on addr ("": a free port).
+func startAgentWith(t *testing.T, e *env, ca *pki, addr string) *agentUnderTest {
+	t.Helper()
 	cert, key := ca.issue(t, "agent", "", true)
 	tokens := filepath.Join(ca.dir, "tokens.json")
 	os.WriteFile(tokens, []byte(fmt.Sprintf(`{%q: {"user": "tok-admin", "role": "admin"}, %q: {"user": "tok-viewer", "role": "viewer"}}`,
 		adminToken, viewerToken)), 0o600)
-	l, _ := net.Listen("tcp", "127.0.0.1:0")
-	addr := l.Addr().String()
-	l.Close()
+	if addr == "" {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		addr = l.Addr().String()
+		l.Close()
+	}
 	a := &agentUnderTest{url: "https://" + addr, ca: ca, auditLog: filepath.Join(ca.dir, "audit.log")}
+	a.restart = func() *agentUnderTest { return startAgentWith(t, e, ca, addr) }
 	cmd := e.cmd("agent", "--listen", addr, "--tls-cert", cert, "--tls-key", key, "--client-ca",
 		filepath.Join(ca.dir, "ca.pem"), "--tokens", tokens, "--audit-log", a.auditLog, "--parallel", "4")
 	logf, _ := os.Create(filepath.Join(ca.dir, "agent.log"))
@@ -108,6 +119,7 @@ func startAgent(t *testing.T, e *env) *agentUnderTest {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	a.cmd = cmd
 	t.Cleanup(func() { cmd.Process.Signal(os.Interrupt); cmd.Wait(); logf.Close() })
 	c := a.client(t, "", "")
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -346,5 +358,86 @@ func TestAgentParallelAndConflicts(t *testing.T) {
 	}
 	if !strings.Contains(string(bodies[0])+string(bodies[1]), "busy") {
 		t.Errorf("the conflict does not say why: %s %s", bodies[0], bodies[1])
+	}
+}
+
+// The agent killed with SIGKILL in the middle of a checkpoint of a 300 MiB
+// process, then CRIU killed in the middle of another: the container runs
+// on, thawed, no partial checkpoint is listed, and the next checkpoint
+// works.
+func TestAgentKilledMidCheckpoint(t *testing.T) {
+	e := newEnv(t)
+	a := startAgent(t, e)
+	admin := a.client(t, "alice", "stasis:admin")
+	img := filepath.Join(t.TempDir(), "mem.tar")
+	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
+	e.run("image", "import", img, "localhost/mem:e2e")
+	e.run("run", "--name", "big", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
+	waitLogLine(t, e, "big", "tick 1")
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		req, _ := http.NewRequest("POST", a.url+"/v1/containers/big/checkpoint", strings.NewReader(`{}`))
+		if resp, err := admin.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	waitCRIU(t)
+	a.cmd.Process.Kill()
+	a.cmd.Wait()
+	<-done
+	a = a.restart()
+	admin = a.client(t, "alice", "stasis:admin")
+	checkRecovered(t, e, "after the agent was killed")
+
+	// CRIU killed under a running agent.
+	done = make(chan struct{})
+	var code int
+	var body []byte
+	go func() {
+		defer close(done)
+		code, body = call(t, admin, "POST", a.url+"/v1/containers/big/checkpoint", "", CheckpointBody{})
+	}()
+	waitCRIU(t)
+	exec.Command("pkill", "-9", "-x", "criu").Run()
+	<-done
+	if code == 200 {
+		t.Fatalf("a checkpoint whose CRIU was killed succeeded: %s", body)
+	}
+	checkRecovered(t, e, "after CRIU was killed")
+
+	if code, b := call(t, admin, "POST", a.url+"/v1/containers/big/checkpoint", "", CheckpointBody{LeaveRunning: true}); code != 200 {
+		t.Fatalf("the next checkpoint: %d %s", code, b)
+	}
+}
+
+// waitCRIU waits until a CRIU dump runs.
+func waitCRIU(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if out, _ := exec.Command("pgrep", "-x", "criu").Output(); len(out) > 0 {
+			time.Sleep(100 * time.Millisecond) // into the dump
+			return
+		}
+	}
+	t.Fatal("CRIU never started")
+}
+
+func checkRecovered(t *testing.T, e *env, when string) {
+	t.Helper()
+	if s := e.status("big"); s != "running" {
+		t.Fatalf("%s the container is %q, want running (not frozen)", when, s)
+	}
+	n := lastTick(t, e, "big")
+	waitLogLine(t, e, "big", fmt.Sprintf("tick %d", n+2))
+	if list := strings.TrimSpace(e.run("checkpoints")); strings.Count(list, "\n") != 0 {
+		t.Fatalf("%s a checkpoint is listed:\n%s", when, list)
+	}
+	if left, _ := filepath.Glob(filepath.Join(e.root, "checkpoints", ".partial-*")); len(left) != 0 {
+		t.Fatalf("%s partial store entries remain: %v", when, left)
+	}
+	if left, _ := os.ReadDir(filepath.Join(e.root, "work")); len(left) != 0 {
+		t.Fatalf("%s work files remain: %v", when, left)
 	}
 }
