@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -145,6 +146,10 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, action, target stri
 		}
 		defer release()
 		res, err := f(ctx)
+		if err != nil && errors.Is(ctx.Err(), context.Canceled) {
+			// The engine reports how its commands died; the caller cancelled.
+			err = fmt.Errorf("%w: %v", context.Canceled, err)
+		}
 		result := "ok"
 		if err != nil {
 			result = "error"

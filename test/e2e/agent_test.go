@@ -441,3 +441,54 @@ func checkRecovered(t *testing.T, e *env, when string) {
 		t.Fatalf("%s work files remain: %v", when, left)
 	}
 }
+
+// A long operation can be followed and cancelled: ?async=true answers 202
+// with the operation, GET shows it finish; DELETE cancels a running one and
+// the container runs on.
+func TestAgentAsyncOperations(t *testing.T) {
+	e := newEnv(t)
+	a := startAgent(t, e)
+	admin := a.client(t, "alice", "stasis:admin")
+	img := filepath.Join(t.TempDir(), "mem.tar")
+	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
+	e.run("image", "import", img, "localhost/mem:e2e")
+	e.run("run", "--name", "op", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
+	waitLogLine(t, e, "op", "tick 1")
+
+	follow := func(id string) map[string]any {
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			_, b := call(t, admin, "GET", a.url+"/v1/operations/"+id, "", nil)
+			var op map[string]any
+			json.Unmarshal(b, &op)
+			if op["state"] != "running" {
+				return op
+			}
+		}
+		t.Fatalf("operation %s never ended", id)
+		return nil
+	}
+	code, b := call(t, admin, "POST", a.url+"/v1/containers/op/checkpoint?async=true", "", CheckpointBody{LeaveRunning: true})
+	var op struct{ ID, State string }
+	json.Unmarshal(b, &op)
+	if code != 202 || op.ID == "" || op.State != "running" {
+		t.Fatalf("async checkpoint: %d %s", code, b)
+	}
+	if end := follow(op.ID); end["state"] != "done" || end["result"] == nil {
+		t.Fatalf("async checkpoint ended %v", end)
+	}
+
+	code, b = call(t, admin, "POST", a.url+"/v1/containers/op/checkpoint?async=true", "", CheckpointBody{})
+	json.Unmarshal(b, &op)
+	waitCRIU(t)
+	if code, b := call(t, admin, "DELETE", a.url+"/v1/operations/"+op.ID, "", nil); code != 202 {
+		t.Fatalf("cancel: %d %s", code, b)
+	}
+	if end := follow(op.ID); end["state"] != "cancelled" {
+		t.Fatalf("cancelled checkpoint ended %v", end)
+	}
+	if s := e.status("op"); s != "running" {
+		t.Fatalf("after a cancelled checkpoint the container is %q", s)
+	}
+	n := lastTick(t, e, "op")
+	waitLogLine(t, e, "op", fmt.Sprintf("tick %d", n+2))
+}
