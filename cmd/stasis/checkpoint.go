@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/engine"
@@ -38,6 +39,18 @@ running and no archive is left behind.`,
   stasis checkpoint web --every 30s --keep 10      # a timeline; see 'stasis history' and 'stasis rewind'`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if c, err := g.client(); c != nil || err != nil {
+				if err != nil {
+					return err
+				}
+				if o.Export != "" || cmd.Flags().Changed("every") {
+					return fmt.Errorf("--export and --every work on this machine only, not through --host")
+				}
+				return remoteCheckpoint(cmd.Context(), c, args[0], agent.CheckpointRequest{
+					LeaveRunning: o.LeaveRunning, Compression: compression, TCPEstablished: o.TCPEstablished,
+					FileLocks: o.FileLocks, CreateImage: o.CreateImage, Push: o.Push, EncryptTo: encryptTo,
+				}, stats)
+			}
 			e, err := g.engine()
 			if err != nil {
 				return err
@@ -103,6 +116,12 @@ func checkpointsCmd(g *globals) *cobra.Command {
 image store (restore them with 'stasis restore IMAGE').`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if c, err := g.client(); c != nil || err != nil {
+				if err != nil {
+					return err
+				}
+				return remoteCheckpoints(cmd.Context(), c)
+			}
 			e, err := g.engine()
 			if err != nil {
 				return err
@@ -157,6 +176,17 @@ far sooner; it cannot be checkpointed again until every page is in.`,
   stasis restore registry.example.com/ckpt/web:v1 --name web2`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if c, err := g.client(); c != nil || err != nil {
+				if err != nil {
+					return err
+				}
+				if o.Import != "" || len(args) != 1 {
+					return fmt.Errorf("through --host, name a stored checkpoint, a container or a checkpoint image (no --import)")
+				}
+				req := agent.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
+					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks}
+				return remoteRestore(cmd.Context(), c, req, stats)
+			}
 			e, err := g.engine()
 			if err != nil {
 				return err

@@ -97,6 +97,12 @@ func psCmd(g *globals) *cobra.Command {
 		Short: "List containers",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if c, err := g.client(); c != nil || err != nil {
+				if err != nil {
+					return err
+				}
+				return remotePs(cmd.Context(), c)
+			}
 			e, err := g.engine()
 			if err != nil {
 				return err

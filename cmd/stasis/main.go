@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/internal/demo"
+	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
@@ -22,6 +23,9 @@ import (
 type globals struct {
 	root, runRoot, runtime string
 	identities             []string
+	// host is an agent to work through (see remote.go).
+	host     string
+	hostOpts agent.ClientOptions
 }
 
 func requireRoot() error {
@@ -31,7 +35,13 @@ func requireRoot() error {
 	return nil
 }
 
+// engine is stasis working alone on this machine; commands the agent
+// serves ask g.client first, so here --host means the command has no
+// remote form.
 func (g *globals) engine() (*engine.Engine, error) {
+	if g.host != "" {
+		return nil, fmt.Errorf("this command works on this machine only, not through --host")
+	}
 	if err := requireRoot(); err != nil {
 		return nil, err
 	}
@@ -88,6 +98,11 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.PersistentFlags().StringVar(&g.runRoot, "runroot", "/run/stasis", "directory for runtime state")
 	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
 	root.PersistentFlags().StringArrayVar(&g.identities, "identity", nil, "age identity file that opens encrypted checkpoints (repeatable)")
+	root.PersistentFlags().StringVar(&g.host, "host", "", "work through the agent at https://HOST:PORT (ps, checkpoints, checkpoint, restore)")
+	root.PersistentFlags().StringVar(&g.hostOpts.CA, "host-ca", "", "CA that signed the agent's certificate (PEM)")
+	root.PersistentFlags().StringVar(&g.hostOpts.Cert, "host-cert", "", "client certificate for the agent (PEM)")
+	root.PersistentFlags().StringVar(&g.hostOpts.Key, "host-key", "", "its private key (PEM)")
+	root.PersistentFlags().StringVar(&g.hostOpts.Token, "host-token", "", "bearer token for the agent (default: $STASIS_TOKEN)")
 	root.AddCommand(
 		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
 		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"),

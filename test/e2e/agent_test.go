@@ -492,3 +492,33 @@ func TestAgentAsyncOperations(t *testing.T) {
 	n := lastTick(t, e, "op")
 	waitLogLine(t, e, "op", fmt.Sprintf("tick %d", n+2))
 }
+
+// The CLI works through the agent with --host: list, checkpoint, restore;
+// a viewer's token is refused with the agent's reason; commands the agent
+// does not serve say so.
+func TestCLIThroughAgent(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	a := startAgent(t, e)
+	remote := []string{"--host", a.url, "--host-ca", filepath.Join(a.ca.dir, "ca.pem"), "--host-token", adminToken}
+	e.run("run", "--name", "far", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	e.waitCounter("far", 10)
+	if out := e.run(append(remote, "ps")...); !strings.Contains(out, "far") {
+		t.Fatalf("ps through the agent:\n%s", out)
+	}
+	id := strings.TrimSpace(e.run(append(remote, "checkpoint", "far")...))
+	if out := e.run(append(remote, "checkpoints")...); !strings.Contains(out, id) {
+		t.Fatalf("checkpoints through the agent lack %s:\n%s", id, out)
+	}
+	at := e.logCounts("far")
+	e.run(append(remote, "restore", id)...)
+	e.assertContinues("far", at[len(at)-1])
+
+	viewer := []string{"--host", a.url, "--host-ca", filepath.Join(a.ca.dir, "ca.pem"), "--host-token", viewerToken}
+	if msg := e.fails(append(viewer, "checkpoint", "far")...); !strings.Contains(msg, "403") {
+		t.Errorf("viewer checkpoint through the agent: %s", msg)
+	}
+	if msg := e.fails(append(remote, "logs", "far")...); !strings.Contains(msg, "not through --host") {
+		t.Errorf("a local-only command with --host: %s", msg)
+	}
+}

@@ -1,0 +1,90 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Client calls an agent: what the CLI uses with --host.
+type Client struct {
+	base  string
+	http  *http.Client
+	token string
+}
+
+// ClientOptions say how to reach and convince an agent.
+type ClientOptions struct {
+	// CA verifies the agent's certificate (PEM file); empty: the system's.
+	CA string
+	// Cert and Key are a client certificate; Token a bearer token.
+	Cert, Key, Token string
+}
+
+// NewClient makes a client for the agent at url ("https://host:port").
+func NewClient(url string, o ClientOptions) (*Client, error) {
+	if !strings.HasPrefix(url, "https://") {
+		return nil, fmt.Errorf("--host %q: the agent speaks HTTPS only (https://HOST:PORT)", url)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if o.CA != "" {
+		pool, err := loadPool(o.CA)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = pool
+	}
+	if o.Cert != "" {
+		pair, err := tls.LoadX509KeyPair(o.Cert, o.Key)
+		if err != nil {
+			return nil, fmt.Errorf("client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return &Client{base: strings.TrimSuffix(url, "/"), token: o.Token,
+		http: &http.Client{Timeout: time.Hour, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+}
+
+// Do sends a request with a JSON body (nil: none) and decodes the JSON
+// answer into out (nil: ignore it). An error answer becomes an error with
+// the agent's message.
+func (c *Client) Do(ctx context.Context, method, path string, body, out any) error {
+	var r io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		r = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, r)
+	if err != nil {
+		return err
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent %s: %w", c.base, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
+			return fmt.Errorf("agent: %s (%d)", e.Error, resp.StatusCode)
+		}
+		return fmt.Errorf("agent: %s", resp.Status)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
