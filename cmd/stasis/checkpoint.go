@@ -16,7 +16,7 @@ import (
 
 func checkpointCmd(g *globals) *cobra.Command {
 	var o engine.CheckpointOptions
-	var encryptTo []string
+	var encryptTo, imageKeys []string
 	var tl engine.TimelineOptions
 	var compression string
 	var stats bool
@@ -58,6 +58,12 @@ running and no archive is left behind.`,
 			if o.Recipients, err = archive.ParseRecipients(encryptTo); err != nil {
 				return err
 			}
+			if o.ImageKeys, err = readKeys(imageKeys); err != nil {
+				return err
+			}
+			if len(o.ImageKeys) > 0 && o.CreateImage == "" {
+				return fmt.Errorf("--encrypt-image-key needs --create-image")
+			}
 			if cmd.Flags().Changed("compress") {
 				if o.Compression, err = archive.ParseCompression(compression); err != nil {
 					return err
@@ -93,6 +99,7 @@ running and no archive is left behind.`,
 	f.BoolVarP(&o.LeaveRunning, "leave-running", "R", false, "keep the container running after the checkpoint")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "checkpoint established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "checkpoint file locks")
+	f.StringArrayVar(&imageKeys, "encrypt-image-key", nil, "with --create-image: encrypt the layer for this public key (PEM; repeatable), as ocicrypt does")
 	f.StringArrayVar(&encryptTo, "encrypt-to", nil, "encrypt the archive to this age recipient (age1... key, or a file of them; repeatable); restore then needs --identity")
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
 	f.DurationVar(&tl.Every, "every", 0, "keep checkpointing (leaving it running) at this interval, until interrupted")

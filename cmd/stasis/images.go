@@ -39,7 +39,8 @@ func imageCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	})
-	cmd.AddCommand(&cobra.Command{
+	var imageKeys []string
+	build := &cobra.Command{
 		Use:   "build ARCHIVE NAME",
 		Short: "Make a checkpoint image of a checkpoint archive (stasis', Podman's, CRI-O's, the kubelet's)",
 		Long: `Build stores a checkpoint archive as a checkpoint image: one layer that is the
@@ -52,15 +53,20 @@ containerd recognise it. Push it with 'stasis push NAME'.`,
 			if err != nil {
 				return err
 			}
-			i, err := e.BuildCheckpointImage(args[0], args[1], false)
+			keys, err := readKeys(imageKeys)
+			if err != nil {
+				return err
+			}
+			i, err := e.BuildCheckpointImage(args[0], args[1], false, keys)
 			if err != nil {
 				return err
 			}
 			fmt.Println(i.ID)
 			return nil
 		},
-	})
-	cmd.AddCommand(rmiCmd(g, "rm"))
+	}
+	build.Flags().StringArrayVar(&imageKeys, "encrypt-image-key", nil, "encrypt the layer for this public key (PEM, RSA or EC; repeatable), as ocicrypt does")
+	cmd.AddCommand(build, rmiCmd(g, "rm"))
 	return cmd
 }
 
@@ -102,4 +108,17 @@ func imagesCmd(g *globals) *cobra.Command {
 			return w.Flush()
 		},
 	}
+}
+
+// readKeys reads PEM key files.
+func readKeys(files []string) ([][]byte, error) {
+	var out [][]byte
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, fmt.Errorf("key: %w", err)
+		}
+		out = append(out, b)
+	}
+	return out, nil
 }

@@ -21,8 +21,8 @@ import (
 )
 
 type globals struct {
-	root, runRoot, runtime string
-	identities             []string
+	root, runRoot, runtime     string
+	identities, decryptionKeys []string
 	// host is an agent to work through (see remote.go).
 	host     string
 	hostOpts agent.ClientOptions
@@ -49,7 +49,11 @@ func (g *globals) engine() (*engine.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime, Identities: ids})
+	keys, err := readKeys(g.decryptionKeys)
+	if err != nil {
+		return nil, err
+	}
+	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime, Identities: ids, DecryptionKeys: keys})
 }
 
 func main() {
@@ -98,6 +102,7 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.PersistentFlags().StringVar(&g.runRoot, "runroot", "/run/stasis", "directory for runtime state")
 	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
 	root.PersistentFlags().StringArrayVar(&g.identities, "identity", nil, "age identity file that opens encrypted checkpoints (repeatable)")
+	root.PersistentFlags().StringArrayVar(&g.decryptionKeys, "decryption-key", nil, "private key (PEM) that opens encrypted checkpoint images (repeatable)")
 	root.PersistentFlags().StringVar(&g.host, "host", "", "work through the agent at https://HOST:PORT (ps, checkpoints, checkpoint, restore)")
 	root.PersistentFlags().StringVar(&g.hostOpts.CA, "host-ca", "", "CA that signed the agent's certificate (PEM)")
 	root.PersistentFlags().StringVar(&g.hostOpts.Cert, "host-cert", "", "client certificate for the agent (PEM)")

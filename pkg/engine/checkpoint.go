@@ -41,6 +41,8 @@ type CheckpointOptions struct {
 	// Recipients encrypt the archive (age X25519): only their identities
 	// restore or inspect it.
 	Recipients []age.Recipient
+	// ImageKeys encrypt a --create-image layer (public keys, PEM; ocicrypt).
+	ImageKeys [][]byte
 	// ShareRootfs keeps a stored checkpoint's rootfs diff beside its
 	// archive, shared with every stored checkpoint with the same diff: a
 	// timeline stores an unchanged diff once.
@@ -194,7 +196,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		if _, _, err := write(layer); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 		}
-		img, err := e.BuildCheckpointImage(layer, o.CreateImage, true)
+		img, err := e.BuildCheckpointImage(layer, o.CreateImage, true, o.ImageKeys)
 		if err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 		}

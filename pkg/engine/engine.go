@@ -38,15 +38,18 @@ type Options struct {
 	Runtime string // OCI runtime binary, "runc" by default
 	// Identities open encrypted checkpoints (the node's age keys).
 	Identities []age.Identity
+	// DecryptionKeys open encrypted checkpoint images (private keys, PEM).
+	DecryptionKeys [][]byte
 }
 
 // Engine manages containers under one root.
 type Engine struct {
-	root, runRoot string
-	identities    []age.Identity
-	Images        *image.Store
-	Checkpoints   store.Store
-	rt            *runtime.Runtime
+	root, runRoot  string
+	identities     []age.Identity
+	decryptionKeys [][]byte
+	Images         *image.Store
+	Checkpoints    store.Store
+	rt             *runtime.Runtime
 }
 
 // New opens the state under o.Root, creating it if needed.
@@ -68,7 +71,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("open checkpoint store: %w", err)
 	}
 	return &Engine{
-		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, Images: imgs, Checkpoints: ck,
+		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, decryptionKeys: o.DecryptionKeys, Images: imgs, Checkpoints: ck,
 		rt: &runtime.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
 	}, nil
 }

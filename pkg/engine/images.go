@@ -63,7 +63,11 @@ func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Option
 // BuildCheckpointImage stores a checkpoint archive as checkpoint image ref.
 // With own, the archive is stasis' own temporary file and becomes the
 // layer blob itself, without a copy.
-func (e *Engine) BuildCheckpointImage(archivePath, ref string, own bool) (*image.Image, error) {
+//
+// With imageKeys (public keys, PEM) the layer is encrypted as ocicrypt does
+// (CRI-O, containerd and Podman decrypt it with the private key), and the
+// plain archive never enters the store.
+func (e *Engine) BuildCheckpointImage(archivePath, ref string, own bool, imageKeys [][]byte) (*image.Image, error) {
 	cfg, _, err := archive.ReadMetadata(archivePath)
 	if err != nil {
 		return nil, fmt.Errorf("image build: %w", err)
@@ -75,6 +79,21 @@ func (e *Engine) BuildCheckpointImage(archivePath, ref string, own bool) (*image
 	img, err := checkpointimage.Build(archivePath, baseDigest)
 	if err != nil {
 		return nil, fmt.Errorf("image build: %w", err)
+	}
+	if len(imageKeys) > 0 {
+		work, lock, err := e.workDir("encrypt-")
+		if err != nil {
+			return nil, err
+		}
+		defer func() { lock.Close(); os.RemoveAll(work) }()
+		if img, err = checkpointimage.Encrypt(img, imageKeys, work); err != nil {
+			return nil, fmt.Errorf("image build: %w", err)
+		}
+		i, err := e.Images.Add(ref, img, nil)
+		if err != nil {
+			return nil, fmt.Errorf("image build: %w", err)
+		}
+		return i, nil
 	}
 	layers, err := img.Layers()
 	if err != nil {
@@ -175,40 +194,48 @@ func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
 // checkpointImageArchive finds a checkpoint image, locally or in its
 // registry, and returns its archive (the layer blob) and what it says. A
 // remote image is checked from its manifest before any blob is fetched.
-func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options, pulled *[]string) (string, *checkpointimage.Info, error) {
+func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options, pulled *[]string) (*source, error) {
 	notCheckpoint := func(name string) error {
 		return fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", name)
 	}
 	i, err := e.Images.Get(ref)
 	if errors.Is(err, image.ErrNotFound) {
 		if _, perr := registry.ParseReference(ref, o); perr != nil {
-			return "", nil, err
+			return nil, err
 		}
 		remote, rerr := registry.Image(ctx, ref, o)
 		if rerr != nil {
-			return "", nil, rerr
+			return nil, rerr
 		}
 		m, merr := remote.Manifest()
 		if merr != nil {
-			return "", nil, fmt.Errorf("pull %s: %w", ref, merr)
+			return nil, fmt.Errorf("pull %s: %w", ref, merr)
 		}
 		if _, ok := checkpointimage.Read(m.Annotations); !ok {
-			return "", nil, notCheckpoint(ref)
+			return nil, notCheckpoint(ref)
 		}
 		if i, err = e.Pull(ctx, ref, o); err == nil {
 			*pulled = append(*pulled, i.Name)
 		}
 	}
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
 	info, ok := checkpointimage.Read(i.Annotations)
 	if !ok {
-		return "", nil, notCheckpoint(i.Name)
+		return nil, notCheckpoint(i.Name)
 	}
 	path, err := e.Images.LayerPath(i)
 	if err != nil {
-		return "", nil, err
+		return nil, err
 	}
-	return path, info, nil
+	src := &source{archive: path, digest: blobDigest(path), image: info}
+	img, err := e.Images.Image(i)
+	if err != nil {
+		return nil, err
+	}
+	if m, err := img.Manifest(); err == nil && len(m.Layers) == 1 && checkpointimage.IsEncrypted(m.Layers[0].MediaType) {
+		src.encryptedLayer = &m.Layers[0]
+	}
+	return src, nil
 }

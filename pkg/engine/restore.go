@@ -12,6 +12,7 @@ import (
 	"time"
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -220,11 +221,23 @@ type source struct {
 	existing *Container
 	// image is what a checkpoint image says about itself.
 	image *checkpointimage.Info
+	// encryptedLayer describes the layer of an encrypted checkpoint
+	// image: the archive must be decrypted first.
+	encryptedLayer *v1.Descriptor
 }
 
 // extract unpacks a checkpoint into work, checking its digest when known,
 // decrypting it with the engine's identities, adding a shared rootfs diff.
 func (e *Engine) extract(src *source, work string) (archive.Dir, error) {
+	if src.encryptedLayer != nil {
+		plain := filepath.Join(work, ".decrypted-layer")
+		if err := checkpointimage.Decrypt(src.archive, *src.encryptedLayer, e.decryptionKeys, plain); err != nil {
+			return "", err
+		}
+		defer os.Remove(plain)
+		// Decrypt checked the plain layer's digest.
+		return archive.Extract(plain, work, archive.ReadOptions{Identities: e.identities})
+	}
 	dir, err := archive.Extract(src.archive, work, archive.ReadOptions{Identities: e.identities, Digest: src.digest})
 	if err != nil || src.rootfsDiff == "" {
 		return dir, err
@@ -275,11 +288,11 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 		if c != nil {
 			return nil, fmt.Errorf("restore %s: %w", o.Container, serr)
 		}
-		path, info, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry, pulled)
+		src, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry, pulled)
 		if ierr != nil {
 			return nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
 		}
-		return &source{archive: path, digest: blobDigest(path), image: info}, nil
+		return src, nil
 	}
 	if c != nil && o.Name != "" && o.Name != c.Name {
 		c = nil // a copy under a new name, the original untouched

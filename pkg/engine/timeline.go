@@ -31,11 +31,11 @@ func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Option
 		}
 	}
 	var pulled []string
-	path, info, err := e.checkpointImageArchive(ctx, ref, o, &pulled)
+	src, err := e.checkpointImageArchive(ctx, ref, o, &pulled)
 	if err != nil {
 		return nil, fmt.Errorf("%s is no archive file, stored checkpoint or container with one, nor a checkpoint image: %w", ref, err)
 	}
-	return &source{archive: path, digest: blobDigest(path), image: info}, nil
+	return src, nil
 }
 
 // TimelineOptions make a timeline: a checkpoint of a running container

@@ -1,12 +1,17 @@
 package e2e
 
 import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"filippo.io/age"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // An encrypted archive restores only with the identity it was encrypted
@@ -68,4 +73,76 @@ func TestFlippedByteFailsDigest(t *testing.T) {
 	if msg := e.fails("inspect", "dg"); !strings.Contains(msg, "altered or damaged") {
 		t.Errorf("inspect of a damaged archive: %s", msg)
 	}
+}
+
+// An encrypted checkpoint image (ocicrypt, JWE with an RSA key): pushed,
+// removed, restored by stasis with the private key, refused without it or
+// with another; Podman pulls it with --decryption-key and restores it.
+func TestEncryptedCheckpointImage(t *testing.T) {
+	reg := startRegistry(t, false)
+	e := newEnv(t)
+	e.importBusybox()
+	dir := t.TempDir()
+	pub, priv := rsaKeyPair(t, dir, "node")
+	_, otherPriv := rsaKeyPair(t, dir, "other")
+	base := reg.addr + "/e2e/busybox:1"
+	e.run("push", "localhost/busybox:e2e", base, "--tls-verify=false")
+	e.run("pull", base, "--tls-verify=false")
+	e.run("run", "--name", "sealed", base, "sh", "-c", counterScript)
+	at := e.waitCounter("sealed", 10)
+	ref := reg.addr + "/e2e/ckpt/sealed:1"
+	e.run("checkpoint", "sealed", "--create-image", ref, "--encrypt-image-key", pub, "--push", "--tls-verify=false", "--leave-running")
+	e.run("rmi", ref)
+	if msg := e.fails("restore", ref, "--name", "a", "--tls-verify=false"); !strings.Contains(msg, "encrypted") {
+		t.Errorf("restore without the key: %s", msg)
+	}
+	if msg := e.fails("--decryption-key", otherPriv, "restore", ref, "--name", "b", "--tls-verify=false"); !strings.Contains(msg, "cannot open it") {
+		t.Errorf("restore with another key: %s", msg)
+	}
+	e.run("--decryption-key", priv, "restore", ref, "--name", "opened", "--tls-verify=false")
+	e.assertContinues("opened", at)
+
+	// The layer in the registry is ocicrypt's format, which CRI-O and
+	// containerd (imgcrypt) decrypt with the node's key: Podman 4.3 has no
+	// --decryption-key to try it with.
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := remote.Image(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := m.Layers[0]
+	if !strings.HasSuffix(string(l.MediaType), "+zstd+encrypted") || l.Annotations["org.opencontainers.image.enc.keys.jwe"] == "" {
+		t.Fatalf("layer is not an ocicrypt JWE layer: %+v", l)
+	}
+	layers, _ := img.Layers()
+	rc, err := layers[0].Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	head := make([]byte, 4)
+	rc.Read(head)
+	rc.Close()
+	if string(head) == "\x28\xb5\x2f\xfd" {
+		t.Fatal("the registry holds the archive in the clear")
+	}
+}
+
+func rsaKeyPair(t *testing.T, dir, name string) (pub, priv string) {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pkix, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	pub, priv = filepath.Join(dir, name+".pub.pem"), filepath.Join(dir, name+".pem")
+	writePEM(t, pub, "PUBLIC KEY", pkix)
+	writePEM(t, priv, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k))
+	return pub, priv
 }

@@ -161,12 +161,17 @@ func (e *env) importBusybox() {
 // counter reads the counter of a running container.
 func (e *env) counter(name string) int {
 	e.t.Helper()
-	out := e.run("exec", name, "cat", "/tmp/last")
-	n, err := strconv.Atoi(strings.TrimSpace(out))
-	if err != nil {
-		e.t.Fatalf("counter of %s: %q", name, out)
+	// The counter rewrites the file: a read can catch it empty.
+	var out string
+	for i := 0; i < 20; i++ {
+		out = e.run("exec", name, "cat", "/tmp/last")
+		if n, err := strconv.Atoi(strings.TrimSpace(out)); err == nil {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	return n
+	e.t.Fatalf("counter of %s: %q", name, out)
+	return 0
 }
 
 // waitCounter waits until the counter of name reaches at least n.
