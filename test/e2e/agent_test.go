@@ -338,10 +338,8 @@ func TestAgentParallelAndConflicts(t *testing.T) {
 	}
 
 	// Two checkpoints of one container at once: one works, one conflicts.
-	img := filepath.Join(t.TempDir(), "mem.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/mem:e2e")
-	e.run("run", "--name", "big", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "256")
+	e.importSample()
+	e.run("run", "--name", "big", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "256")
 	waitLogLine(t, e, "big", "tick 1")
 	codes := make([]int, 2)
 	bodies := make([][]byte, 2)
@@ -369,10 +367,8 @@ func TestAgentKilledMidCheckpoint(t *testing.T) {
 	e := newEnv(t)
 	a := startAgent(t, e)
 	admin := a.client(t, "alice", "stasis:admin")
-	img := filepath.Join(t.TempDir(), "mem.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/mem:e2e")
-	e.run("run", "--name", "big", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
+	e.importSample()
+	e.run("run", "--name", "big", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
 	waitLogLine(t, e, "big", "tick 1")
 
 	done := make(chan struct{})
@@ -449,10 +445,8 @@ func TestAgentAsyncOperations(t *testing.T) {
 	e := newEnv(t)
 	a := startAgent(t, e)
 	admin := a.client(t, "alice", "stasis:admin")
-	img := filepath.Join(t.TempDir(), "mem.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/mem:e2e")
-	e.run("run", "--name", "op", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
+	e.importSample()
+	e.run("run", "--name", "op", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
 	waitLogLine(t, e, "op", "tick 1")
 
 	follow := func(id string) map[string]any {

@@ -235,10 +235,8 @@ func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 // no archive appears, and the next checkpoint works.
 func TestCRIUKilledMidDump(t *testing.T) {
 	e := newEnv(t)
-	img := filepath.Join(t.TempDir(), "mem.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/mem:e2e")
-	e.run("run", "--name", "big", "localhost/mem:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "600")
+	e.importSample()
+	e.run("run", "--name", "big", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "600")
 	waitLogLine(t, e, "big", "tick 3")
 
 	wrap := t.TempDir()

@@ -169,10 +169,8 @@ func hasCapSysResource(t *testing.T) bool {
 // other processes and returns a function that asks it for the digest of
 // its memory, so a test can tell that memory came back byte for byte.
 func memSample(t *testing.T, e *env, name string) (digest func() string) {
-	img := filepath.Join(t.TempDir(), "mem.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/mem:e2e")
-	e.run("run", "--name", name, "localhost/mem:e2e", "sh", "-c",
+	e.importSample()
+	e.run("run", "--name", name, "localhost/sample:e2e", "sh", "-c",
 		"/sample __sample --warmup 0s --mib 96 & echo $! > /tmp/sample.pid; sleep 1000 & wait")
 	waitLogLine(t, e, name, "tick 2")
 	re := regexp.MustCompile(`digest ([0-9a-f]{64})`)

@@ -10,8 +10,6 @@ import (
 	"testing"
 
 	"filippo.io/age"
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
 // An encrypted archive restores only with the identity it was encrypted
@@ -33,14 +31,14 @@ func TestEncryptedArchive(t *testing.T) {
 	if b, _ := os.ReadFile(archive); !strings.HasPrefix(string(b), "age-encryption.org/v1") {
 		t.Fatal("the archive is not an age file")
 	}
-	before := e.run("ps")
+	before := e.run("ps", "-q")
 	if msg := e.fails("restore", "--import", archive, "--name", "x"); !strings.Contains(msg, "encrypted") {
 		t.Errorf("restore without an identity: %s", msg)
 	}
 	if msg := e.fails("--identity", wrongFile, "restore", "--import", archive, "--name", "x"); !strings.Contains(msg, "cannot open it") {
 		t.Errorf("restore with a wrong identity: %s", msg)
 	}
-	if after := e.run("ps"); after != before {
+	if after := e.run("ps", "-q"); after != before {
 		t.Errorf("failed restores left containers:\n%s", after)
 	}
 	if work, _ := os.ReadDir(filepath.Join(e.root, "work")); len(work) != 0 {
@@ -105,14 +103,7 @@ func TestEncryptedCheckpointImage(t *testing.T) {
 	// The layer in the registry is ocicrypt's format, which CRI-O and
 	// containerd (imgcrypt) decrypt with the node's key: Podman 4.3 has no
 	// --decryption-key to try it with.
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := remoteImage(t, ref)
 	m, err := img.Manifest()
 	if err != nil {
 		t.Fatal(err)

@@ -56,14 +56,6 @@ func (e *env) inspect(args ...string) *report {
 	return &r
 }
 
-// forensicsImage is busybox plus the sample program.
-func forensicsImage(t *testing.T, e *env) string {
-	img := filepath.Join(t.TempDir(), "f.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/forensics:e2e")
-	return "localhost/forensics:e2e"
-}
-
 const forensicsScript = `export APP_MODE=forensic
 /sample __sample --warmup 0s --mib 8 --secret-seed e2e --listen-unix /tmp/app.sock &
 sleep 1000 | nc -l -p 9000 > /tmp/got &
@@ -80,7 +72,7 @@ wait`
 // container's file and the image's.
 func TestInspectNamesEverything(t *testing.T) {
 	e := newEnv(t)
-	img := forensicsImage(t, e)
+	img := e.importSample()
 	e.run("run", "--name", "f", img, "sh", "-c", forensicsScript)
 	waitLogLine(t, e, "f", "tick 3")
 	archive := filepath.Join(t.TempDir(), "f.tar.zst")

@@ -150,6 +150,16 @@ func busyboxTar(t *testing.T) string {
 	return p
 }
 
+// importSample imports busybox plus the sample program (the stasis binary,
+// run as /sample __sample) as localhost/sample:e2e, and returns the name.
+func (e *env) importSample() string {
+	e.t.Helper()
+	img := filepath.Join(e.t.TempDir(), "sample.tar")
+	writeMembers(e.t, img, append(readMembers(e.t, busyboxTar(e.t)), fileMember(e.t, "sample", stasisBin)))
+	e.run("image", "import", img, "localhost/sample:e2e")
+	return "localhost/sample:e2e"
+}
+
 const counterScript = `i=0; while true; do echo "count $i"; echo $i > /tmp/last; i=$((i+1)); sleep 0.1; done`
 
 // importBusybox imports the busybox image as localhost/busybox:e2e.

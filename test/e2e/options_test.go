@@ -77,10 +77,8 @@ i=0; while true; do echo $i; i=$((i+1)); sleep 0.1; done | nc 127.0.0.1 9000 & w
 // restore with it.
 func TestFileLocks(t *testing.T) {
 	e := newEnv(t)
-	img := filepath.Join(t.TempDir(), "lock.tar")
-	writeMembers(t, img, append(readMembers(t, busyboxTar(t)), fileMember(t, "sample", stasisBin)))
-	e.run("image", "import", img, "localhost/lock:e2e")
-	e.run("run", "--name", "lock", "localhost/lock:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "1", "--lock", "/tmp/lock")
+	e.importSample()
+	e.run("run", "--name", "lock", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "1", "--lock", "/tmp/lock")
 	waitLogLine(t, e, "lock", "tick 10")
 	// /proc/locks, read inside the container's pid namespace, lists the
 	// container's locks: the inode of /tmp/lock must hold an exclusive flock.

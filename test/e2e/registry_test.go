@@ -83,14 +83,7 @@ func TestCheckpointImageAnnotations(t *testing.T) {
 	e.waitCounter("ann", 2)
 	ref := reg.addr + "/e2e/ann:1"
 	e.run(append([]string{"checkpoint", "ann", "--create-image", ref, "--push", "--leave-running"}, reg.flags()...)...)
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := remote.Image(r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := remoteImage(t, ref)
 	m, err := img.Manifest()
 	if err != nil {
 		t.Fatal(err)
@@ -121,6 +114,10 @@ func TestCheckpointImageAnnotations(t *testing.T) {
 		t.Fatalf("want one zstd layer (the archive itself), got %+v", m.Layers)
 	}
 	// containerd and checkpointctl read them on the index too.
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
 	idx, err := remote.Index(r)
 	if err != nil {
 		t.Fatal(err)
