@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: install what is missing, then run every test
-# against real runc, CRIU, overlayfs and Podman (as root).
+# against real runc, CRIU, overlayfs, Podman, a registry and an API server
+# (as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash hack/deps.sh
@@ -9,6 +10,9 @@ export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 if ! command -v checkpointctl >/dev/null || ! go version -m "$(command -v checkpointctl)" | grep -q "checkpointctl.*v1.6.0"; then
   GOBIN=/usr/local/bin go install github.com/checkpoint-restore/checkpointctl@v1.6.0
 fi
+# The agent's cluster tests run a real kube-apiserver, built from the Go
+# module proxy (minutes the first time, seconds with Go's build cache).
+bash hack/k8s/build.sh
 # Tests run the stasis binary as users do; it must be static (the demo
 # copies it into a container).
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis

@@ -13,7 +13,7 @@ import (
 )
 
 func agentCmd(g *globals) *cobra.Command {
-	var listen, cert, key, clientCA, tokens, auditLog string
+	var listen, cert, key, clientCA, tokens, auditLog, kubeconfig string
 	var cfg agent.Config
 	var grace time.Duration
 	cmd := &cobra.Command{
@@ -22,7 +22,9 @@ func agentCmd(g *globals) *cobra.Command {
 		Long: `The agent is the node's one process that checkpoints and restores, for
 callers who prove who they are: a client certificate signed by --client-ca
 (CN is the user, organisation "stasis:admin" or "stasis:viewer" the role), or
-a bearer token from --tokens ({"<token>": {"user": "...", "role": "admin"}}).
+a bearer token from --tokens ({"<token>": {"user": "...", "role": "admin"}})
+or, with --kubeconfig, one the API server knows, whose role RBAC decides
+(config/rbac: create on stasis.dev checkpoints is admin, get is viewer).
 Admins checkpoint, restore, delete and download; viewers list and read
 metadata. Every request goes to the audit log (JSON lines); /metrics serves
 Prometheus metrics. SIGTERM stops it gracefully.
@@ -46,7 +48,15 @@ kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
 			if err != nil {
 				return err
 			}
-			auth, err := agent.NewCertOrToken(tokens)
+			var auth agent.Authenticator
+			if kubeconfig != "" {
+				if tokens != "" {
+					return fmt.Errorf("--kubeconfig and --tokens exclude each other: in a cluster the API server knows the tokens")
+				}
+				auth, err = agent.NewKubeReview(kubeconfig)
+			} else {
+				auth, err = agent.NewCertOrToken(tokens)
+			}
 			if err != nil {
 				return err
 			}
@@ -82,6 +92,7 @@ kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
 	f.StringVar(&key, "tls-key", "", "the agent's private key (PEM)")
 	f.StringVar(&clientCA, "client-ca", "", "CA whose client certificates are accepted (PEM)")
 	f.StringVar(&tokens, "tokens", "", "bearer tokens file (JSON)")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "in a cluster: ask this API server about bearer tokens and roles (TokenReview, SubjectAccessReview; see config/rbac)")
 	f.StringVar(&auditLog, "audit-log", "", "audit log file (default: ROOT/audit.log)")
 	f.IntVar(&cfg.Parallel, "parallel", 8, "operations run at once; more wait")
 	f.Int64Var(&cfg.MaxUpload, "max-upload", 64<<30, "largest archive accepted by PUT /v1/restore, in bytes")

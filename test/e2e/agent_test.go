@@ -95,25 +95,29 @@ const adminToken, viewerToken = "admin-token-0123456789", "viewer-token-01234567
 
 func startAgent(t *testing.T, e *env) *agentUnderTest {
 	t.Helper()
-	return startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "")
+	return startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", nil)
 }
 
-// startAgentWith starts an agent with the CA ca, on addr ("": a free port).
-func startAgentWith(t *testing.T, e *env, ca *pki, addr string) *agentUnderTest {
+// startAgentWith starts an agent with the CA ca, on addr ("": a free port),
+// knowing bearer tokens from authArgs (nil: the test's tokens file).
+func startAgentWith(t *testing.T, e *env, ca *pki, addr string, authArgs []string) *agentUnderTest {
 	t.Helper()
 	cert, key := ca.issue(t, "agent", "", true)
-	tokens := filepath.Join(ca.dir, "tokens.json")
-	os.WriteFile(tokens, []byte(fmt.Sprintf(`{%q: {"user": "tok-admin", "role": "admin"}, %q: {"user": "tok-viewer", "role": "viewer"}}`,
-		adminToken, viewerToken)), 0o600)
+	if authArgs == nil {
+		tokens := filepath.Join(ca.dir, "tokens.json")
+		os.WriteFile(tokens, []byte(fmt.Sprintf(`{%q: {"user": "tok-admin", "role": "admin"}, %q: {"user": "tok-viewer", "role": "viewer"}}`,
+			adminToken, viewerToken)), 0o600)
+		authArgs = []string{"--tokens", tokens}
+	}
 	if addr == "" {
 		l, _ := net.Listen("tcp", "127.0.0.1:0")
 		addr = l.Addr().String()
 		l.Close()
 	}
 	a := &agentUnderTest{url: "https://" + addr, ca: ca, auditLog: filepath.Join(ca.dir, "audit.log")}
-	a.restart = func() *agentUnderTest { return startAgentWith(t, e, ca, addr) }
-	cmd := e.cmd("agent", "--listen", addr, "--tls-cert", cert, "--tls-key", key, "--client-ca",
-		filepath.Join(ca.dir, "ca.pem"), "--tokens", tokens, "--audit-log", a.auditLog, "--parallel", "4")
+	a.restart = func() *agentUnderTest { return startAgentWith(t, e, ca, addr, authArgs) }
+	cmd := e.cmd(append([]string{"agent", "--listen", addr, "--tls-cert", cert, "--tls-key", key, "--client-ca",
+		filepath.Join(ca.dir, "ca.pem"), "--audit-log", a.auditLog, "--parallel", "4"}, authArgs...)...)
 	logf, _ := os.Create(filepath.Join(ca.dir, "agent.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

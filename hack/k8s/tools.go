@@ -1,0 +1,9 @@
+//go:build tools
+
+// Package tools pins the Kubernetes components the tests run (built by
+// hack/k8s/build.sh, never imported by stasis).
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+)
