@@ -117,6 +117,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	}
 	defer func() { lock.Close(); os.RemoveAll(work) }()
 	res := &CheckpointResult{Container: c.Name, Phases: Phases{}}
+	resume := func() {}
 	res.Phases.add("prepare", time.Since(start))
 	p := e.paths(c.ID)
 
@@ -128,6 +129,24 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	pages, err := e.capturePages(ctx, c, o, work)
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
+	}
+	if o.LeaveRunning {
+		// The container stays frozen from the dump until its rootfs diff
+		// is taken, so that files match memory: a file it writes right
+		// after the dump would otherwise not be the one CRIU saw open.
+		if err := e.rt.Pause(ctx, c.ID); err != nil {
+			pages.close()
+			return nil, fmt.Errorf("checkpoint %s: freeze: %w", c.Name, err)
+		}
+		thawed := false
+		thaw := func() {
+			if !thawed {
+				thawed = true
+				e.rt.Resume(context.WithoutCancel(ctx), c.ID)
+			}
+		}
+		defer thaw()
+		resume = thaw
 	}
 	err = e.rt.Checkpoint(ctx, c.ID, opts, p.rtLog())
 	if cerr := pages.close(); err == nil && cerr != nil {
@@ -163,6 +182,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	if err := e.writeMetadata(c, work); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 	}
+	resume()
 	res.Phases.add("rootfs", time.Since(t))
 
 	members := archive.Members

@@ -117,6 +117,13 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 }
 
 // Resume thaws a frozen container.
+// Pause freezes the container's processes.
+func (r *Runtime) Pause(ctx context.Context, id string) error {
+	_, err := r.run(ctx, "pause", id)
+	return err
+}
+
+// Resume thaws them.
 func (r *Runtime) Resume(ctx context.Context, id string) error {
 	_, err := r.run(ctx, "resume", id)
 	return err

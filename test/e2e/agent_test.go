@@ -520,3 +520,44 @@ func TestCLIThroughAgent(t *testing.T) {
 		t.Errorf("a local-only command with --host: %s", msg)
 	}
 }
+
+// A migration through agents: the archive downloaded from one is uploaded
+// to another (here the same node, under a new name) and restored there;
+// and a restore from a checkpoint image reference.
+func TestAgentUploadAndImageRestore(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	a := startAgent(t, e)
+	c := a.client(t, "", "")
+	e.run("run", "--name", "mig", "localhost/busybox:e2e", "sh", "-c", counterScript)
+	at := e.waitCounter("mig", 10)
+	code, b := call(t, c, "POST", a.url+"/v1/containers/mig/checkpoint", adminToken, CheckpointBody{LeaveRunning: true})
+	var res struct {
+		StoreID string `json:"store_id"`
+	}
+	if json.Unmarshal(b, &res); code != 200 {
+		t.Fatalf("checkpoint: %d %s", code, b)
+	}
+	code, archive := call(t, c, "GET", a.url+"/v1/checkpoints/"+res.StoreID+"/archive", adminToken, nil)
+	if code != 200 {
+		t.Fatalf("download: %d", code)
+	}
+	req, _ := http.NewRequest("PUT", a.url+"/v1/restore?name=migrated", bytes.NewReader(archive))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("upload restore: %d %s", resp.StatusCode, body)
+	}
+	e.assertContinues("migrated", at)
+
+	e.run("checkpoint", "mig", "--create-image", "localhost/mig-ckpt:1", "--leave-running")
+	if code, b := call(t, c, "POST", a.url+"/v1/restore", adminToken, map[string]any{"image": "localhost/mig-ckpt:1", "name": "from-image"}); code != 200 {
+		t.Fatalf("restore from an image reference: %d %s", code, b)
+	}
+	e.assertContinues("from-image", at)
+}
