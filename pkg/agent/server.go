@@ -20,6 +20,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
 )
 
@@ -169,7 +170,7 @@ var (
 
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, errBadRequest):
+	case errors.Is(err, errBadRequest), errors.Is(err, archive.ErrInvalid), errors.Is(err, archive.ErrEncrypted):
 		return http.StatusBadRequest
 	case errors.Is(err, errNotFound), errors.Is(err, engine.ErrNotFound):
 		return http.StatusNotFound

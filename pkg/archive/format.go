@@ -130,11 +130,11 @@ func (d Dir) RootfsDiff() string { return filepath.Join(string(d), RootfsDiff) }
 func (d Dir) Validate() error {
 	for _, m := range []string{ConfigDump, SpecDump, CheckpointDir} {
 		if _, err := os.Stat(filepath.Join(string(d), m)); err != nil {
-			return fmt.Errorf("not a checkpoint archive: %s is missing", m)
+			return fmt.Errorf("%w: not a checkpoint archive: %s is missing", ErrInvalid, m)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(d.Images(), "inventory.img")); err != nil {
-		return fmt.Errorf("not a checkpoint archive: %s/inventory.img is missing", CheckpointDir)
+		return fmt.Errorf("%w: not a checkpoint archive: %s/inventory.img is missing", ErrInvalid, CheckpointDir)
 	}
 	return nil
 }

@@ -80,6 +80,10 @@ func (d *digestReader) check(want string) error {
 	return nil
 }
 
+// ErrInvalid is returned for input that is no valid checkpoint archive:
+// corrupt, truncated, unsafe, or missing what a checkpoint holds.
+var ErrInvalid = errors.New("invalid checkpoint archive")
+
 // ErrDigest is returned when an archive's bytes are not those recorded.
 var ErrDigest = errors.New("archive was altered or damaged")
 
@@ -118,13 +122,13 @@ func Extract(path, dir string, o ReadOptions) (Dir, error) {
 	}
 	if err := untar.Extract(r, dir, untar.Options{NoDevices: true}); err != nil {
 		if errors.Is(err, untar.ErrUnsafePath) {
-			return fail(fmt.Errorf("archive %s is unsafe: %w", path, err))
+			return fail(fmt.Errorf("archive %s is unsafe: %w", path, errors.Join(ErrInvalid, err)))
 		}
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, err))
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, errors.Join(ErrInvalid, err)))
 	}
 	// Drain what follows the tar's end so a corrupt compressed tail is noticed.
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, err))
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, errors.Join(ErrInvalid, err)))
 	}
 	if err := r.Verify(); err != nil {
 		return "", fmt.Errorf("archive %s: %w", path, err)

@@ -555,6 +555,29 @@ func TestAgentUploadAndImageRestore(t *testing.T) {
 	}
 	e.assertContinues("migrated", at)
 
+	// Bad input: a garbage upload, a body with an unknown field, a
+	// container that does not exist.
+	req, _ = http.NewRequest("PUT", a.url+"/v1/restore?name=junk", strings.NewReader(strings.Repeat("not a tar ", 1000)))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	if resp, err := c.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(string(body), "corrupt or truncated") {
+			t.Errorf("garbage upload: %d %s", resp.StatusCode, body)
+		}
+	}
+	if work, _ := os.ReadDir(filepath.Join(e.root, "work")); len(work) != 0 {
+		t.Errorf("a refused upload left %v", work)
+	}
+	if code, b := call(t, c, "POST", a.url+"/v1/containers/mig/checkpoint", adminToken, map[string]any{"leave_runing": true}); code != 400 {
+		t.Errorf("misspelt field: %d %s", code, b)
+	}
+	if code, b := call(t, c, "POST", a.url+"/v1/containers/ghost/checkpoint", adminToken, CheckpointBody{}); code != 404 {
+		t.Errorf("unknown container: %d %s", code, b)
+	}
+
 	e.run("checkpoint", "mig", "--create-image", "localhost/mig-ckpt:1", "--leave-running")
 	if code, b := call(t, c, "POST", a.url+"/v1/restore", adminToken, map[string]any{"image": "localhost/mig-ckpt:1", "name": "from-image"}); code != 200 {
 		t.Fatalf("restore from an image reference: %d %s", code, b)
