@@ -272,7 +272,8 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, _ *Identity) (s
 }
 
 // restoreUpload restores an archive streamed in the request body (a
-// migration from another node); ?name= names the container.
+// migration from another node); ?name= names the container, ?digest= is
+// the archive's sha256.
 func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
 	name := r.URL.Query().Get("name")
 	f, err := s.cfg.Engine.TempFile("upload-*.tar")
@@ -288,7 +289,10 @@ func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identi
 		return name, fmt.Errorf("upload: %w", err)
 	}
 	s.metrics.bytes.WithLabelValues("read").Add(float64(n))
-	o := engine.RestoreOptions{Import: f.Name(), Name: name, LazyPages: r.URL.Query().Get("lazy_pages") == "true"}
+	// ?digest=sha256:... (what GET .../archive sent as its Digest) is
+	// checked before anything of the upload is used.
+	o := engine.RestoreOptions{Import: f.Name(), Name: name, LazyPages: r.URL.Query().Get("lazy_pages") == "true",
+		ImportDigest: r.URL.Query().Get("digest")}
 	return name, s.run(w, r, "restore", name, func(ctx context.Context) (any, error) {
 		return s.cfg.Engine.Restore(ctx, o)
 	})

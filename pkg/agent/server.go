@@ -170,7 +170,8 @@ var (
 
 func statusOf(err error) int {
 	switch {
-	case errors.Is(err, errBadRequest), errors.Is(err, archive.ErrInvalid), errors.Is(err, archive.ErrEncrypted):
+	case errors.Is(err, errBadRequest), errors.Is(err, archive.ErrInvalid), errors.Is(err, archive.ErrEncrypted),
+		errors.Is(err, archive.ErrDigest):
 		return http.StatusBadRequest
 	case errors.Is(err, errNotFound), errors.Is(err, engine.ErrNotFound):
 		return http.StatusNotFound

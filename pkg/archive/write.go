@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"filippo.io/age"
@@ -265,3 +266,38 @@ func (t *timedWriter) Write(p []byte) (int, error) {
 }
 
 func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+
+// DigestSuffix names the file beside an exported archive that records its
+// sha256, in sha256sum's format, so that whoever imports it can check it
+// (stasis does, on restore).
+const DigestSuffix = ".sha256"
+
+// WriteDigestFile records digest ("sha256:...") beside the archive at path.
+func WriteDigestFile(path, digest string) error {
+	hexDigest, ok := strings.CutPrefix(digest, "sha256:")
+	if !ok {
+		return fmt.Errorf("digest %q is not sha256", digest)
+	}
+	tmp := path + DigestSuffix + ".partial"
+	if err := os.WriteFile(tmp, []byte(hexDigest+"  "+filepath.Base(path)+"\n"), 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path+DigestSuffix)
+}
+
+// ReadDigestFile returns the digest recorded beside the archive at path,
+// or "" when there is none.
+func ReadDigestFile(path string) (string, error) {
+	b, err := os.ReadFile(path + DigestSuffix)
+	if os.IsNotExist(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 || len(f[0]) != 64 {
+		return "", fmt.Errorf("%s%s is not a sha256 digest file", path, DigestSuffix)
+	}
+	return "sha256:" + f[0], nil
+}

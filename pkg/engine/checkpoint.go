@@ -236,6 +236,9 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 			return nil, fmt.Errorf("checkpoint %s: write %s: %w", c.Name, o.Export, err)
 		}
 		res.Archive, _ = filepath.Abs(o.Export)
+		if err := archive.WriteDigestFile(res.Archive, ws.Digest); err != nil {
+			return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
+		}
 	default:
 		ent, err := e.Checkpoints.Put(store.Entry{
 			ContainerID: c.ID, ContainerName: c.Name, Image: c.Image, Created: time.Now().UTC(),

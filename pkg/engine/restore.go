@@ -47,6 +47,9 @@ type RestoreOptions struct {
 	// Checkpoint picks a stored checkpoint of Container by ID instead of
 	// its latest (a rewind).
 	Checkpoint string
+	// ImportDigest is the sha256 the Import archive must have; by default
+	// the one recorded beside it (archive.DigestSuffix), if any.
+	ImportDigest string
 }
 
 // RestoreResult reports a restore.
@@ -264,7 +267,14 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 		if _, err := os.Stat(o.Import); err != nil {
 			return nil, fmt.Errorf("restore: %w", err)
 		}
-		return &source{archive: o.Import}, nil
+		digest := o.ImportDigest
+		if digest == "" {
+			var err error
+			if digest, err = archive.ReadDigestFile(o.Import); err != nil {
+				return nil, fmt.Errorf("restore: %w", err)
+			}
+		}
+		return &source{archive: o.Import, digest: digest}, nil
 	}
 	if o.Container == "" {
 		return nil, errors.New("restore: name a container, a checkpoint image, or give --import ARCHIVE")

@@ -542,7 +542,17 @@ func TestAgentUploadAndImageRestore(t *testing.T) {
 	if code != 200 {
 		t.Fatalf("download: %d", code)
 	}
-	req, _ := http.NewRequest("PUT", a.url+"/v1/restore?name=migrated", bytes.NewReader(archive))
+	sum := sha256.Sum256(archive)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	wrong := strings.Replace(digest, digest[len(digest)-4:], "0000", 1)
+	req, _ := http.NewRequest("PUT", a.url+"/v1/restore?name=bad-digest&digest="+wrong, bytes.NewReader(archive))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	if resp, err := c.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != 400 {
+		t.Errorf("upload with a wrong digest: %d", resp.StatusCode)
+	}
+	req, _ = http.NewRequest("PUT", a.url+"/v1/restore?name=migrated&digest="+digest, bytes.NewReader(archive))
 	req.Header.Set("Authorization", "Bearer "+adminToken)
 	resp, err := c.Do(req)
 	if err != nil {

@@ -260,7 +260,7 @@ func TestCRIUKilledMidDump(t *testing.T) {
 	n := lastTick(t, e, "big")
 	waitLogLine(t, e, "big", "tick "+strconv.Itoa(n+3))
 	e.run("checkpoint", "big", "--export", filepath.Join(out, "big.tar.zst"), "--leave-running")
-	if ents, _ := os.ReadDir(out); len(ents) != 1 {
+	if ents, _ := os.ReadDir(out); len(ents) != 2 { // the archive and its .sha256
 		t.Fatalf("checkpoint after recovery: %v", ents)
 	}
 }

@@ -71,6 +71,20 @@ func TestFlippedByteFailsDigest(t *testing.T) {
 	if msg := e.fails("inspect", "dg"); !strings.Contains(msg, "altered or damaged") {
 		t.Errorf("inspect of a damaged archive: %s", msg)
 	}
+
+	// An export records its digest beside it; an import checks it.
+	export := filepath.Join(t.TempDir(), "dg.tar.zst")
+	e.run("checkpoint", "dg", "--export", export, "--leave-running")
+	sum, err := os.ReadFile(export + ".sha256")
+	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(sum)), "  dg.tar.zst") {
+		t.Fatalf("digest file: %q %v", sum, err)
+	}
+	b, _ = os.ReadFile(export)
+	b[len(b)/3] ^= 0x01
+	os.WriteFile(export, b, 0o600)
+	if msg := e.fails("restore", "--import", export, "--name", "copy2"); !strings.Contains(msg, "altered or damaged") {
+		t.Errorf("import of a damaged export: %s", msg)
+	}
 }
 
 // An encrypted checkpoint image (ocicrypt, JWE with an RSA key): pushed,
