@@ -160,7 +160,11 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, action, target stri
 		return res, err
 	}
 	if async {
-		go do()
+		s.background.Add(1)
+		go func() {
+			defer s.background.Done()
+			do()
+		}()
 		snapshot, _ := s.ops.get(op.ID)
 		return writeJSON(w, http.StatusAccepted, snapshot)
 	}

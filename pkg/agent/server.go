@@ -47,6 +47,8 @@ type Server struct {
 	slots   chan struct{}
 	ops     *operations
 	mux     *http.ServeMux
+	// background counts async operations, which shutdown lets finish.
+	background sync.WaitGroup
 }
 
 // New builds an agent.
@@ -99,7 +101,15 @@ func (s *Server) Serve(ctx context.Context, addr string, tlsConfig *tls.Config, 
 	s.cfg.Log.Info("agent shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	return srv.Shutdown(sctx)
+	err = srv.Shutdown(sctx)
+	done := make(chan struct{})
+	go func() { s.background.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-sctx.Done():
+		s.cfg.Log.Warn("agent stopped with operations still running")
+	}
+	return err
 }
 
 // TLSConfig is the agent's TLS: its certificate, and client certificates

@@ -22,6 +22,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -593,4 +594,37 @@ func TestAgentUploadAndImageRestore(t *testing.T) {
 		t.Fatalf("restore from an image reference: %d %s", code, b)
 	}
 	e.assertContinues("from-image", at)
+}
+
+// SIGTERM lets a running operation finish: the checkpoint lands, the
+// container runs on, and the agent exits cleanly.
+func TestAgentGracefulShutdown(t *testing.T) {
+	e := newEnv(t)
+	a := startAgent(t, e)
+	admin := a.client(t, "alice", "stasis:admin")
+	e.importSample()
+	e.run("run", "--name", "gs", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
+	waitLogLine(t, e, "gs", "tick 1")
+	code, b := call(t, admin, "POST", a.url+"/v1/containers/gs/checkpoint?async=true", "", CheckpointBody{LeaveRunning: true})
+	if code != 202 {
+		t.Fatalf("async checkpoint: %d %s", code, b)
+	}
+	waitCRIU(t)
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	exited := make(chan error, 1)
+	go func() { exited <- a.cmd.Wait() }()
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("agent exit after SIGTERM: %v", err)
+		}
+	case <-time.After(90 * time.Second):
+		t.Fatal("agent did not stop after SIGTERM")
+	}
+	if list := e.run("checkpoints"); strings.Count(strings.TrimSpace(list), "\n") != 1 {
+		t.Fatalf("the checkpoint running at SIGTERM did not land:\n%s", list)
+	}
+	if s := e.status("gs"); s != "running" {
+		t.Fatalf("container is %q", s)
+	}
 }
