@@ -40,7 +40,7 @@ func TestSharedRootfsDiff(t *testing.T) {
 	if a.RootfsDiff == "" || b.RootfsDiff == "" {
 		t.Fatal("entries do not say where their rootfs diff is")
 	}
-	os.Remove(diff) // as the engine removes its work directory
+	os.Remove(diff)                          // as the engine removes its work directory
 	if n := links(t, a.RootfsDiff); n != 3 { // the pool's copy and two entries
 		t.Fatalf("the diff has %d links, want 3", n)
 	}
