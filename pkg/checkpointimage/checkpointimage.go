@@ -20,6 +20,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -79,14 +80,11 @@ func first(a map[string]string, keys ...string) string {
 }
 
 // Build makes the checkpoint image of an archive file (stasis', Podman's,
-// CRI-O's or the kubelet's; zstd, gzip or plain). The archive is the layer
-// byte for byte: nothing is recompressed. baseDigest, when known, is the
-// base image's manifest digest.
-func Build(archivePath, baseDigest string) (v1.Image, error) {
-	cfg, spec, err := archive.ReadMetadata(archivePath)
-	if err != nil {
-		return nil, err
-	}
+// CRI-O's or the kubelet's; zstd, gzip or plain), whose config.dump and
+// spec.dump (archive.ReadMetadata) are cfg and spec. The archive is the
+// layer byte for byte: nothing is recompressed. baseDigest, when known, is
+// the base image's manifest digest.
+func Build(archivePath string, cfg *archive.Config, spec *specs.Spec, baseDigest string) (v1.Image, error) {
 	mt, err := layerMediaType(archivePath)
 	if err != nil {
 		return nil, err

@@ -51,7 +51,11 @@ func sha256File(t *testing.T, p string) string {
 func TestBuildUsesTheArchiveAsItsLayer(t *testing.T) {
 	for c, want := range map[archive.Compression]types.MediaType{archive.Zstd: types.OCILayerZStd, archive.Gzip: types.OCILayer} {
 		path := writeArchive(t, c)
-		img, err := Build(path, "sha256:abc")
+		cfg, spec, err := archive.ReadMetadata(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		img, err := Build(path, cfg, spec, "sha256:abc")
 		if err != nil {
 			t.Fatalf("%s: %v", c, err)
 		}
@@ -77,8 +81,8 @@ func TestBuildUsesTheArchiveAsItsLayer(t *testing.T) {
 func TestBuildRefusesWhatIsNotACheckpoint(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "x.tar")
 	os.WriteFile(p, []byte("not a tar at all, just text"), 0o600)
-	if _, err := Build(p, ""); err == nil {
-		t.Fatal("built a checkpoint image of a text file")
+	if _, _, err := archive.ReadMetadata(p); err == nil {
+		t.Fatal("read checkpoint metadata from a text file")
 	}
 	if _, ok := Read(map[string]string{"org.opencontainers.image.title": "app"}); ok {
 		t.Fatal("an ordinary image read as a checkpoint")

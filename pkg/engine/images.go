@@ -68,7 +68,7 @@ func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Option
 // (CRI-O, containerd and Podman decrypt it with the private key), and the
 // plain archive never enters the store.
 func (e *Engine) BuildCheckpointImage(archivePath, ref string, own bool, imageKeys [][]byte) (*image.Image, error) {
-	cfg, _, err := archive.ReadMetadata(archivePath)
+	cfg, spec, err := archive.ReadMetadata(archivePath)
 	if err != nil {
 		return nil, fmt.Errorf("image build: %w", err)
 	}
@@ -76,7 +76,7 @@ func (e *Engine) BuildCheckpointImage(archivePath, ref string, own bool, imageKe
 	if base, err := e.baseImage(cfg); err == nil {
 		baseDigest = base.Digest
 	}
-	img, err := checkpointimage.Build(archivePath, baseDigest)
+	img, err := checkpointimage.Build(archivePath, cfg, spec, baseDigest)
 	if err != nil {
 		return nil, fmt.Errorf("image build: %w", err)
 	}
