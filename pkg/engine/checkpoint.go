@@ -71,7 +71,8 @@ func (p Phases) add(name string, d time.Duration) { p[name] += d.Microseconds() 
 // archive is visible.
 func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions) (*CheckpointResult, error) {
 	start := time.Now()
-	if _, err := criu.Check(); err != nil {
+	criuVersion, err := criu.Check()
+	if err != nil {
 		return nil, err
 	}
 	if o.Compression == "" {
@@ -179,7 +180,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	}
 
 	t = time.Now()
-	if err := e.writeMetadata(c, work); err != nil {
+	if err := e.writeMetadata(c, work, criuVersion); err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 	}
 	resume()
@@ -401,7 +402,7 @@ func (e *Engine) criuErrors(log string) string {
 
 // writeMetadata writes config.dump, spec.dump, rootfs-diff.tar and
 // deleted.files next to the CRIU images.
-func (e *Engine) writeMetadata(c *Container, work string) error {
+func (e *Engine) writeMetadata(c *Container, work, criuVersion string) error {
 	p := e.paths(c.ID)
 	img, err := e.Images.Get(c.ImageID)
 	if err != nil {
@@ -437,7 +438,6 @@ func (e *Engine) writeMetadata(c *Container, work string) error {
 			spec.Linux.Namespaces[i].Path = ""
 		}
 	}
-	criuVersion, _ := criu.Version()
 	spec.Annotations[metadata.CheckpointAnnotationCriuVersion] = criuVersion
 	spec.Annotations[metadata.CheckpointAnnotationRuntimeName] = e.rt.Name()
 	spec.Annotations[metadata.CheckpointAnnotationEngineVersion] = archive.EngineVersion()
