@@ -218,9 +218,12 @@ func historyCmd(g *globals) *cobra.Command {
 					if prev != nil {
 						procs += fmt.Sprintf(" (%+d)", s.Processes-prev.Processes)
 						mem += fmt.Sprintf(" (%+d KiB)", (s.MemoryBytes-prev.MemoryBytes)/1024)
-						if s.RootfsDigest == prev.RootfsDigest {
+						switch {
+						case s.RootfsDigest == "" || prev.RootfsDigest == "":
+							rootfs = "-" // not a timeline entry: no digest taken
+						case s.RootfsDigest == prev.RootfsDigest:
 							rootfs = "same"
-						} else {
+						default:
 							rootfs = "changed"
 						}
 					}

@@ -187,7 +187,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	res.Phases.add("rootfs", time.Since(t))
 
 	members := archive.Members
-	summary := summarize(work, res.CRIU)
+	summary := summarize(work, res.CRIU, o.ShareRootfs)
 	shared := ""
 	if o.ShareRootfs && o.Export == "" && o.CreateImage == "" {
 		if _, err := os.Stat(filepath.Join(work, archive.RootfsDiff)); err == nil {
@@ -313,8 +313,9 @@ func without(list []string, x string) []string {
 }
 
 // summarize describes a dump for a history: how many processes, how much
-// memory, which rootfs diff.
-func summarize(work string, st *criu.DumpStats) *store.Summary {
+// memory and, for a timeline (withDigest), which rootfs diff. The digest
+// reads the whole diff, which only sharing it pays for.
+func summarize(work string, st *criu.DumpStats, withDigest bool) *store.Summary {
 	s := &store.Summary{}
 	if st != nil {
 		s.MemoryBytes = int64(st.PagesWritten) * int64(os.Getpagesize())
@@ -324,7 +325,9 @@ func summarize(work string, st *criu.DumpStats) *store.Summary {
 			s.Processes = len(ps)
 		}
 	}
-	s.RootfsDigest, _ = rootfs.DiffDigest(filepath.Join(work, archive.RootfsDiff))
+	if withDigest {
+		s.RootfsDigest, _ = rootfs.DiffDigest(filepath.Join(work, archive.RootfsDiff))
+	}
 	return s
 }
 
