@@ -96,8 +96,7 @@ func replace(ms []member, name string, data []byte) []member {
 func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "src", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("src", 3)
+	e.runCounter("src", 3)
 	dir := t.TempDir()
 	plain := filepath.Join(dir, "good.tar")
 	e.run("checkpoint", "src", "--export", plain, "--compress", "none", "--leave-running")

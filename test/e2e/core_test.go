@@ -62,8 +62,7 @@ func TestCounterInPlaceTwiceThenAfterRemove(t *testing.T) {
 func TestRestoreUnderNewNameWhileOriginalRuns(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "orig", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	at := e.waitCounter("orig", 10)
+	at := e.runCounter("orig", 10)
 	archive := filepath.Join(t.TempDir(), "orig.tar.zst")
 	e.run("checkpoint", "orig", "--export", archive, "--leave-running")
 	e.run("restore", "--import", archive, "--name", "copy")

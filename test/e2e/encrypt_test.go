@@ -24,8 +24,7 @@ func TestEncryptedArchive(t *testing.T) {
 	os.WriteFile(rightFile, []byte(right.String()+"\n"), 0o600)
 	os.WriteFile(wrongFile, []byte(wrong.String()+"\n"), 0o600)
 
-	e.run("run", "--name", "enc", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("enc", 10)
+	e.runCounter("enc", 10)
 	archive := filepath.Join(dir, "enc.tar.zst")
 	e.run("checkpoint", "enc", "--export", archive, "--encrypt-to", right.Recipient().String(), "--leave-running")
 	if b, _ := os.ReadFile(archive); !strings.HasPrefix(string(b), "age-encryption.org/v1") {
@@ -55,8 +54,7 @@ func TestEncryptedArchive(t *testing.T) {
 func TestFlippedByteFailsDigest(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "dg", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("dg", 3)
+	e.runCounter("dg", 3)
 	e.run("checkpoint", "dg", "--leave-running")
 	files, _ := filepath.Glob(filepath.Join(e.root, "checkpoints", "*", "checkpoint.tar.zst"))
 	if len(files) != 1 {

@@ -180,8 +180,7 @@ func TestInspectNamesEverything(t *testing.T) {
 func TestDiffOfTwoCheckpoints(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "d", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("d", 3)
+	e.runCounter("d", 3)
 	a := filepath.Join(t.TempDir(), "a.tar.zst")
 	e.run("checkpoint", "d", "--export", a, "--leave-running")
 	e.run("exec", "d", "sh", "-c", "echo later > /tmp/later; sleep 4242 > /dev/null 2>&1 &")
@@ -219,8 +218,7 @@ func TestDiffOfTwoCheckpoints(t *testing.T) {
 func TestTimelineAndRewind(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "tl", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("tl", 10)
+	e.runCounter("tl", 10)
 	ids := strings.Fields(e.run("checkpoint", "tl", "--every", "700ms", "--keep", "3", "--count", "4"))
 	if len(ids) != 4 {
 		t.Fatalf("timeline printed %v", ids)
@@ -256,8 +254,7 @@ func TestTimelineAndRewind(t *testing.T) {
 func TestInspectBadInput(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "b", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("b", 2)
+	e.runCounter("b", 2)
 	plain := filepath.Join(t.TempDir(), "b.tar")
 	e.run("checkpoint", "b", "--export", plain, "--compress", "none", "--leave-running")
 

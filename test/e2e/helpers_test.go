@@ -150,6 +150,23 @@ func busyboxTar(t *testing.T) string {
 	return p
 }
 
+// runCounter runs the busybox counter as name and waits until it has
+// counted to n; it returns the count reached.
+func (e *env) runCounter(name string, n int) int {
+	e.t.Helper()
+	e.run("run", "--name", name, "localhost/busybox:e2e", "sh", "-c", counterScript)
+	return e.waitCounter(name, n)
+}
+
+// runBig runs the sample program holding 300 MiB as name, until it ticks:
+// a dump long enough to be interrupted.
+func (e *env) runBig(name string) {
+	e.t.Helper()
+	e.importSample()
+	e.run("run", "--name", name, "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
+	waitLogLine(e.t, e, name, "tick 1")
+}
+
 // importSample imports busybox plus the sample program (the stasis binary,
 // run as /sample __sample) as localhost/sample:e2e, and returns the name.
 func (e *env) importSample() string {

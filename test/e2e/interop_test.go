@@ -106,8 +106,7 @@ func TestCheckpointctlReadsStasisArchives(t *testing.T) {
 	need(t, "checkpointctl")
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "shown", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("shown", 2)
+	e.runCounter("shown", 2)
 	for _, comp := range []string{"zstd", "gzip", "none"} {
 		archive := filepath.Join(t.TempDir(), "a.tar")
 		e.run("checkpoint", "shown", "--export", archive, "--compress", comp, "--leave-running")

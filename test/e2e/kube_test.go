@@ -62,8 +62,7 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 	e.importBusybox()
 	a := startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", []string{"--kubeconfig", api.kubeconfig})
 	c := a.client(t, "", "")
-	e.run("run", "--name", "kweb", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("kweb", 10)
+	e.runCounter("kweb", 10)
 
 	if code, b := call(t, c, "GET", a.url+"/v1/containers", watcher, nil); code != 200 || !strings.Contains(string(b), "kweb") {
 		t.Errorf("viewer list: %d %s", code, b)

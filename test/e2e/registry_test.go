@@ -79,8 +79,7 @@ func TestCheckpointImageAnnotations(t *testing.T) {
 	reg := startRegistry(t, false)
 	e := newEnv(t)
 	e.importBusybox()
-	e.run("run", "--name", "ann", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("ann", 2)
+	e.runCounter("ann", 2)
 	ref := reg.addr + "/e2e/ann:1"
 	e.run(append([]string{"checkpoint", "ann", "--create-image", ref, "--push", "--leave-running"}, reg.flags()...)...)
 	img := remoteImage(t, ref)
@@ -151,8 +150,7 @@ func TestRegistryBadInput(t *testing.T) {
 	}
 	e.run("rm", "gone")
 	e.run("rmi", orphan, "localhost/gone:1")
-	e.run("run", "--name", "src", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("src", 2)
+	e.runCounter("src", 2)
 	e.run("push", "localhost/busybox:e2e", reg.addr+"/e2e/busybox:1", "--tls-verify=false")
 	through := proxy.addr + "/e2e/busybox:1"
 
