@@ -100,8 +100,9 @@ func startAgent(t *testing.T, e *env) *agentUnderTest {
 }
 
 // startAgentWith starts an agent with the CA ca, on addr ("": a free port),
-// knowing bearer tokens from authArgs (nil: the test's tokens file).
-func startAgentWith(t *testing.T, e *env, ca *pki, addr string, authArgs []string) *agentUnderTest {
+// knowing bearer tokens from authArgs (nil: the test's tokens file), with
+// extra flags.
+func startAgentWith(t *testing.T, e *env, ca *pki, addr string, authArgs []string, extra ...string) *agentUnderTest {
 	t.Helper()
 	cert, key := ca.issue(t, "agent", "", true)
 	if authArgs == nil {
@@ -116,9 +117,9 @@ func startAgentWith(t *testing.T, e *env, ca *pki, addr string, authArgs []strin
 		l.Close()
 	}
 	a := &agentUnderTest{url: "https://" + addr, ca: ca, auditLog: filepath.Join(ca.dir, "audit.log")}
-	a.restart = func() *agentUnderTest { return startAgentWith(t, e, ca, addr, authArgs) }
+	a.restart = func() *agentUnderTest { return startAgentWith(t, e, ca, addr, authArgs, extra...) }
 	cmd := e.cmd(append([]string{"agent", "--listen", addr, "--tls-cert", cert, "--tls-key", key, "--client-ca",
-		filepath.Join(ca.dir, "ca.pem"), "--audit-log", a.auditLog, "--parallel", "4"}, authArgs...)...)
+		filepath.Join(ca.dir, "ca.pem"), "--audit-log", a.auditLog, "--parallel", "4"}, append(authArgs, extra...)...)...)
 	logf, _ := os.Create(filepath.Join(ca.dir, "agent.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -205,8 +206,7 @@ func TestAgentAuthRolesAndOperations(t *testing.T) {
 		t.Errorf("a certificate from another CA got an answer: %d", resp.StatusCode)
 	}
 
-	e.run("run", "--name", "web", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("web", 10)
+	e.runCounter("web", 10)
 	if code, b := call(t, viewer, "GET", a.url+"/v1/containers", "", nil); code != 200 || !strings.Contains(string(b), `"name": "web"`) {
 		t.Errorf("viewer list: %d %s", code, b)
 	}
@@ -372,9 +372,7 @@ func TestAgentKilledMidCheckpoint(t *testing.T) {
 	e := newEnv(t)
 	a := startAgent(t, e)
 	admin := a.client(t, "alice", "stasis:admin")
-	e.importSample()
-	e.run("run", "--name", "big", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
-	waitLogLine(t, e, "big", "tick 1")
+	e.runBig("big")
 
 	done := make(chan struct{})
 	go func() {
@@ -450,9 +448,7 @@ func TestAgentAsyncOperations(t *testing.T) {
 	e := newEnv(t)
 	a := startAgent(t, e)
 	admin := a.client(t, "alice", "stasis:admin")
-	e.importSample()
-	e.run("run", "--name", "op", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
-	waitLogLine(t, e, "op", "tick 1")
+	e.runBig("op")
 
 	follow := func(id string) map[string]any {
 		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
@@ -500,8 +496,7 @@ func TestCLIThroughAgent(t *testing.T) {
 	e.importBusybox()
 	a := startAgent(t, e)
 	remote := []string{"--host", a.url, "--host-ca", filepath.Join(a.ca.dir, "ca.pem"), "--host-token", adminToken}
-	e.run("run", "--name", "far", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	e.waitCounter("far", 10)
+	e.runCounter("far", 10)
 	if out := e.run(append(remote, "ps")...); !strings.Contains(out, "far") {
 		t.Fatalf("ps through the agent:\n%s", out)
 	}
@@ -528,10 +523,9 @@ func TestCLIThroughAgent(t *testing.T) {
 func TestAgentUploadAndImageRestore(t *testing.T) {
 	e := newEnv(t)
 	e.importBusybox()
-	a := startAgent(t, e)
+	a := startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", nil, "--max-upload", "1048576")
 	c := a.client(t, "", "")
-	e.run("run", "--name", "mig", "localhost/busybox:e2e", "sh", "-c", counterScript)
-	at := e.waitCounter("mig", 10)
+	at := e.runCounter("mig", 10)
 	code, b := call(t, c, "POST", a.url+"/v1/containers/mig/checkpoint", adminToken, CheckpointBody{LeaveRunning: true})
 	var res struct {
 		StoreID string `json:"store_id"`
@@ -579,8 +573,15 @@ func TestAgentUploadAndImageRestore(t *testing.T) {
 			t.Errorf("garbage upload: %d %s", resp.StatusCode, body)
 		}
 	}
+	req, _ = http.NewRequest("PUT", a.url+"/v1/restore?name=huge", bytes.NewReader(make([]byte, 2<<20)))
+	req.Header.Set("Authorization", "Bearer "+adminToken)
+	if resp, err := c.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != 413 {
+		t.Errorf("upload above --max-upload: %d, want 413", resp.StatusCode)
+	}
 	if work, _ := os.ReadDir(filepath.Join(e.root, "work")); len(work) != 0 {
-		t.Errorf("a refused upload left %v", work)
+		t.Errorf("refused uploads left %v", work)
 	}
 	if code, b := call(t, c, "POST", a.url+"/v1/containers/mig/checkpoint", adminToken, map[string]any{"leave_runing": true}); code != 400 {
 		t.Errorf("misspelt field: %d %s", code, b)
@@ -602,9 +603,7 @@ func TestAgentGracefulShutdown(t *testing.T) {
 	e := newEnv(t)
 	a := startAgent(t, e)
 	admin := a.client(t, "alice", "stasis:admin")
-	e.importSample()
-	e.run("run", "--name", "gs", "localhost/sample:e2e", "/sample", "__sample", "--warmup", "0s", "--mib", "300")
-	waitLogLine(t, e, "gs", "tick 1")
+	e.runBig("gs")
 	code, b := call(t, admin, "POST", a.url+"/v1/containers/gs/checkpoint?async=true", "", CheckpointBody{LeaveRunning: true})
 	if code != 202 {
 		t.Fatalf("async checkpoint: %d %s", code, b)
