@@ -104,3 +104,10 @@ func decompressor(r io.Reader) (io.ReadCloser, Compression, error) {
 	}
 	return io.NopCloser(br), None, nil
 }
+
+// Decompress reads a stream that may be zstd or gzip compressed, or not:
+// the members engines write compressed (containerd gzips rootfs-diff.tar).
+func Decompress(r io.Reader) (io.ReadCloser, error) {
+	rc, _, err := decompressor(r)
+	return rc, err
+}

@@ -103,3 +103,18 @@ func ReadRestoreStats(dir string) (*RestoreStats, error) {
 		ForkingTime: s.GetForkingTime(), RestoreTime: s.GetRestoreTime(), PagesRestored: s.GetPagesRestored(),
 	}, nil
 }
+
+// ErrorLines returns the last max lines of a CRIU log that report an error:
+// what a user needs to see of a log thousands of lines long.
+func ErrorLines(log []byte, max int) []string {
+	var errs []string
+	for _, l := range strings.Split(string(log), "\n") {
+		if strings.Contains(l, "Error") {
+			errs = append(errs, strings.TrimSpace(l))
+		}
+	}
+	if len(errs) > max {
+		errs = errs[len(errs)-max:]
+	}
+	return errs
+}

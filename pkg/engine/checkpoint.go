@@ -387,17 +387,8 @@ func (e *Engine) criuErrors(log string) string {
 	if os.MkdirAll(filepath.Dir(kept), 0o700) == nil && os.WriteFile(kept, b, 0o600) == nil {
 		log = kept
 	}
-	var errs []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, "Error") {
-			errs = append(errs, strings.TrimSpace(l))
-		}
-	}
-	if len(errs) > 3 {
-		errs = errs[len(errs)-3:]
-	}
 	msg := "\nCRIU log: " + log
-	for _, l := range errs {
+	for _, l := range criu.ErrorLines(b, 3) {
 		msg += "\n  " + l
 	}
 	return msg

@@ -16,6 +16,7 @@ import (
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
 
+	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
@@ -147,7 +148,12 @@ func Apply(root string, diff io.Reader, deleted []string) error {
 		return err
 	}
 	if diff != nil {
-		if err := untar.Extract(diff, root, untar.Options{}); err != nil {
+		plain, err := archive.Decompress(diff)
+		if err != nil {
+			return fmt.Errorf("apply rootfs diff: %w", err)
+		}
+		defer plain.Close()
+		if err := untar.Extract(plain, root, untar.Options{}); err != nil {
 			return fmt.Errorf("apply rootfs diff: %w", err)
 		}
 	}

@@ -1,0 +1,74 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// RestoreSpec says which checkpoint becomes which new pod.
+type RestoreSpec struct {
+	// CheckpointRef is the Checkpoint, in this namespace or another; one
+	// of another namespace is admitted only if the Restore's creator may
+	// read Checkpoints there.
+	CheckpointRef CheckpointReference `json:"checkpointRef"`
+	// PodName is the new pod's name, in the Restore's namespace.
+	// +kubebuilder:validation:MinLength=1
+	PodName string `json:"podName"`
+}
+
+// CheckpointReference names a Checkpoint.
+type CheckpointReference struct {
+	// Namespace defaults to the Restore's.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// +kubebuilder:validation:MinLength=1
+	Name string `json:"name"`
+}
+
+// RestoreStatus is what happened.
+type RestoreStatus struct {
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+	// +optional
+	Reason string `json:"reason,omitempty"`
+	// +optional
+	Message string `json:"message,omitempty"`
+	// NodeName is where the pod was placed.
+	// +optional
+	NodeName string `json:"nodeName,omitempty"`
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+	// CompletionTime is when the pod became Ready.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:printcolumn:name="Checkpoint",type=string,JSONPath=`.spec.checkpointRef.name`
+// +kubebuilder:printcolumn:name="Pod",type=string,JSONPath=`.spec.podName`
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Node",type=string,JSONPath=`.status.nodeName`
+// +kubebuilder:printcolumn:name="Reason",type=string,JSONPath=`.status.reason`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+
+// Restore makes a new pod from a Checkpoint.
+type Restore struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   RestoreSpec   `json:"spec,omitempty"`
+	Status RestoreStatus `json:"status,omitempty"`
+}
+
+// +kubebuilder:object:root=true
+
+// RestoreList is a list of Restores.
+type RestoreList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Restore `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Restore{}, &RestoreList{})
+}

@@ -1,0 +1,329 @@
+// Package ociwrap is the OCI runtime that the RuntimeClass "stasis" selects
+// on a node: a thin wrapper around runc. For a container whose pod asks for
+// a restore (the annotation RestoreAnnotationPrefix+<container name>), it
+// turns `create` into a CRIU restore of that checkpoint into the bundle the
+// shim (containerd) or conmon (CRI-O) prepared, and makes the `start` that
+// follows a no-op. Every other call goes to runc untouched, by exec.
+//
+// Doing the restore here, not in the container runtime, is what makes it
+// work the same on containerd 2.2 to 2.4 (2.4 removed its own restore path)
+// and on CRI-O: both only ever see a runc that created a running container.
+package ociwrap
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/criu"
+	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/registry"
+)
+
+// RestoreAnnotationPrefix, followed by a container's name, is the pod
+// annotation naming the checkpoint that container is restored from: a
+// checkpoint image reference, or a checkpoint in the node's stasis store.
+// The runtime passes pod annotations into the container's OCI spec
+// (containerd: the runtime's pod_annotations; CRI-O: allowed_annotations).
+const RestoreAnnotationPrefix = "restore.stasis.dev/"
+
+// Annotations the CRI runtimes put on a container's spec naming it.
+var containerNameAnnotations = []string{
+	"io.kubernetes.cri.container-name", // containerd
+	"io.kubernetes.container.name",     // CRI-O
+}
+
+// restoredMarker, in a bundle, says the container there was restored by
+// the wrapper, so its `start` must not reach runc.
+const restoredMarker = ".stasis-restored"
+
+// Config is the wrapper's configuration, read from DefaultConfigPath (or
+// $STASIS_RUNTIME_CONFIG): shims start the runtime with no arguments of
+// their own, so a file is the only way in.
+type Config struct {
+	// Runtime is the runc binary everything is handed to.
+	Runtime string `json:"runtime,omitempty"`
+	// Root and RunRoot are the node's stasis store, shared with the agent.
+	Root    string `json:"root,omitempty"`
+	RunRoot string `json:"runRoot,omitempty"`
+	// TLSVerify false lets checkpoint images come from plain-HTTP
+	// registries or ones whose certificate nobody signed.
+	TLSVerify *bool `json:"tlsVerify,omitempty"`
+	// Identities (age) and DecryptionKeys (PEM) are files that open
+	// encrypted checkpoints and checkpoint images.
+	Identities     []string `json:"identities,omitempty"`
+	DecryptionKeys []string `json:"decryptionKeys,omitempty"`
+}
+
+// DefaultConfigPath is where the agent DaemonSet installs the config.
+const DefaultConfigPath = "/etc/stasis/oci-runtime.json"
+
+// LoadConfig reads the config file; a missing file means the defaults.
+func LoadConfig() (Config, error) {
+	path := os.Getenv("STASIS_RUNTIME_CONFIG")
+	if path == "" {
+		path = DefaultConfigPath
+	}
+	var c Config
+	b, err := os.ReadFile(path)
+	switch {
+	case os.IsNotExist(err):
+	case err != nil:
+		return c, err
+	default:
+		if err := json.Unmarshal(b, &c); err != nil {
+			return c, fmt.Errorf("%s: %w", path, err)
+		}
+	}
+	if c.Runtime == "" {
+		c.Runtime = "runc"
+	}
+	if c.Root == "" {
+		c.Root = "/var/lib/stasis"
+	}
+	if c.RunRoot == "" {
+		c.RunRoot = "/run/stasis"
+	}
+	return c, nil
+}
+
+// Main runs the wrapper on runc's arguments (without argv[0]) and returns
+// its exit code; pass-through calls never return.
+func Main(argv []string) int {
+	cfg, err := LoadConfig()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "stasis-runc: %v\n", err)
+		return 1
+	}
+	runc, err := exec.LookPath(cfg.Runtime)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "stasis-runc: runtime %q: %v\n", cfg.Runtime, err)
+		return 1
+	}
+	w := &wrapper{cfg: cfg, runc: runc}
+	inv := parseInvocation(argv)
+	switch inv.command {
+	case "create":
+		return w.create(inv)
+	case "start":
+		if w.restored(inv) {
+			return 0
+		}
+	}
+	return w.exec(argv)
+}
+
+type wrapper struct {
+	cfg  Config
+	runc string
+}
+
+// exec hands the call to runc, which replaces this process.
+func (w *wrapper) exec(argv []string) int {
+	err := syscall.Exec(w.runc, append([]string{"runc"}, argv...), os.Environ())
+	fmt.Fprintf(os.Stderr, "stasis-runc: exec %s: %v\n", w.runc, err)
+	return 1
+}
+
+func (w *wrapper) create(inv invocation) int {
+	c, err := parseCreate(inv.args)
+	if err != nil {
+		return w.exec(append(append([]string{}, inv.globals...), append([]string{"create"}, inv.args...)...))
+	}
+	bundle, err := filepath.Abs(c.bundle)
+	if err != nil {
+		return w.fail(inv, err)
+	}
+	spec, err := readSpec(bundle)
+	if err != nil {
+		return w.fail(inv, err)
+	}
+	ref := checkpointRef(spec)
+	if ref == "" {
+		return w.exec(append(append([]string{}, inv.globals...), append([]string{"create"}, inv.args...)...))
+	}
+	if err := w.restore(inv, c, bundle, spec, ref); err != nil {
+		return w.fail(inv, fmt.Errorf("stasis: restore container %s from %s: %w", c.id, ref, err))
+	}
+	return 0
+}
+
+// checkpointRef is the checkpoint the spec's annotations ask this
+// container to be restored from, or "".
+func checkpointRef(spec *ociSpec) string {
+	for _, k := range containerNameAnnotations {
+		if name := spec.Annotations[k]; name != "" {
+			return strings.TrimSpace(spec.Annotations[RestoreAnnotationPrefix+name])
+		}
+	}
+	return ""
+}
+
+func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *ociSpec, ref string) error {
+	ctx := context.Background()
+	eng, err := w.engine()
+	if err != nil {
+		return err
+	}
+	work := filepath.Join(bundle, "stasis-checkpoint")
+	os.RemoveAll(work) // a retried create starts afresh
+	defer os.RemoveAll(work)
+	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
+	p, err := eng.Prepare(ctx, ref, registry.Options{TLSVerify: tlsVerify}, work)
+	if err != nil {
+		return err
+	}
+	root := spec.rootPath(bundle)
+	if err := p.ApplyRootfs(root); err != nil {
+		return err
+	}
+	// skip-file-rwx-check: the new rootfs' directories need not have the
+	// modes of the checkpointed one. tcp-close: the pod has a new IP, so
+	// established connections cannot go on; listening sockets do.
+	conf := filepath.Join(bundle, "stasis-criu.conf")
+	if err := os.WriteFile(conf, []byte("skip-file-rwx-check\ntcp-close\n"), 0o600); err != nil {
+		return err
+	}
+	if err := setAnnotation(bundle, "org.criu.config", conf); err != nil {
+		return err
+	}
+	args := append([]string{}, inv.globals...)
+	args = append(args, "restore", "--detach", "--bundle", bundle, "--image-path", p.Images(), "--work-path", string(p.Dir))
+	if c.pidFile != "" {
+		args = append(args, "--pid-file", c.pidFile)
+	}
+	if c.consoleSocket != "" {
+		args = append(args, "--console-socket", c.consoleSocket)
+	}
+	if c.noPivot {
+		args = append(args, "--no-pivot")
+	}
+	args = append(args, c.id)
+	cmd := exec.Command(w.runc, args...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	runErr := cmd.Run()
+	// The CRIU log is kept beside the bundle, for as long as the container.
+	restoreLog, _ := os.ReadFile(filepath.Join(string(p.Dir), archive.RestoreLog))
+	os.WriteFile(filepath.Join(bundle, "stasis-restore.log"), restoreLog, 0o600)
+	if runErr != nil {
+		msg := fmt.Sprintf("runc restore: %v", runErr)
+		for _, l := range criu.ErrorLines(restoreLog, 3) {
+			msg += "; " + l
+		}
+		return errors.New(msg)
+	}
+	if err := os.WriteFile(filepath.Join(bundle, restoredMarker), nil, 0o600); err != nil {
+		return err
+	}
+	if c.pidFile != "" {
+		if err := setHostname(c.pidFile, spec.hostname(bundle)); err != nil {
+			return fmt.Errorf("set the new pod's hostname: %w", err)
+		}
+	}
+	return nil
+}
+
+func (w *wrapper) engine() (*engine.Engine, error) {
+	ids, err := archive.ReadIdentities(w.cfg.Identities)
+	if err != nil {
+		return nil, err
+	}
+	var keys [][]byte
+	for _, f := range w.cfg.DecryptionKeys {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		keys = append(keys, b)
+	}
+	return engine.New(engine.Options{Root: w.cfg.Root, RunRoot: w.cfg.RunRoot, Runtime: w.runc, Identities: ids, DecryptionKeys: keys})
+}
+
+// restored says whether a `start` is for a container the wrapper restored,
+// which is running already.
+func (w *wrapper) restored(inv invocation) bool {
+	if len(inv.args) == 0 {
+		return false
+	}
+	id := inv.args[len(inv.args)-1]
+	out, err := exec.Command(w.runc, append(append([]string{}, inv.globals...), "state", id)...).Output()
+	if err != nil {
+		return false
+	}
+	var st struct {
+		Status string `json:"status"`
+		Bundle string `json:"bundle"`
+	}
+	if json.Unmarshal(out, &st) != nil || st.Bundle == "" {
+		return false
+	}
+	_, err = os.Stat(filepath.Join(st.Bundle, restoredMarker))
+	return err == nil && st.Status == "running"
+}
+
+// fail reports err where the caller looks: stderr, and runc's --log file,
+// whose last error line containerd's shim and conmon put in their message.
+func (w *wrapper) fail(inv invocation, err error) int {
+	fmt.Fprintln(os.Stderr, err)
+	if log := inv.global("log"); log != "" {
+		if f, ferr := os.OpenFile(log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); ferr == nil {
+			line := map[string]string{"level": "error", "msg": err.Error(), "time": time.Now().Format(time.RFC3339Nano)}
+			if inv.global("log-format") == "json" {
+				json.NewEncoder(f).Encode(line)
+			} else {
+				io.WriteString(f, err.Error()+"\n")
+			}
+			f.Close()
+		}
+	}
+	return 1
+}
+
+// setHostname gives the restored process' UTS namespace the new pod's
+// hostname: CRIU brought back the checkpointed pod's.
+func setHostname(pidFile, hostname string) error {
+	if hostname == "" {
+		return nil
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		return err
+	}
+	pid := strings.TrimSpace(string(b))
+	target, err := os.Readlink("/proc/" + pid + "/ns/uts")
+	if err != nil {
+		return err
+	}
+	if self, _ := os.Readlink("/proc/self/ns/uts"); self == target {
+		return nil // the host's namespace (hostNetwork): not ours to rename
+	}
+	fd, err := unix.Open("/proc/"+pid+"/ns/uts", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	done := make(chan error, 1)
+	go func() {
+		// The thread that joins another namespace never runs anything
+		// else: it stays locked and dies with this goroutine.
+		runtime.LockOSThread()
+		if err := unix.Setns(fd, unix.CLONE_NEWUTS); err != nil {
+			done <- err
+			return
+		}
+		done <- unix.Sethostname([]byte(hostname))
+	}()
+	return <-done
+}

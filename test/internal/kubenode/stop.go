@@ -1,0 +1,159 @@
+package kubenode
+
+import (
+	"bufio"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// cgroupRoot is the kubelet's cgroupRoot: every pod process is under it.
+const cgroupRoot = "stasis-kube"
+
+// Stop ends the node and removes what it made: processes (pods included),
+// mounts, cgroups, the CNI bridge and the directories.
+func (n *Node) Stop() {
+	// Node components first, in reverse order; the API server before etcd,
+	// which it would otherwise retry forever.
+	for i := len(n.procs) - 1; i >= 0; i-- {
+		p := n.procs[i]
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			p.cmd.Process.Kill()
+			<-done
+		}
+		p.log.Close()
+		if p.name == "containerd" {
+			n.killPods()
+		}
+	}
+	n.killPods() // when containerd never started
+	n.unmountAll()
+	exec.Command("ip", "link", "del", bridge).Run()
+	removeCgroups()
+	if n.Run != "" {
+		os.RemoveAll(n.Run)
+	}
+	if n.Dir != "" && os.Getenv("STASIS_KEEP_KUBENODE") == "" {
+		os.RemoveAll(n.Dir)
+	}
+}
+
+// killPods kills the shims of this node's containerd and every process in
+// the pods' cgroups: shims outlive containerd by design.
+func (n *Node) killPods() {
+	if n.Run == "" {
+		return
+	}
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, c := range procs {
+		b, _ := os.ReadFile(c)
+		if strings.Contains(string(b), "containerd-shim") && strings.Contains(string(b), n.Socket()) {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(c))); err == nil {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
+	}
+	for attempt := 0; attempt < 20; attempt++ {
+		pids := cgroupPids()
+		if len(pids) == 0 {
+			return
+		}
+		thawCgroups()
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func cgroupDirs() []string {
+	var dirs []string
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + cgroupRoot)
+	if _, err := os.Stat("/sys/fs/cgroup/unified/" + cgroupRoot); err == nil {
+		roots = append(roots, "/sys/fs/cgroup/unified/"+cgroupRoot)
+	}
+	for _, r := range roots {
+		filepath.Walk(r, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && fi.IsDir() {
+				dirs = append(dirs, p)
+			}
+			return nil
+		})
+	}
+	return dirs
+}
+
+func cgroupPids() []int {
+	seen := map[int]bool{}
+	var pids []int
+	for _, d := range cgroupDirs() {
+		b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
+				seen[pid] = true
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+func thawCgroups() {
+	for _, d := range cgroupDirs() {
+		if strings.Contains(d, "/freezer/") {
+			os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0)
+		}
+	}
+}
+
+func removeCgroups() {
+	dirs := cgroupDirs()
+	// Deepest first: a cgroup with children cannot go.
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+	for _, d := range dirs {
+		os.Remove(d)
+	}
+}
+
+// unmountAll detaches every mount under the node's directories, deepest
+// first (overlay rootfs, shm, netns, the kubelet's volumes).
+func (n *Node) unmountAll() {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return
+	}
+	var targets []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) < 5 {
+			continue
+		}
+		mp := unescapeMount(fields[4])
+		for _, base := range []string{n.Dir, n.Run} {
+			if base != "" && strings.HasPrefix(mp, base+"/") {
+				targets = append(targets, mp)
+			}
+		}
+	}
+	f.Close()
+	sort.Slice(targets, func(i, j int) bool { return len(targets[i]) > len(targets[j]) })
+	for _, t := range targets {
+		syscall.Unmount(t, syscall.MNT_DETACH)
+	}
+}
+
+func unescapeMount(s string) string {
+	r := strings.NewReplacer(`\040`, " ", `\011`, "\t", `\012`, "\n", `\134`, `\`)
+	return r.Replace(s)
+}

@@ -1,0 +1,73 @@
+// Package kube tests stasis on a real single-node Kubernetes (containerd
+// 2.4, which has no restore of its own) started once for the package by
+// test/internal/kubenode.
+package kube
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/stasis-dev/stasis/test/internal/kubenode"
+)
+
+var (
+	node      *kubenode.Node
+	stasisBin string
+	// stasisRoot is the node's stasis store, shared by the CLI the tests
+	// run and the stasis-runc the RuntimeClass runs.
+	stasisRoot, stasisRunRoot string
+)
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("Kubernetes e2e tests need root; skipped")
+		os.Exit(0)
+	}
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	bin, err := os.MkdirTemp("", "stasis-kube-bin-")
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer os.RemoveAll(bin)
+	for _, c := range []string{"stasis", "stasis-runc"} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "../../cmd/"+c)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Printf("build %s: %v\n%s", c, err, out)
+			return 1
+		}
+	}
+	stasisBin = filepath.Join(bin, "stasis")
+	stasisRoot, _ = os.MkdirTemp("/var/tmp", "stasis-kube-store-")
+	stasisRunRoot, _ = os.MkdirTemp("/run", "stasis-kube-store-")
+	defer os.RemoveAll(stasisRoot)
+	defer os.RemoveAll(stasisRunRoot)
+	node, err = kubenode.Start(context.Background(), kubenode.Options{
+		K8sBin:        envOr("STASIS_K8S_BIN", "/var/cache/stasis/k8s/bin"),
+		ContainerdBin: envOr("STASIS_CONTAINERD_BIN", "/var/cache/stasis/containerd/bin"),
+		StasisRunc:    filepath.Join(bin, "stasis-runc"),
+		StasisRoot:    stasisRoot, StasisRunRoot: stasisRunRoot,
+		Log: os.Stdout,
+	})
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer node.Stop()
+	return m.Run()
+}
+
+func envOr(k, def string) string {
+	if v := os.Getenv(k); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,41 @@
+package kube
+
+import (
+	"testing"
+
+	"github.com/stasis-dev/stasis/pkg/ociwrap"
+)
+
+// A container checkpointed through the kubelet is restored, by the
+// RuntimeClass "stasis", in a new pod of another namespace: the counter
+// goes on from where it was, under the new pod's hostname. containerd 2.4
+// has no restore of its own, so this is stasis-runc's doing.
+func TestRuntimeClassRestoresKubeletCheckpoint(t *testing.T) {
+	shop, qa := namespace(t, "shop"), namespace(t, "qa")
+	createPod(t, counterPod(shop, "web"))
+	waitReady(t, shop, "web")
+	waitCount(t, shop, "web", "counter", 4)
+
+	archive := kubeletCheckpoint(t, shop, "web", "counter")
+	before, _ := counts(t, shop, "web", "counter")
+	stasis(t, "image", "build", archive, "localhost/ckpt/web:1")
+
+	p := counterPod(qa, "web-copy")
+	p.Annotations = map[string]string{ociwrap.RestoreAnnotationPrefix + "counter": "localhost/ckpt/web:1"}
+	rc := "stasis"
+	p.Spec.RuntimeClassName = &rc
+	createPod(t, p)
+	took := waitReady(t, qa, "web-copy")
+	t.Logf("restored pod Ready in %s", took)
+	last := before[len(before)-1]
+	waitCount(t, qa, "web-copy", "counter", last+2)
+	got, hosts := counts(t, qa, "web-copy", "counter")
+	if got[0] == 0 || got[0] < last-1 {
+		t.Fatalf("restored counter started at %d; the checkpointed one had reached %d", got[0], last)
+	}
+	if h := hosts[len(hosts)-1]; h != "web-copy" {
+		t.Errorf("restored container calls itself %q, want the new pod's name web-copy", h)
+	}
+	// The source pod was left running by the kubelet's checkpoint.
+	waitCount(t, shop, "web", "counter", last+2)
+}
