@@ -2,7 +2,8 @@
 # Installs what stasis needs on a Debian 12 machine, as root: runc, iptables,
 # busybox-static, zstd, podman (a peer the tests compare against), docker-registry
 # (the registry the tests start), etcd-server (under the API server the tests
-# start) and CRIU >= 4.1.
+# start), containernetworking-plugins (pod networking on the test cluster's
+# node) and CRIU >= 4.1.
 # Idempotent: each step is skipped when what it installs is already there.
 set -euo pipefail
 
@@ -15,7 +16,7 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/lo
 # Runtime packages and CRIU's build dependencies. podman is installed without
 # recommends so that Debian's CRIU 3.17 (broken on kernels >= 6.13) is not pulled in.
 pkgs=(runc iptables busybox-static zstd tar xz-utils ca-certificates podman
-      uidmap fuse-overlayfs conmon docker-registry etcd-server
+      uidmap fuse-overlayfs conmon docker-registry etcd-server containernetworking-plugins iproute2
       gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
       libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
       python3-protobuf dpkg-dev patch)

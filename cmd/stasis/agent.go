@@ -4,16 +4,22 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/stasis-dev/stasis/pkg/agent"
+	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 )
 
 func agentCmd(g *globals) *cobra.Command {
 	var listen, cert, key, clientCA, tokens, auditLog, kubeconfig string
+	var kubelet podKubelet
 	var cfg agent.Config
 	var grace time.Duration
 	cmd := &cobra.Command{
@@ -33,7 +39,13 @@ API: GET /v1/containers, GET /v1/checkpoints[/{id}[/archive]],
 DELETE /v1/checkpoints/{id}, POST /v1/containers/{name}/checkpoint,
 POST /v1/restore, PUT /v1/restore?name= (archive in the body),
 GET|DELETE /v1/operations/{id} (?async=true on an operation), and the
-kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
+kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.
+
+On a Kubernetes node (the DaemonSet in config/agent), --kubelet-url adds
+POST /v1/pods/{namespace}/{pod}/checkpoint, which the stasis controller
+calls: the pod's containers are frozen together, dumped through the
+kubelet's checkpoint API (so containerd and CRI-O alike), and stored as
+checkpoint images, pushed to a registry when asked.`,
 		Example: `  stasis agent --tls-cert agent.pem --tls-key agent-key.pem --client-ca ca.pem --tokens tokens.json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -79,6 +91,11 @@ kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
 			if err != nil {
 				return fmt.Errorf("recover: %w", err)
 			}
+			if kubelet.url != "" {
+				if cfg.Pods, err = kubelet.checkpointer(e, kubeconfig); err != nil {
+					return err
+				}
+			}
 			srv, err := agent.New(cfg)
 			if err != nil {
 				return err
@@ -98,5 +115,39 @@ kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.`,
 	f.Int64Var(&cfg.MaxUpload, "max-upload", 64<<30, "largest archive accepted by PUT /v1/restore, in bytes")
 	f.DurationVar(&cfg.OpTimeout, "timeout", 30*time.Minute, "longest an operation may take unless ?timeout= says otherwise")
 	f.DurationVar(&grace, "grace", time.Minute, "how long SIGTERM waits for running operations")
+	f.StringVar(&kubelet.url, "kubelet-url", "", "the node's kubelet API, e.g. https://127.0.0.1:10250: enables pod checkpoints (credentials from --kubeconfig, or in-cluster)")
+	f.StringVar(&kubelet.ca, "kubelet-ca", "", "CA of the kubelet's serving certificate (default: the API server's)")
+	f.BoolVar(&kubelet.insecure, "kubelet-insecure-tls", false, "do not verify the kubelet's serving certificate (self-signed kubelet certificates)")
+	f.StringVar(&kubelet.runcRoot, "cri-runc-root", "/run/containerd/runc/k8s.io", "runc state directory of the CRI runtime's containers (CRI-O: its runtime_root)")
 	return cmd
+}
+
+// podKubelet is how the agent reaches the node's kubelet for pod
+// checkpoints.
+type podKubelet struct {
+	url, ca, runcRoot string
+	insecure          bool
+}
+
+func (k podKubelet) checkpointer(e *engine.Engine, kubeconfig string) (*podcheckpoint.Checkpointer, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet credentials: %w", err)
+	}
+	if k.ca != "" {
+		cfg.TLSClientConfig.CAFile, cfg.TLSClientConfig.CAData = k.ca, nil
+	}
+	if k.insecure {
+		cfg.TLSClientConfig.Insecure, cfg.TLSClientConfig.CAFile, cfg.TLSClientConfig.CAData = true, "", nil
+	}
+	hc, err := rest.HTTPClientFor(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("kubelet client: %w", err)
+	}
+	runc, err := exec.LookPath("runc")
+	if err != nil {
+		return nil, err
+	}
+	return &podcheckpoint.Checkpointer{Engine: e, Kubelet: podcheckpoint.Kubelet{URL: k.url, Client: hc},
+		Runc: runc, RuncRoot: k.runcRoot}, nil
 }

@@ -67,7 +67,8 @@ are not sent again.`,
 			if len(args) == 2 {
 				dest = args[1]
 			}
-			return e.Push(cmd.Context(), args[0], dest, o)
+			_, err = e.Push(cmd.Context(), args[0], dest, o)
+			return err
 		},
 	}
 	registryFlags(cmd.Flags(), &o)

@@ -105,6 +105,7 @@ func (s *Server) routes() {
 	s.route("POST /v1/restore", "restore", Admin, s.restore)
 	s.route("PUT /v1/restore", "restore-upload", Admin, s.restoreUpload)
 	s.route("POST /checkpoint/{namespace}/{pod}/{container}", "checkpoint", Admin, s.kubeletCheckpoint)
+	s.route("POST /v1/pods/{namespace}/{pod}/checkpoint", "pod-checkpoint", Admin, s.podCheckpoint)
 	s.route("GET /v1/operations/{id}", "get-operation", Viewer, func(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
 		op, ok := s.ops.get(r.PathValue("id"))
 		if !ok {

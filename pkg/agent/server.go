@@ -22,6 +22,7 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 )
 
 // Config is what an agent is made of.
@@ -37,6 +38,9 @@ type Config struct {
 	MaxUpload int64
 	// OpTimeout bounds an operation that names no ?timeout.
 	OpTimeout time.Duration
+	// Pods checkpoints Kubernetes pods through the node's kubelet; nil
+	// when the agent runs outside a cluster.
+	Pods *podcheckpoint.Checkpointer
 }
 
 // Server is the agent's HTTP API.

@@ -227,7 +227,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		}
 		if o.Push {
 			t := time.Now()
-			if err := e.Push(ctx, img.Name, "", o.Registry); err != nil {
+			if _, err := e.Push(ctx, img.Name, "", o.Registry); err != nil {
 				return nil, fmt.Errorf("checkpoint %s: the checkpoint image %s is stored here but: %w", c.Name, img.Name, err)
 			}
 			res.Phases.add("push", time.Since(t))

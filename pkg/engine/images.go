@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -37,27 +38,40 @@ func (e *Engine) Pull(ctx context.Context, ref string, o registry.Options) (*ima
 	return i, nil
 }
 
-// Push sends a stored image to dest (its own name when dest is empty).
-func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Options) error {
+// Push sends a stored image to dest (its own name when dest is empty) and
+// returns the digest it has there.
+func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Options) (digest string, err error) {
 	i, err := e.Images.Get(local)
 	if err != nil {
-		return err
+		return "", err
 	}
 	img, err := e.Images.Image(i)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if dest == "" {
 		dest = i.Name
 	}
+	// A checkpoint image goes in an index, where the annotations of every
+	// engine's family find it.
+	var pushed interface{ Digest() (v1.Hash, error) } = img
 	if _, ok := checkpointimage.Read(i.Annotations); ok {
 		idx, err := checkpointimage.Index(img)
 		if err != nil {
-			return err
+			return "", err
 		}
-		return registry.Push(ctx, dest, idx, o)
+		if err := registry.Push(ctx, dest, idx, o); err != nil {
+			return "", err
+		}
+		pushed = idx
+	} else if err := registry.Push(ctx, dest, img, o); err != nil {
+		return "", err
 	}
-	return registry.Push(ctx, dest, img, o)
+	h, err := pushed.Digest()
+	if err != nil {
+		return "", err
+	}
+	return h.String(), nil
 }
 
 // BuildCheckpointImage stores a checkpoint archive as checkpoint image ref.

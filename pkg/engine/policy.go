@@ -15,17 +15,17 @@ var ErrOptedOut = errors.New("refused by the container's opt-out label")
 const (
 	LabelCheckpoint = "stasis.dev/checkpoint"
 	LabelMigrate    = "stasis.dev/migrate"
-	optOut          = "never"
+	OptOut          = "never" // the value of an opt-out label
 )
 
 // mayCheckpoint refuses a container that opted out; leaving is true when
 // the checkpoint would leave the node (an export, an image).
 func mayCheckpoint(c *Container, leaving bool) error {
-	if c.Labels[LabelCheckpoint] == optOut {
-		return fmt.Errorf("checkpoint %s: %w: it is labelled %s=%s and is never checkpointed", c.Name, ErrOptedOut, LabelCheckpoint, optOut)
+	if c.Labels[LabelCheckpoint] == OptOut {
+		return fmt.Errorf("checkpoint %s: %w: it is labelled %s=%s and is never checkpointed", c.Name, ErrOptedOut, LabelCheckpoint, OptOut)
 	}
-	if leaving && c.Labels[LabelMigrate] == optOut {
-		return fmt.Errorf("checkpoint %s: %w: it is labelled %s=%s, so its checkpoints stay in this node's store (no --export or --create-image)", c.Name, ErrOptedOut, LabelMigrate, optOut)
+	if leaving && c.Labels[LabelMigrate] == OptOut {
+		return fmt.Errorf("checkpoint %s: %w: it is labelled %s=%s, so its checkpoints stay in this node's store (no --export or --create-image)", c.Name, ErrOptedOut, LabelMigrate, OptOut)
 	}
 	return nil
 }

@@ -37,7 +37,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(bin)
-	for _, c := range []string{"stasis", "stasis-runc"} {
+	for _, c := range []string{"stasis", "stasis-runc", "stasis-controller"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "../../cmd/"+c)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -62,6 +62,12 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer node.Stop()
+	stop, err := startStasis(bin)
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer stop()
 	return m.Run()
 }
 

@@ -137,7 +137,9 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-func (n *Node) path(parts ...string) string { return filepath.Join(append([]string{n.Dir}, parts...)...) }
+func (n *Node) path(parts ...string) string {
+	return filepath.Join(append([]string{n.Dir}, parts...)...)
+}
 
 func (n *Node) writePKI(context.Context) error {
 	dir := n.path("pki")
