@@ -9,17 +9,15 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/stasis-dev/stasis/pkg/agent"
-	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
 func agentCmd(g *globals) *cobra.Command {
 	var listen, cert, key, clientCA, tokens, auditLog, kubeconfig string
-	var kubelet podKubelet
+	var criRuncRoot, mountinfo string
 	var cfg agent.Config
 	var grace time.Duration
 	cmd := &cobra.Command{
@@ -41,11 +39,11 @@ POST /v1/restore, PUT /v1/restore?name= (archive in the body),
 GET|DELETE /v1/operations/{id} (?async=true on an operation), and the
 kubelet's POST /checkpoint/{namespace}/{pod}/{container}?timeout=N.
 
-On a Kubernetes node (the DaemonSet in config/agent), --kubelet-url adds
+On a Kubernetes node (the DaemonSet in config/agent), --cri-runc-root adds
 POST /v1/pods/{namespace}/{pod}/checkpoint, which the stasis controller
-calls: the pod's containers are frozen together, dumped through the
-kubelet's checkpoint API (so containerd and CRI-O alike), and stored as
-checkpoint images, pushed to a registry when asked.`,
+calls: the pod's containers (runc containers of containerd or CRI-O) are
+frozen together, dumped, and stored as checkpoint images, pushed to a
+registry when asked.`,
 		Example: `  stasis agent --tls-cert agent.pem --tls-key agent-key.pem --client-ca ca.pem --tokens tokens.json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -91,10 +89,13 @@ checkpoint images, pushed to a registry when asked.`,
 			if err != nil {
 				return fmt.Errorf("recover: %w", err)
 			}
-			if kubelet.url != "" {
-				if cfg.Pods, err = kubelet.checkpointer(e, kubeconfig); err != nil {
+			if criRuncRoot != "" {
+				runc, err := exec.LookPath(g.runtime)
+				if err != nil {
 					return err
 				}
+				cfg.Pods = &podcheckpoint.Checkpointer{Engine: e, Mountinfo: mountinfo,
+					Runtime: &runtime.Runtime{Binary: runc, Root: criRuncRoot}}
 			}
 			srv, err := agent.New(cfg)
 			if err != nil {
@@ -115,39 +116,7 @@ checkpoint images, pushed to a registry when asked.`,
 	f.Int64Var(&cfg.MaxUpload, "max-upload", 64<<30, "largest archive accepted by PUT /v1/restore, in bytes")
 	f.DurationVar(&cfg.OpTimeout, "timeout", 30*time.Minute, "longest an operation may take unless ?timeout= says otherwise")
 	f.DurationVar(&grace, "grace", time.Minute, "how long SIGTERM waits for running operations")
-	f.StringVar(&kubelet.url, "kubelet-url", "", "the node's kubelet API, e.g. https://127.0.0.1:10250: enables pod checkpoints (credentials from --kubeconfig, or in-cluster)")
-	f.StringVar(&kubelet.ca, "kubelet-ca", "", "CA of the kubelet's serving certificate (default: the API server's)")
-	f.BoolVar(&kubelet.insecure, "kubelet-insecure-tls", false, "do not verify the kubelet's serving certificate (self-signed kubelet certificates)")
-	f.StringVar(&kubelet.runcRoot, "cri-runc-root", "/run/containerd/runc/k8s.io", "runc state directory of the CRI runtime's containers (CRI-O: its runtime_root)")
+	f.StringVar(&criRuncRoot, "cri-runc-root", "", "on a Kubernetes node: the runc --root of the CRI runtime's containers (containerd: /run/containerd/runc/k8s.io; CRI-O: its runtime_root); enables pod checkpoints")
+	f.StringVar(&mountinfo, "mountinfo", "/proc/1/mountinfo", "where the containers' rootfs mounts are listed (the host's)")
 	return cmd
-}
-
-// podKubelet is how the agent reaches the node's kubelet for pod
-// checkpoints.
-type podKubelet struct {
-	url, ca, runcRoot string
-	insecure          bool
-}
-
-func (k podKubelet) checkpointer(e *engine.Engine, kubeconfig string) (*podcheckpoint.Checkpointer, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubelet credentials: %w", err)
-	}
-	if k.ca != "" {
-		cfg.TLSClientConfig.CAFile, cfg.TLSClientConfig.CAData = k.ca, nil
-	}
-	if k.insecure {
-		cfg.TLSClientConfig.Insecure, cfg.TLSClientConfig.CAFile, cfg.TLSClientConfig.CAData = true, "", nil
-	}
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubelet client: %w", err)
-	}
-	runc, err := exec.LookPath("runc")
-	if err != nil {
-		return nil, err
-	}
-	return &podcheckpoint.Checkpointer{Engine: e, Kubelet: podcheckpoint.Kubelet{URL: k.url, Client: hc},
-		Runc: runc, RuncRoot: k.runcRoot}, nil
 }

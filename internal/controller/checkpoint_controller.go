@@ -82,9 +82,12 @@ func (r *CheckpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		}
 		return ctrl.Result{RequeueAfter: r.Requeue}, nil
 	}
-	if ck.Status.Phase != stasisv1.PhaseRunning {
+	if ck.Status.Phase != stasisv1.PhaseRunning || ck.Status.PodTemplate == nil {
 		now := metav1.Now()
-		ck.Status.Phase, ck.Status.Message, ck.Status.StartTime = stasisv1.PhaseRunning, "", &now
+		ck.Status.Phase, ck.Status.Message = stasisv1.PhaseRunning, ""
+		if ck.Status.StartTime == nil {
+			ck.Status.StartTime = &now
+		}
 		ck.Status.NodeName = pod.Spec.NodeName
 		ck.Status.PodTemplate = podTemplate(&pod)
 		if err := r.Client.Status().Update(ctx, &ck); err != nil {

@@ -334,3 +334,14 @@ func writeEtc(dir, hostname, network string) (map[string]string, error) {
 func (e *Engine) TempFile(pattern string) (*os.File, error) {
 	return os.CreateTemp(filepath.Join(e.root, "work"), pattern)
 }
+
+// WorkDir makes a scratch directory in stasis' work directory, locked
+// while in use so that Recover (after a crash) removes it only once
+// abandoned; done removes it.
+func (e *Engine) WorkDir(prefix string) (dir string, done func(), err error) {
+	dir, lock, err := e.workDir(prefix)
+	if err != nil {
+		return "", nil, err
+	}
+	return dir, func() { lock.Close(); os.RemoveAll(dir) }, nil
+}

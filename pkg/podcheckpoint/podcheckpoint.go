@@ -1,10 +1,16 @@
 // Package podcheckpoint checkpoints the containers of a Kubernetes pod on
-// its node, through the kubelet's checkpoint API, so it works the same
-// whatever CRI runtime (containerd, CRI-O) runs the pod. All the pod's
-// named containers are frozen before the first is dumped and thawed after
-// the last, so a multi-container pod restores to one moment. Each
-// container's archive becomes a checkpoint image in the node's stasis
-// store, and is pushed to a registry when asked.
+// its node. It drives the CRI runtime's runc directly (containerd's and
+// CRI-O's containers are runc containers under a known --root), because
+// that is the only way to make a multi-container pod consistent: all named
+// containers are frozen first, each is dumped while frozen (CRIU leaves a
+// frozen container frozen), their rootfs changes are read, and only then
+// are they all thawed. The kubelet's checkpoint API cannot do this: the
+// runtime behind it pauses and resumes each container around its own
+// dump, and a container frozen at a parent cgroup cannot be seized.
+//
+// Each container's archive is written in the format every engine reads
+// (pkg/archive) and stored as a checkpoint image in the node's stasis
+// store, pushed to a registry when asked.
 package podcheckpoint
 
 import (
@@ -12,18 +18,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/registry"
+	"github.com/stasis-dev/stasis/pkg/rootfs"
+	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
 // Container is one of the pod's containers: its name in the pod and its
@@ -65,19 +74,15 @@ type ContainerResult struct {
 	DurationMillis int64  `json:"durationMillis"`
 }
 
-// Kubelet is the node's kubelet API.
-type Kubelet struct {
-	URL    string // e.g. https://127.0.0.1:10250
-	Client *http.Client
-}
-
 // Checkpointer does pod checkpoints on one node.
 type Checkpointer struct {
-	Engine  *engine.Engine
-	Kubelet Kubelet
-	// Runc and RuncRoot reach the CRI runtime's containers to freeze them
-	// (containerd: /run/containerd/runc/k8s.io; CRI-O: its runtime_root).
-	Runc, RuncRoot string
+	Engine *engine.Engine
+	// Runtime is the CRI runtime's runc with its --root (containerd:
+	// /run/containerd/runc/k8s.io; CRI-O: its runtime_root).
+	Runtime *runtime.Runtime
+	// Mountinfo is where the containers' rootfs mounts are listed: the
+	// host's (/proc/1/mountinfo from a DaemonSet with hostPID).
+	Mountinfo string
 }
 
 // LocalImage is the name a container's checkpoint has in the node store.
@@ -100,9 +105,9 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, erro
 		}
 	}
 	res := &Result{}
-	// A repeated request finds what the first one stored.
 	var todo []Container
 	for _, ctr := range r.Containers {
+		// A repeated request finds what the first one stored.
 		if img, err := c.Engine.Images.Get(LocalImage(r, ctr.Name)); err == nil {
 			res.Containers = append(res.Containers, c.describe(ctr.Name, img))
 		} else {
@@ -110,19 +115,11 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, erro
 		}
 	}
 	if len(todo) > 0 {
-		archives, times, err := c.dumpFrozen(ctx, r, todo)
+		done, err := c.dump(ctx, r, todo)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("pod checkpoint %s/%s: %w", r.Namespace, r.Pod, err)
 		}
-		for i, ctr := range todo {
-			img, err := c.Engine.AdoptCheckpoint(archives[i], LocalImage(r, ctr.Name))
-			if err != nil {
-				return nil, fmt.Errorf("pod checkpoint %s/%s: container %s: %w", r.Namespace, r.Pod, ctr.Name, err)
-			}
-			cr := c.describe(ctr.Name, img)
-			cr.DurationMillis = times[i].Milliseconds()
-			res.Containers = append(res.Containers, cr)
-		}
+		res.Containers = append(res.Containers, done...)
 	}
 	if r.Repository != "" {
 		for i := range res.Containers {
@@ -147,74 +144,163 @@ func (c *Checkpointer) describe(name string, img *image.Image) ContainerResult {
 	return cr
 }
 
-// dumpFrozen freezes every container, has the kubelet dump each, and
-// thaws them all, whatever happened. It returns the kubelet's archives.
-func (c *Checkpointer) dumpFrozen(ctx context.Context, r Request, cs []Container) ([]string, []time.Duration, error) {
+// target is a container being checkpointed.
+type target struct {
+	Container
+	state  *runtime.State
+	spec   *specs.Spec
+	layout rootfs.Layout
+	dir    string // the archive's members
+	took   time.Duration
+}
+
+// dump freezes the containers, dumps each with its rootfs changes, thaws
+// them all whatever happened, and stores the archives as images.
+func (c *Checkpointer) dump(ctx context.Context, r Request, cs []Container) ([]ContainerResult, error) {
+	work, done, err := c.Engine.WorkDir("pod-")
+	if err != nil {
+		return nil, err
+	}
+	defer done()
+	criuVersion, err := criu.Version()
+	if err != nil {
+		return nil, err
+	}
+	var ts []*target
+	for _, ctr := range cs {
+		t, err := c.inspect(ctx, ctr, filepath.Join(work, ctr.ID))
+		if err != nil {
+			return nil, err
+		}
+		ts = append(ts, t)
+	}
 	var frozen []string
 	defer func() {
 		for _, id := range frozen {
-			c.runc(context.WithoutCancel(ctx), "resume", id)
+			c.Runtime.Resume(context.WithoutCancel(ctx), id)
 		}
 	}()
-	if len(cs) > 1 {
-		// One container needs no freezing: CRIU freezes it. Several must
-		// stop at one moment; CRIU dumps a frozen container and leaves it
-		// frozen.
-		for _, ctr := range cs {
-			if err := c.runc(ctx, "pause", ctr.ID); err != nil {
-				return nil, nil, fmt.Errorf("pod checkpoint %s/%s: freeze %s: %w", r.Namespace, r.Pod, ctr.Name, err)
-			}
-			frozen = append(frozen, ctr.ID)
+	for _, t := range ts {
+		if err := c.Runtime.Pause(ctx, t.ID); err != nil {
+			return nil, fmt.Errorf("freeze %s: %w", t.Name, err)
 		}
+		frozen = append(frozen, t.ID)
 	}
-	var archives []string
-	var times []time.Duration
-	for _, ctr := range cs {
-		t := time.Now()
-		a, err := c.kubeletCheckpoint(ctx, r.Namespace, r.Pod, ctr.Name)
+	for _, t := range ts {
+		start := time.Now()
+		// Established TCP connections are dumped so that the dump works;
+		// the restore closes them (the pod has a new address).
+		err := c.Runtime.Checkpoint(ctx, t.ID, runtime.CheckpointOptions{
+			ImagePath: filepath.Join(t.dir, archive.CheckpointDir), WorkPath: t.dir,
+			LeaveRunning: true, TCPEstablished: true}, filepath.Join(t.dir, "runc.log"))
 		if err != nil {
-			for _, p := range archives {
-				os.Remove(p)
-			}
-			return nil, nil, fmt.Errorf("pod checkpoint %s/%s: container %s: %w", r.Namespace, r.Pod, ctr.Name, err)
+			return nil, fmt.Errorf("dump %s: %w", t.Name, err)
 		}
-		archives = append(archives, a)
-		times = append(times, time.Since(t))
+		if err := writeRootfsDiff(t); err != nil {
+			return nil, fmt.Errorf("rootfs of %s: %w", t.Name, err)
+		}
+		t.took = time.Since(start)
 	}
-	return archives, times, nil
+	for _, id := range frozen {
+		if err := c.Runtime.Resume(ctx, id); err != nil {
+			return nil, fmt.Errorf("thaw %s: %w", id, err)
+		}
+	}
+	frozen = nil
+	var out []ContainerResult
+	for _, t := range ts {
+		if err := writeMetadata(t, r, c.Runtime.Name(), criuVersion); err != nil {
+			return nil, err
+		}
+		path := filepath.Join(work, t.ID+".tar.zst")
+		if _, err := archive.WriteFile(path, archive.Contents{Dir: t.dir, Members: archive.Members}, archive.WriteOptions{Compression: archive.Zstd}); err != nil {
+			return nil, fmt.Errorf("archive %s: %w", t.Name, err)
+		}
+		img, err := c.Engine.BuildCheckpointImage(path, LocalImage(r, t.Name), true, nil)
+		if err != nil {
+			return nil, err
+		}
+		cr := c.describe(t.Name, img)
+		cr.DurationMillis = t.took.Milliseconds()
+		out = append(out, cr)
+	}
+	return out, nil
 }
 
-func (c *Checkpointer) runc(ctx context.Context, args ...string) error {
-	out, err := exec.CommandContext(ctx, c.Runc, append([]string{"--root", c.RuncRoot}, args...)...).CombinedOutput()
+// inspect finds a running container's bundle, spec and rootfs overlay.
+func (c *Checkpointer) inspect(ctx context.Context, ctr Container, dir string) (*target, error) {
+	st, err := c.Runtime.State(ctx, ctr.ID)
 	if err != nil {
-		return fmt.Errorf("runc %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
 	}
-	return nil
+	if st.Status != "running" {
+		return nil, fmt.Errorf("container %s is %s, not running", ctr.Name, st.Status)
+	}
+	b, err := os.ReadFile(filepath.Join(st.Bundle, "config.json"))
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return nil, fmt.Errorf("container %s: config.json: %w", ctr.Name, err)
+	}
+	root := spec.Root.Path
+	if !filepath.IsAbs(root) {
+		root = filepath.Join(st.Bundle, root)
+	}
+	lay, err := rootfs.OverlayAt(root, c.Mountinfo)
+	if err != nil {
+		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	return &target{Container: ctr, state: st, spec: &spec, layout: lay, dir: dir}, nil
 }
 
-// kubeletCheckpoint calls POST /checkpoint/{ns}/{pod}/{container} and
-// returns the archive path the kubelet wrote.
-func (c *Checkpointer) kubeletCheckpoint(ctx context.Context, ns, pod, container string) (string, error) {
-	u := fmt.Sprintf("%s/checkpoint/%s/%s/%s?timeout=600", strings.TrimRight(c.Kubelet.URL, "/"),
-		url.PathEscape(ns), url.PathEscape(pod), url.PathEscape(container))
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u, nil)
+func writeRootfsDiff(t *target) error {
+	f, err := os.Create(filepath.Join(t.dir, archive.RootfsDiff))
 	if err != nil {
-		return "", err
+		return err
 	}
-	resp, err := c.Kubelet.Client.Do(req)
-	if err != nil {
-		return "", fmt.Errorf("kubelet checkpoint: %w", err)
+	deleted, err := t.layout.Diff(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("kubelet checkpoint: %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	if err != nil || len(deleted) == 0 {
+		return err
 	}
-	var out struct {
-		Items []string `json:"items"`
+	return archive.WriteJSON(t.dir, archive.DeletedFiles, deleted)
+}
+
+// Annotations the CRI runtimes put on a container's spec naming its image.
+var imageAnnotations = []string{"io.kubernetes.cri.image-name", "io.kubernetes.cri-o.ImageName"}
+
+// writeMetadata writes spec.dump and config.dump, as CRI-O and Podman
+// name them, so that checkpointctl and every engine read the archive.
+func writeMetadata(t *target, r Request, runtimeName, criuVersion string) error {
+	spec := t.spec
+	if spec.Annotations == nil {
+		spec.Annotations = map[string]string{}
 	}
-	if err := json.Unmarshal(body, &out); err != nil || len(out.Items) != 1 {
-		return "", fmt.Errorf("kubelet checkpoint: unexpected answer %q", body)
+	spec.Annotations[metadata.CheckpointAnnotationCriuVersion] = criuVersion
+	spec.Annotations[metadata.CheckpointAnnotationRuntimeName] = runtimeName
+	spec.Annotations[metadata.CheckpointAnnotationEngineVersion] = archive.EngineVersion()
+	if err := archive.WriteJSON(t.dir, archive.SpecDump, spec); err != nil {
+		return err
 	}
-	return out.Items[0], nil
+	img := ""
+	for _, k := range imageAnnotations {
+		if img = spec.Annotations[k]; img != "" {
+			break
+		}
+	}
+	cfg := archive.Config{
+		ContainerConfig: metadata.ContainerConfig{
+			ID: t.ID, Name: r.Pod + "_" + t.Name, RootfsImage: img, RootfsImageName: img,
+			OCIRuntime: runtimeName, CheckpointedAt: time.Now().UTC(),
+		},
+		RawImageName: img, Command: spec.Process.Args, Spec: spec,
+	}
+	return archive.WriteJSON(t.dir, archive.ConfigDump, &cfg)
 }

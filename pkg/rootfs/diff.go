@@ -48,12 +48,16 @@ func (l Layout) Diff(w io.Writer) ([]string, error) {
 			return nil
 		}
 		if fi.IsDir() && isOpaque(p) {
-			hidden, err := lowerEntriesHidden(filepath.Join(l.Lower, rel), p)
-			if err != nil {
-				return err
-			}
-			for _, h := range hidden {
-				deleted = append(deleted, "/"+filepath.ToSlash(filepath.Join(rel, h)))
+			// Lower may list several directories (a CRI runtime's
+			// snapshot layers), as overlayfs' lowerdir does.
+			for _, lower := range filepath.SplitList(l.Lower) {
+				hidden, err := lowerEntriesHidden(filepath.Join(lower, rel), p)
+				if err != nil {
+					return err
+				}
+				for _, h := range hidden {
+					deleted = append(deleted, "/"+filepath.ToSlash(filepath.Join(rel, h)))
+				}
 			}
 		}
 		link := ""

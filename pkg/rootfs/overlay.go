@@ -14,7 +14,7 @@ import (
 
 // Layout is where one container's overlay lives.
 type Layout struct {
-	Lower  string // image rootfs, never written
+	Lower  string // image rootfs, never written; or a lowerdir list (a:b)
 	Upper  string // the container's writes
 	Work   string // overlayfs scratch
 	Merged string // the mount point handed to the runtime

@@ -34,6 +34,7 @@ var (
 	controllerSA   = "system:serviceaccount:stasis-system:stasis-controller"
 	controller     *exec.Cmd
 	controllerArgs []string
+	controllerBin  string
 	stackDir       string
 )
 
@@ -71,8 +72,8 @@ func startStasis(bin string) (func(), error) {
 		os.RemoveAll(stackDir)
 	}
 
-	// The agent: serving on the node's InternalIP, reviewing tokens and
-	// reaching the kubelet as the admin.
+	// The agent: serving on the node's InternalIP, reviewing tokens as
+	// the admin, checkpointing containerd's runc containers.
 	cert, key, err := node.IssueServing("stasis-agent")
 	if err != nil {
 		return nil, err
@@ -85,8 +86,7 @@ func startStasis(bin string) (func(), error) {
 	l.Close()
 	agent := exec.Command(stasisBin, "--root", stasisRoot, "--runroot", stasisRunRoot, "agent",
 		"--listen", net.JoinHostPort(node.IP, strconv.Itoa(agentPort)), "--tls-cert", cert, "--tls-key", key,
-		"--kubeconfig", node.Kubeconfig, "--kubelet-url", node.KubeletURL,
-		"--cri-runc-root", filepath.Join(node.RuncRoot(), "k8s.io"))
+		"--kubeconfig", node.Kubeconfig, "--cri-runc-root", filepath.Join(node.RuncRoot(), "k8s.io"))
 	agentLog, _ := os.Create(filepath.Join(stackDir, "agent.log"))
 	agent.Stdout, agent.Stderr = agentLog, agentLog
 	if err := agent.Start(); err != nil {
@@ -121,6 +121,7 @@ current-context: c
 }
 
 func startController(bin string) error {
+	controllerBin = bin
 	controller = exec.Command(filepath.Join(bin, "stasis-controller"), controllerArgs...)
 	logf, _ := os.OpenFile(filepath.Join(stackDir, "controller.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	controller.Stdout, controller.Stderr = logf, logf
