@@ -9,7 +9,6 @@ export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 HEAP_MIB=${HEAP_MIB:-500}
 WARM_PASSES=${WARM_PASSES:-80}
 JDK=${JDK:-$(ls -d /usr/lib/jvm/java-17-openjdk-* 2>/dev/null | head -1)}
-[ -x "$JDK/bin/jlink" ] || { echo "no JDK with jlink under /usr/lib/jvm" >&2; exit 1; }
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
 
 work=$(mktemp -d /var/tmp/stasis-bench.XXXXXX)
@@ -24,44 +23,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The image: busybox, a jlink'ed JRE and a program that fills its heap and
-# warms up before it says ready, then ticks.
-rf=$work/rootfs
-mkdir -p $rf/bin $rf/tmp $rf/app $rf/etc $rf/proc $rf/sys $rf/dev
-chmod 1777 $rf/tmp
-cp /bin/busybox $rf/bin/ && for a in sh cat sleep; do ln -s busybox $rf/bin/$a; done
-"$JDK/bin/jlink" --add-modules java.base --strip-debug --no-header-files --no-man-pages --output $rf/opt/jre
-cat > $work/Warm.java <<JAVA
-// Stands in for a service that warms up before it serves: it allocates its
-// heap, then spends WARM_PASSES passes over it building state (as caches,
-// indexes and the JIT do), says ready, and ticks.
-public class Warm {
-  public static void main(String[] a) throws Exception {
-    long t0 = System.nanoTime();
-    byte[][] heap = new byte[$HEAP_MIB][];
-    long sum = 0;
-    for (int p = 0; p < $WARM_PASSES; p++) {
-      for (int i = 0; i < heap.length; i++) {
-        if (heap[i] == null) heap[i] = new byte[1 << 20];
-        for (int j = 0; j < heap[i].length; j += 64) {
-          heap[i][j] = (byte) (heap[i][j] * 31 + i + j + p);
-          sum += heap[i][j];
-        }
-      }
-    }
-    System.out.println("ready after " + (System.nanoTime() - t0) / 1000000 + " ms, sum " + sum);
-    for (long n = 0; ; n++) { System.out.println("tick " + n); Thread.sleep(100); }
-  }
-}
-JAVA
-"$JDK/bin/javac" -d $rf/app $work/Warm.java
-# The JRE links against glibc: bring the host's copies of what it needs.
-find $rf/opt/jre -type f \( -name '*.so' -o -path '*/bin/*' \) -exec ldd {} + 2>/dev/null |
-  awk '/=> \//{print $3} /^\s*\/lib64/{print $1}' | sort -u | while read -r lib; do
-    mkdir -p "$rf$(dirname "$lib")" && cp -L "$lib" "$rf$lib"
-  done
-mkdir -p $rf/lib64 && cp -L /lib64/ld-linux-x86-64.so.2 $rf/lib64/
-tar -C $rf -cf $work/jvm.tar .
+# The image: busybox, a jlink'ed JRE and a program that warms up (hack/jvm-image.sh).
+HEAP_MIB=$HEAP_MIB WARM_PASSES=$WARM_PASSES JDK=$JDK bash hack/jvm-image.sh $work/jvm.tar
 $S image import $work/jvm.tar $IMG >/dev/null
 podman import -q $work/jvm.tar $IMG >/dev/null
 JAVA_ARGS="/opt/jre/bin/java -XX:+UseSerialGC -XX:-UsePerfData -Xms$((HEAP_MIB+100))m -Xmx$((HEAP_MIB+200))m -cp /app Warm"

@@ -111,3 +111,18 @@ func buildPause(dir string) ([]byte, error) {
 	}
 	return os.ReadFile(out)
 }
+
+// ImportRootfs imports a rootfs tar as a one-layer image ref with the
+// given entrypoint into the node's containerd.
+func (n *Node) ImportRootfs(ref, rootfsTar string, entrypoint []string) error {
+	b, err := os.ReadFile(rootfsTar)
+	if err != nil {
+		return err
+	}
+	tb := n.path("import.tar")
+	defer os.Remove(tb)
+	if err := imageTarball(tb, ref, b, entrypoint); err != nil {
+		return err
+	}
+	return n.ImportImage(tb)
+}
