@@ -18,6 +18,7 @@ import (
 func agentCmd(g *globals) *cobra.Command {
 	var listen, cert, key, clientCA, tokens, auditLog, kubeconfig string
 	var criRuncRoot, mountinfo string
+	var inCluster bool
 	var cfg agent.Config
 	var grace time.Duration
 	cmd := &cobra.Command{
@@ -59,7 +60,7 @@ registry when asked.`,
 				return err
 			}
 			var auth agent.Authenticator
-			if kubeconfig != "" {
+			if kubeconfig != "" || inCluster {
 				if tokens != "" {
 					return fmt.Errorf("--kubeconfig and --tokens exclude each other: in a cluster the API server knows the tokens")
 				}
@@ -116,6 +117,7 @@ registry when asked.`,
 	f.Int64Var(&cfg.MaxUpload, "max-upload", 64<<30, "largest archive accepted by PUT /v1/restore, in bytes")
 	f.DurationVar(&cfg.OpTimeout, "timeout", 30*time.Minute, "longest an operation may take unless ?timeout= says otherwise")
 	f.DurationVar(&grace, "grace", time.Minute, "how long SIGTERM waits for running operations")
+	f.BoolVar(&inCluster, "in-cluster", false, "as --kubeconfig, with the credentials of the pod the agent runs in")
 	f.StringVar(&criRuncRoot, "cri-runc-root", "", "on a Kubernetes node: the runc --root of the CRI runtime's containers (containerd: /run/containerd/runc/k8s.io; CRI-O: its runtime_root); enables pod checkpoints")
 	f.StringVar(&mountinfo, "mountinfo", "/proc/1/mountinfo", "where the containers' rootfs mounts are listed (the host's)")
 	return cmd

@@ -163,10 +163,30 @@ func (w *wrapper) create(inv invocation) int {
 // checkpointRef is the checkpoint the spec's annotations ask this
 // container to be restored from, or "".
 func checkpointRef(spec *ociSpec) string {
+	if name := containerName(spec); name != "" {
+		return strings.TrimSpace(spec.Annotations[RestoreAnnotationPrefix+name])
+	}
+	return ""
+}
+
+// containerName is the container's name in its pod, as the CRI runtime
+// records it.
+func containerName(spec *ociSpec) string {
+	if spec.Annotations["io.kubernetes.cri.container-type"] == "sandbox" ||
+		spec.Annotations["io.kubernetes.cri-o.ContainerType"] == "sandbox" {
+		return "" // the pod's pause container is never restored
+	}
 	for _, k := range containerNameAnnotations {
 		if name := spec.Annotations[k]; name != "" {
-			return strings.TrimSpace(spec.Annotations[RestoreAnnotationPrefix+name])
+			return name
 		}
+	}
+	// CRI-O: the CRI metadata, as JSON.
+	var md struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal([]byte(spec.Annotations["io.kubernetes.cri-o.Metadata"]), &md) == nil {
+		return md.Name
 	}
 	return ""
 }

@@ -187,3 +187,5 @@ func poll(t *testing.T, limit time.Duration, what string, ok func() bool) {
 	}
 	t.Fatalf("%s: not within %s", what, limit)
 }
+
+func isAlreadyExists(err error) bool { return apierrors.IsAlreadyExists(err) }

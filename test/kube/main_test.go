@@ -17,6 +17,7 @@ import (
 var (
 	node      *kubenode.Node
 	stasisBin string
+	pluginBin string
 	// stasisRoot is the node's stasis store, shared by the CLI the tests
 	// run and the stasis-runc the RuntimeClass runs.
 	stasisRoot, stasisRunRoot string
@@ -37,7 +38,7 @@ func run(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(bin)
-	for _, c := range []string{"stasis", "stasis-runc", "stasis-controller"} {
+	for _, c := range []string{"stasis", "stasis-runc", "stasis-controller", "kubectl-stasis"} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(bin, c), "../../cmd/"+c)
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -46,6 +47,7 @@ func run(m *testing.M) int {
 		}
 	}
 	stasisBin = filepath.Join(bin, "stasis")
+	pluginBin = filepath.Join(bin, "kubectl-stasis")
 	stasisRoot, _ = os.MkdirTemp("/var/tmp", "stasis-kube-store-")
 	stasisRunRoot, _ = os.MkdirTemp("/run", "stasis-kube-store-")
 	defer os.RemoveAll(stasisRoot)

@@ -1,0 +1,235 @@
+// Package plugin is the kubectl plugin (kubectl stasis ...): a thin front
+// for the stasis.dev API. It creates Checkpoints and Restores, waits for
+// them, and lists and describes them; the controller does the work.
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/tools/clientcmd"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/yaml"
+
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+)
+
+type options struct {
+	flags     clientcmd.ClientConfig
+	namespace string
+	out       io.Writer
+}
+
+// New returns the plugin's root command.
+func New(out io.Writer) *cobra.Command {
+	o := &options{out: out}
+	root := &cobra.Command{
+		Use:   "kubectl-stasis",
+		Short: "Checkpoint and restore pods with stasis",
+		Long: `kubectl stasis creates stasis.dev Checkpoints and Restores and follows them.
+Only cluster administrators (bound to the ClusterRole stasis-admin) may.`,
+		SilenceUsage: true,
+	}
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	overrides := &clientcmd.ConfigOverrides{}
+	root.PersistentFlags().StringVar(&rules.ExplicitPath, "kubeconfig", "", "kubeconfig file")
+	root.PersistentFlags().StringVarP(&overrides.Context.Namespace, "namespace", "n", "", "namespace (default: the context's)")
+	root.PersistentFlags().StringVar(&overrides.CurrentContext, "context", "", "kubeconfig context")
+	o.flags = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
+	root.AddCommand(o.checkpointCmd(), o.restoreCmd(), o.listCmd(), o.inspectCmd())
+	return root
+}
+
+func (o *options) client() (client.Client, string, error) {
+	cfg, err := o.flags.ClientConfig()
+	if err != nil {
+		return nil, "", err
+	}
+	ns, _, err := o.flags.Namespace()
+	if err != nil {
+		return nil, "", err
+	}
+	scheme := runtime.NewScheme()
+	if err := stasisv1.AddToScheme(scheme); err != nil {
+		return nil, "", err
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	return c, ns, err
+}
+
+func (o *options) checkpointCmd() *cobra.Command {
+	var name, repository string
+	var containers []string
+	var insecure, wait bool
+	cmd := &cobra.Command{
+		Use:   "checkpoint pod/NAME",
+		Short: "Checkpoint a pod's containers (all frozen at one moment)",
+		Example: `  kubectl stasis checkpoint pod/web -n shop
+  kubectl stasis checkpoint pod/web -n shop --image registry.local/ckpt/web`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pod, ok := strings.CutPrefix(args[0], "pod/")
+			if !ok {
+				pod, ok = strings.CutPrefix(args[0], "pods/")
+			}
+			if !ok || pod == "" {
+				return fmt.Errorf("name the pod as pod/NAME, not %q", args[0])
+			}
+			c, ns, err := o.client()
+			if err != nil {
+				return err
+			}
+			ck := &stasisv1.Checkpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+				Spec: stasisv1.CheckpointSpec{PodName: pod, Containers: containers}}
+			if name == "" {
+				ck.GenerateName = pod + "-"
+			}
+			if repository != "" {
+				ck.Spec.Destination.Image = &stasisv1.ImageDestination{Repository: repository, Insecure: insecure}
+			}
+			if err := c.Create(cmd.Context(), ck); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "checkpoint.stasis.dev/%s created\n", ck.Name)
+			if !wait {
+				return nil
+			}
+			return o.waitCheckpoint(cmd.Context(), c, ck)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "the Checkpoint's name (default: the pod's name and a suffix)")
+	f.StringSliceVarP(&containers, "container", "c", nil, "only these containers (default: all)")
+	f.StringVar(&repository, "image", "", "push the checkpoint images to this repository (default: keep them on the node)")
+	f.BoolVar(&insecure, "insecure", false, "the registry is plain HTTP or its certificate unverified")
+	f.BoolVar(&wait, "wait", true, "wait until it succeeds or fails")
+	return cmd
+}
+
+func (o *options) waitCheckpoint(ctx context.Context, c client.Client, ck *stasisv1.Checkpoint) error {
+	for {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(ck), ck); err != nil {
+			return err
+		}
+		switch ck.Status.Phase {
+		case stasisv1.PhaseSucceeded:
+			for _, ct := range ck.Status.Containers {
+				fmt.Fprintf(o.out, "%s: %s (%s, %d bytes)\n", ct.Name, ct.Image, ct.Digest, ct.Size)
+			}
+			return nil
+		case stasisv1.PhaseFailed:
+			return fmt.Errorf("checkpoint %s failed: %s: %s", ck.Name, ck.Status.Reason, ck.Status.Message)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (o *options) restoreCmd() *cobra.Command {
+	var pod, from string
+	var wait bool
+	cmd := &cobra.Command{
+		Use:     "restore CHECKPOINT --pod NAME",
+		Short:   "Restore a Checkpoint as a new pod (in -n, from --from-namespace)",
+		Example: `  kubectl stasis restore web-1 --pod web-copy -n qa --from-namespace shop`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if pod == "" {
+				return fmt.Errorf("--pod names the new pod")
+			}
+			c, ns, err := o.client()
+			if err != nil {
+				return err
+			}
+			rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pod},
+				Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: from, Name: args[0]}, PodName: pod}}
+			if err := c.Create(cmd.Context(), rs); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "restore.stasis.dev/%s created\n", rs.Name)
+			for wait {
+				if err := c.Get(cmd.Context(), client.ObjectKeyFromObject(rs), rs); err != nil {
+					return err
+				}
+				switch rs.Status.Phase {
+				case stasisv1.PhaseSucceeded:
+					fmt.Fprintf(o.out, "pod/%s is Ready on node %s\n", pod, rs.Status.NodeName)
+					return nil
+				case stasisv1.PhaseFailed:
+					return fmt.Errorf("restore %s failed: %s: %s", rs.Name, rs.Status.Reason, rs.Status.Message)
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pod, "pod", "", "name of the new pod (and of the Restore)")
+	cmd.Flags().StringVar(&from, "from-namespace", "", "namespace of the Checkpoint (default: -n)")
+	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the pod is Ready or the restore failed")
+	return cmd
+}
+
+func (o *options) listCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List Checkpoints and Restores in the namespace",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ns, err := o.client()
+			if err != nil {
+				return err
+			}
+			var cks stasisv1.CheckpointList
+			if err := c.List(cmd.Context(), &cks, client.InNamespace(ns)); err != nil {
+				return err
+			}
+			var rss stasisv1.RestoreList
+			if err := c.List(cmd.Context(), &rss, client.InNamespace(ns)); err != nil {
+				return err
+			}
+			tw := tabwriter.NewWriter(o.out, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "KIND\tNAME\tPOD\tPHASE\tNODE\tREASON")
+			for _, ck := range cks.Items {
+				fmt.Fprintf(tw, "Checkpoint\t%s\t%s\t%s\t%s\t%s\n", ck.Name, ck.Spec.PodName, ck.Status.Phase, ck.Status.NodeName, ck.Status.Reason)
+			}
+			for _, rs := range rss.Items {
+				fmt.Fprintf(tw, "Restore\t%s\t%s\t%s\t%s\t%s\n", rs.Name, rs.Spec.PodName, rs.Status.Phase, rs.Status.NodeName, rs.Status.Reason)
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func (o *options) inspectCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect CHECKPOINT",
+		Short: "Show a Checkpoint's record: containers, images, digests, timings, the pod it captured",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, ns, err := o.client()
+			if err != nil {
+				return err
+			}
+			var ck stasisv1.Checkpoint
+			if err := c.Get(cmd.Context(), client.ObjectKey{Namespace: ns, Name: args[0]}, &ck); err != nil {
+				return err
+			}
+			b, err := yaml.Marshal(map[string]any{"spec": ck.Spec, "status": ck.Status})
+			if err != nil {
+				return err
+			}
+			_, err = o.out.Write(b)
+			return err
+		},
+	}
+}
