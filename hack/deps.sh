@@ -3,7 +3,7 @@
 # busybox-static, zstd, podman (a peer the tests compare against), docker-registry
 # (the registry the tests start), etcd-server (under the API server the tests
 # start), containernetworking-plugins (pod networking on the test cluster's
-# node) and CRIU >= 4.1.
+# node), libseccomp-dev (to build CRI-O) and CRIU >= 4.1.
 # Idempotent: each step is skipped when what it installs is already there.
 set -euo pipefail
 
@@ -19,7 +19,7 @@ pkgs=(runc iptables busybox-static zstd tar xz-utils ca-certificates podman
       uidmap fuse-overlayfs conmon docker-registry etcd-server containernetworking-plugins iproute2
       gcc make pkg-config libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev protobuf-compiler
       libnl-3-dev libnet1-dev libcap-dev libbsd-dev libgnutls28-dev libnftables-dev uuid-dev
-      python3-protobuf dpkg-dev patch)
+      python3-protobuf dpkg-dev patch libseccomp-dev)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

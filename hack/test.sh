@@ -10,11 +10,12 @@ export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 if ! command -v checkpointctl >/dev/null || ! go version -m "$(command -v checkpointctl)" | grep -q "checkpointctl.*v1.6.0"; then
   GOBIN=/usr/local/bin go install github.com/checkpoint-restore/checkpointctl@v1.6.0
 fi
-# The cluster tests run a real Kubernetes node (control plane, kubelet) and
-# containerd 2.4, built from the Go module proxy (about 12 minutes the first
-# time, seconds with Go's build cache).
+# The cluster tests run a real Kubernetes node (control plane, kubelet),
+# containerd 2.4 and CRI-O 1.34, built from the Go module proxy (about 15
+# minutes the first time, seconds with Go's build cache).
 bash hack/k8s/build.sh
 bash hack/containerd/build.sh
+bash hack/crio/build.sh
 # Tests run the stasis binary as users do; it must be static (the demo
 # copies it into a container).
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis

@@ -46,8 +46,13 @@ var containerNameAnnotations = []string{
 }
 
 // restoredMarker, in a bundle, says the container there was restored by
-// the wrapper, so its `start` must not reach runc.
-const restoredMarker = ".stasis-restored"
+// the wrapper, so its `start` must not reach runc; startedMarker says that
+// `start` came. In between, `state` reports "created", as after a runc
+// create: CRI-O refuses to start a container that is running already.
+const (
+	restoredMarker = ".stasis-restored"
+	startedMarker  = ".stasis-started"
+)
 
 // Config is the wrapper's configuration, read from DefaultConfigPath (or
 // $STASIS_RUNTIME_CONFIG): shims start the runtime with no arguments of
@@ -118,8 +123,16 @@ func Main(argv []string) int {
 	case "create":
 		return w.create(inv)
 	case "start":
-		if w.restored(inv) {
+		if st, ok := w.restored(inv); ok {
+			// The restored process runs already; from now on, say so.
+			if err := os.WriteFile(filepath.Join(st.Bundle, startedMarker), nil, 0o600); err != nil {
+				return w.fail(inv, err)
+			}
 			return 0
+		}
+	case "state":
+		if st, ok := w.restored(inv); ok {
+			return w.state(st)
 		}
 	}
 	return w.exec(argv)
@@ -271,26 +284,53 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 	return engine.New(engine.Options{Root: w.cfg.Root, RunRoot: w.cfg.RunRoot, Runtime: w.runc, Identities: ids, DecryptionKeys: keys})
 }
 
-// restored says whether a `start` is for a container the wrapper restored,
-// which is running already.
-func (w *wrapper) restored(inv invocation) bool {
+// runcState is `runc state`'s answer, kept whole to be printed again.
+type runcState struct {
+	fields map[string]json.RawMessage
+	Status string
+	Bundle string
+}
+
+// restored reports the container's state when the wrapper restored it and
+// no `start` has come yet.
+func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 	if len(inv.args) == 0 {
-		return false
+		return nil, false
 	}
 	id := inv.args[len(inv.args)-1]
 	out, err := exec.Command(w.runc, append(append([]string{}, inv.globals...), "state", id)...).Output()
 	if err != nil {
-		return false
+		return nil, false
 	}
-	var st struct {
-		Status string `json:"status"`
-		Bundle string `json:"bundle"`
+	st := &runcState{}
+	if json.Unmarshal(out, &st.fields) != nil {
+		return nil, false
 	}
-	if json.Unmarshal(out, &st) != nil || st.Bundle == "" {
-		return false
+	json.Unmarshal(st.fields["status"], &st.Status)
+	json.Unmarshal(st.fields["bundle"], &st.Bundle)
+	if st.Bundle == "" || st.Status != "running" {
+		return nil, false
 	}
-	_, err = os.Stat(filepath.Join(st.Bundle, restoredMarker))
-	return err == nil && st.Status == "running"
+	if _, err := os.Stat(filepath.Join(st.Bundle, restoredMarker)); err != nil {
+		return nil, false
+	}
+	if _, err := os.Stat(filepath.Join(st.Bundle, startedMarker)); err == nil {
+		return nil, false
+	}
+	return st, true
+}
+
+// state prints the state of a restored, not yet started container as
+// runc prints a created one's.
+func (w *wrapper) state(st *runcState) int {
+	st.fields["status"] = json.RawMessage(`"created"`)
+	b, err := json.MarshalIndent(st.fields, "", "  ")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Println(string(b))
+	return 0
 }
 
 // fail reports err where the caller looks: stderr, and runc's --log file,

@@ -37,9 +37,9 @@ func (n *Node) Stop() {
 		}
 	}
 	n.killPods() // when containerd never started
-	n.unmountAll()
+	unmountUnder(n.Dir, n.Run)
 	exec.Command("ip", "link", "del", bridge).Run()
-	removeCgroups()
+	removeCgroups(cgroupRoot)
 	if n.Run != "" {
 		os.RemoveAll(n.Run)
 	}
@@ -63,12 +63,17 @@ func (n *Node) killPods() {
 			}
 		}
 	}
+	killCgroup(cgroupRoot)
+}
+
+// killCgroup kills every process under the cgroup root (in any hierarchy).
+func killCgroup(root string) {
 	for attempt := 0; attempt < 20; attempt++ {
-		pids := cgroupPids()
+		pids := cgroupPids(root)
 		if len(pids) == 0 {
 			return
 		}
-		thawCgroups()
+		thawCgroups(root)
 		for _, pid := range pids {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -76,12 +81,9 @@ func (n *Node) killPods() {
 	}
 }
 
-func cgroupDirs() []string {
+func cgroupDirs(root string) []string {
 	var dirs []string
-	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + cgroupRoot)
-	if _, err := os.Stat("/sys/fs/cgroup/unified/" + cgroupRoot); err == nil {
-		roots = append(roots, "/sys/fs/cgroup/unified/"+cgroupRoot)
-	}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/" + root)
 	for _, r := range roots {
 		filepath.Walk(r, func(p string, fi os.FileInfo, err error) error {
 			if err == nil && fi.IsDir() {
@@ -93,10 +95,10 @@ func cgroupDirs() []string {
 	return dirs
 }
 
-func cgroupPids() []int {
+func cgroupPids(root string) []int {
 	seen := map[int]bool{}
 	var pids []int
-	for _, d := range cgroupDirs() {
+	for _, d := range cgroupDirs(root) {
 		b, _ := os.ReadFile(filepath.Join(d, "cgroup.procs"))
 		for _, f := range strings.Fields(string(b)) {
 			if pid, err := strconv.Atoi(f); err == nil && !seen[pid] {
@@ -108,16 +110,16 @@ func cgroupPids() []int {
 	return pids
 }
 
-func thawCgroups() {
-	for _, d := range cgroupDirs() {
+func thawCgroups(root string) {
+	for _, d := range cgroupDirs(root) {
 		if strings.Contains(d, "/freezer/") {
 			os.WriteFile(filepath.Join(d, "freezer.state"), []byte("THAWED"), 0)
 		}
 	}
 }
 
-func removeCgroups() {
-	dirs := cgroupDirs()
+func removeCgroups(root string) {
+	dirs := cgroupDirs(root)
 	// Deepest first: a cgroup with children cannot go.
 	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
 	for _, d := range dirs {
@@ -125,9 +127,9 @@ func removeCgroups() {
 	}
 }
 
-// unmountAll detaches every mount under the node's directories, deepest
-// first (overlay rootfs, shm, netns, the kubelet's volumes).
-func (n *Node) unmountAll() {
+// unmountUnder detaches every mount under the directories, deepest first
+// (overlay rootfs, shm, netns, the kubelet's volumes).
+func unmountUnder(bases ...string) {
 	f, err := os.Open("/proc/self/mountinfo")
 	if err != nil {
 		return
@@ -140,7 +142,7 @@ func (n *Node) unmountAll() {
 			continue
 		}
 		mp := unescapeMount(fields[4])
-		for _, base := range []string{n.Dir, n.Run} {
+		for _, base := range bases {
 			if base != "" && strings.HasPrefix(mp, base+"/") {
 				targets = append(targets, mp)
 			}
