@@ -11,7 +11,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/stasis-dev/stasis/pkg/ociwrap"
-	"github.com/stasis-dev/stasis/test/internal/kubenode"
+	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
 // A pod checkpointed under containerd (a Checkpoint on the node) restores

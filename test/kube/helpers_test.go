@@ -15,7 +15,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/stasis-dev/stasis/test/internal/kubenode"
+	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
 var ctx = context.Background()

@@ -1,6 +1,6 @@
 // Package kube tests stasis on a real single-node Kubernetes (containerd
 // 2.4, which has no restore of its own) started once for the package by
-// test/internal/kubenode.
+// test/kubenode.
 package kube
 
 import (
@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/stasis-dev/stasis/test/internal/kubenode"
+	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
 var (

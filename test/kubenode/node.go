@@ -38,6 +38,9 @@ type Options struct {
 	// stasis-runc restores from.
 	StasisRoot, StasisRunRoot string
 	Log                       io.Writer // progress lines; nil for none
+	// ControlPlaneOnly starts etcd and kube-apiserver alone: the
+	// envtest-style setup controller tests need, without a node.
+	ControlPlaneOnly bool
 }
 
 // Node is a running single-node cluster.
@@ -106,6 +109,9 @@ func Start(ctx context.Context, o Options) (_ *Node, err error) {
 		{"images", n.importImages},
 		{"kubelet", n.startKubelet},
 		{"node Ready", n.waitReady},
+	}
+	if o.ControlPlaneOnly {
+		steps = steps[:2]
 	}
 	for _, s := range steps {
 		t := time.Now()

@@ -104,7 +104,7 @@ func mustDiffIDs(img v1.Image) []v1.Hash {
 // buildPause compiles the sandbox's pause program, static.
 func buildPause(dir string) ([]byte, error) {
 	out := filepath.Join(dir, "pause")
-	cmd := exec.Command("go", "build", "-o", out, "github.com/stasis-dev/stasis/test/internal/kubenode/pause")
+	cmd := exec.Command("go", "build", "-o", out, "github.com/stasis-dev/stasis/test/kubenode/pause")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("build pause: %v: %s", err, b)
