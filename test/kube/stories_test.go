@@ -412,3 +412,25 @@ func stopController(t *testing.T) {
 		}
 	})
 }
+
+// A Restore whose checkpoint image is gone from the node fails with the
+// runtime's reason in its status, and the source pod is untouched.
+func TestRestoreOfVanishedImageFailsClearly(t *testing.T) {
+	ns := namespace(t, "vanished")
+	createPod(t, counterPod(ns, "web"))
+	waitReady(t, ns, "web")
+	at := waitCount(t, ns, "web", "counter", 1)
+	ck := checkpointPod(t, ns, "web-1", "web", nil)
+	stasis(t, "rmi", ck.Status.Containers[0].Image)
+	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "copy"},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "web-1"}, PodName: "copy"}}); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := waitRestore(ns, "copy")
+	if err != nil || rs.Status.Phase != stasisv1.PhaseFailed || rs.Status.Reason != "RestoreFailed" ||
+		!strings.Contains(rs.Status.Message, ck.Status.Containers[0].Image) {
+		t.Fatalf("restore of a vanished image: %v %+v", err, rs.Status)
+	}
+	t.Logf("status says: %s", rs.Status.Message)
+	waitCount(t, ns, "web", "counter", at+2)
+}
