@@ -122,6 +122,9 @@ type Checkpoint struct {
 
 // +kubebuilder:object:root=true
 
+// Done says whether the Checkpoint has reached a final phase.
+func (c *Checkpoint) Done() bool { return c.Status.Phase.Done() }
+
 // CheckpointList is a list of Checkpoints.
 type CheckpointList struct {
 	metav1.TypeMeta `json:",inline"`

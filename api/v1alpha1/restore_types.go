@@ -13,6 +13,11 @@ type RestoreSpec struct {
 	// PodName is the new pod's name, in the Restore's namespace.
 	// +kubebuilder:validation:MinLength=1
 	PodName string `json:"podName"`
+	// LazyPages starts the containers before their memory is back: pages
+	// come in on first touch and in the background (userfaultfd), so a
+	// large heap does not delay the start.
+	// +optional
+	LazyPages bool `json:"lazyPages,omitempty"`
 }
 
 // CheckpointReference names a Checkpoint.
@@ -61,6 +66,9 @@ type Restore struct {
 }
 
 // +kubebuilder:object:root=true
+
+// Done says whether the Restore has reached a final phase.
+func (r *Restore) Done() bool { return r.Status.Phase.Done() }
 
 // RestoreList is a list of Restores.
 type RestoreList struct {

@@ -165,6 +165,9 @@ func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, err
 		pod.Annotations[k] = v
 	}
 	pod.Labels[LabelRestore] = rs.Name
+	if rs.Spec.LazyPages {
+		pod.Annotations[ociwrap.LazyPagesAnnotation] = "true"
+	}
 	rc := RuntimeClass
 	pod.Spec.RuntimeClassName = &rc
 	// The old pod's hostname must not come along: the new pod has its own.

@@ -39,6 +39,11 @@ import (
 // (containerd: the runtime's pod_annotations; CRI-O: allowed_annotations).
 const RestoreAnnotationPrefix = "restore.stasis.dev/"
 
+// LazyPagesAnnotation "true" on the pod restores its containers with lazy
+// pages: they run before their memory is back, which a userfaultfd server
+// fills in on first touch and in the background (criu.LazyPages).
+const LazyPagesAnnotation = "stasis.dev/lazy-pages"
+
 // Annotations the CRI runtimes put on a container's spec naming it.
 var containerNameAnnotations = []string{
 	"io.kubernetes.cri.container-name", // containerd
@@ -70,6 +75,9 @@ type Config struct {
 	// encrypted checkpoints and checkpoint images.
 	Identities     []string `json:"identities,omitempty"`
 	DecryptionKeys []string `json:"decryptionKeys,omitempty"`
+	// LazyPages restores every container with lazy pages, as the pod
+	// annotation LazyPagesAnnotation does for one pod.
+	LazyPages bool `json:"lazyPages,omitempty"`
 }
 
 // DefaultConfigPath is where the agent DaemonSet installs the config.
@@ -107,6 +115,10 @@ func LoadConfig() (Config, error) {
 // Main runs the wrapper on runc's arguments (without argv[0]) and returns
 // its exit code; pass-through calls never return.
 func Main(argv []string) int {
+	if len(argv) == 2 && argv[0] == criu.LazyPagesCommand {
+		// The page server of a lazy restore, started by an earlier call.
+		return criu.LazyPagesMain(argv[1])
+	}
 	cfg, err := LoadConfig()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "stasis-runc: %v\n", err)
@@ -212,7 +224,14 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 	}
 	work := filepath.Join(bundle, "stasis-checkpoint")
 	os.RemoveAll(work) // a retried create starts afresh
-	defer os.RemoveAll(work)
+	// A lazy restore leaves the images to its page server, which removes
+	// them once every page is in.
+	keepWork := false
+	defer func() {
+		if !keepWork {
+			os.RemoveAll(work)
+		}
+	}()
 	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
 	p, err := eng.Prepare(ctx, ref, registry.Options{TLSVerify: tlsVerify}, work)
 	if err != nil {
@@ -234,6 +253,14 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 	}
 	args := append([]string{}, inv.globals...)
 	args = append(args, "restore", "--detach", "--bundle", bundle, "--image-path", p.Images(), "--work-path", string(p.Dir))
+	var lazy *criu.LazyPagesServer
+	if spec.Annotations[LazyPagesAnnotation] == "true" || w.cfg.LazyPages {
+		if lazy, err = criu.StartLazyPages(criu.LazyPages{Images: p.Images(), Work: string(p.Dir),
+			LogDir: filepath.Join(w.cfg.Root, "logs")}); err != nil {
+			return err
+		}
+		args = append(args, "--lazy-pages")
+	}
 	if c.pidFile != "" {
 		args = append(args, "--pid-file", c.pidFile)
 	}
@@ -251,11 +278,18 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 	restoreLog, _ := os.ReadFile(filepath.Join(string(p.Dir), archive.RestoreLog))
 	os.WriteFile(filepath.Join(bundle, "stasis-restore.log"), restoreLog, 0o600)
 	if runErr != nil {
+		if lazy != nil {
+			lazy.Stop()
+		}
 		msg := fmt.Sprintf("runc restore: %v", runErr)
 		for _, l := range criu.ErrorLines(restoreLog, 3) {
 			msg += "; " + l
 		}
 		return errors.New(msg)
+	}
+	if lazy != nil {
+		lazy.Detach()
+		keepWork = true
 	}
 	if err := os.WriteFile(filepath.Join(bundle, restoredMarker), nil, 0o600); err != nil {
 		return err

@@ -32,8 +32,8 @@ func TestFigures(t *testing.T) {
 	}
 	ns := namespace(t, "figures")
 	type row struct {
-		name       string
-		cold, warm time.Duration
+		name             string
+		cold, warm, lazy time.Duration
 	}
 	var rows []row
 	var notes []string
@@ -53,29 +53,40 @@ func TestFigures(t *testing.T) {
 		ck := checkpointPod(t, ns, src+"-ck", src, nil)
 		notes = append(notes, fmt.Sprintf("%s: Checkpoint created to Succeeded %.2f s, archive %.1f MiB, dump %d ms",
 			w.name, time.Since(t0).Seconds(), float64(ck.Status.Containers[0].Size)/(1<<20), ck.Status.Containers[0].DurationMillis))
-		start = time.Now()
-		if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: src + "-copy"},
-			Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: src + "-ck"}, PodName: src + "-copy"}}); err != nil {
-			t.Fatal(err)
+		r := row{name: w.name + ": start to Ready", cold: cold}
+		for _, lazy := range []bool{false, true} {
+			copyName := src + map[bool]string{false: "-copy", true: "-lazy"}[lazy]
+			start = time.Now()
+			if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: copyName},
+				Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: src + "-ck"}, PodName: copyName, LazyPages: lazy}}); err != nil {
+				t.Fatal(err)
+			}
+			took := waitReadyFast(t, ns, copyName, start)
+			if lazy {
+				r.lazy = took
+			} else {
+				r.warm = took
+			}
+			node.Client.CoreV1().Pods(ns).Delete(ctx, copyName, metav1.DeleteOptions{})
 		}
-		warm := waitReadyFast(t, ns, src+"-copy", start)
-		rows = append(rows, row{w.name + ": start to Ready", cold, warm})
-		for _, p := range []string{src, src + "-copy"} {
-			node.Client.CoreV1().Pods(ns).Delete(ctx, p, metav1.DeleteOptions{})
-		}
+		rows = append(rows, r)
+		node.Client.CoreV1().Pods(ns).Delete(ctx, src, metav1.DeleteOptions{})
 	}
 
 	jvmCk := &stasisv1.Checkpoint{}
 	if err := kc.Get(ctx, client.ObjectKey{Namespace: ns, Name: "jvm-src-ck"}, jvmCk); err != nil {
 		t.Fatal(err)
 	}
-	for _, warm := range []bool{false, true} {
-		name := map[bool]string{false: "jvm-cold", true: "jvm-warm"}[warm]
+	for _, mode := range []string{"cold", "warm", "lazy"} {
+		name := "jvm-" + mode
 		d := jvmDeployment(ns, name, jvmImage)
-		if warm {
+		if mode != "cold" {
 			rc := "stasis"
 			d.Spec.Template.Spec.RuntimeClassName = &rc
 			d.Spec.Template.Annotations = map[string]string{ociwrap.RestoreAnnotationPrefix + "jvm": jvmCk.Status.Containers[0].Image}
+			if mode == "lazy" {
+				d.Spec.Template.Annotations[ociwrap.LazyPagesAnnotation] = "true"
+			}
 		}
 		if _, err := node.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -85,10 +96,13 @@ func TestFigures(t *testing.T) {
 		scale(t, ns, name, 5)
 		waitReplicas(t, ns, name, 5)
 		took := time.Since(start)
-		if warm {
-			rows[len(rows)-1].warm = took
-		} else {
+		switch mode {
+		case "cold":
 			rows = append(rows, row{name: "JVM Deployment: scale 1 to 5 Ready", cold: took})
+		case "warm":
+			rows[len(rows)-1].warm = took
+		case "lazy":
+			rows[len(rows)-1].lazy = took
 		}
 		node.Client.AppsV1().Deployments(ns).Delete(ctx, name, metav1.DeleteOptions{})
 		poll(t, 2*time.Minute, "replicas of "+name+" gone", func() bool {
@@ -98,11 +112,12 @@ func TestFigures(t *testing.T) {
 	}
 
 	fmt.Printf("\nKubernetes %s node, containerd 2.4, one run (seconds)\n", node.Name)
-	fmt.Printf("%-40s %8s %8s %8s\n", "", "cold", "stasis", "cold/stasis")
+	fmt.Printf("%-40s %8s %8s %8s %11s %11s\n", "", "cold", "stasis", "lazy", "cold/stasis", "cold/lazy")
 	for _, r := range rows {
-		fmt.Printf("%-40s %8.2f %8.2f %7.1fx\n", r.name, r.cold.Seconds(), r.warm.Seconds(), r.cold.Seconds()/r.warm.Seconds())
+		fmt.Printf("%-40s %8.2f %8.2f %8.2f %10.1fx %10.1fx\n", r.name, r.cold.Seconds(), r.warm.Seconds(), r.lazy.Seconds(),
+			r.cold.Seconds()/r.warm.Seconds(), r.cold.Seconds()/r.lazy.Seconds())
 	}
-	fmt.Println("stasis column: a Restore (or the RuntimeClass, for the Deployment) restoring the checkpoint")
+	fmt.Println("stasis: a Restore (the RuntimeClass, for the Deployment) restoring the checkpoint; lazy: the same with lazy pages")
 	for _, n := range notes {
 		fmt.Println(n)
 	}

@@ -157,23 +157,23 @@ func serviceAccountToken(ctx context.Context, ns, name, clusterRole string) (str
 	return tr.Status.Token, nil
 }
 
-// waitPhase waits for a Checkpoint or Restore to reach a final phase.
-func waitCheckpoint(ns, name string) (*stasisv1.Checkpoint, error) {
-	var ck stasisv1.Checkpoint
+// done waits for a Checkpoint or a Restore to reach a final phase.
+func done[T interface {
+	client.Object
+	Done() bool
+}](obj T) (T, error) {
 	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err := kc.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &ck); err == nil && ck.Status.Phase.Done() {
-			return &ck, nil
+		if err := kc.Get(ctx, client.ObjectKeyFromObject(obj), obj); err == nil && obj.Done() {
+			return obj, nil
 		}
 	}
-	return &ck, fmt.Errorf("checkpoint %s/%s not done: %+v", ns, name, ck.Status)
+	return obj, fmt.Errorf("%s/%s not done: %+v", obj.GetNamespace(), obj.GetName(), obj)
+}
+
+func waitCheckpoint(ns, name string) (*stasisv1.Checkpoint, error) {
+	return done(&stasisv1.Checkpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 }
 
 func waitRestore(ns, name string) (*stasisv1.Restore, error) {
-	var rs stasisv1.Restore
-	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if err := kc.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &rs); err == nil && rs.Status.Phase.Done() {
-			return &rs, nil
-		}
-	}
-	return &rs, fmt.Errorf("restore %s/%s not done: %+v", ns, name, rs.Status)
+	return done(&stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}})
 }

@@ -434,3 +434,32 @@ func TestRestoreOfVanishedImageFailsClearly(t *testing.T) {
 	t.Logf("status says: %s", rs.Status.Message)
 	waitCount(t, ns, "web", "counter", at+2)
 }
+
+// A Restore with lazy pages: the container runs before its memory is
+// back; CRIU's restore log shows the userfaultfd registration.
+func TestLazyPagesRestore(t *testing.T) {
+	ns := namespace(t, "lazy")
+	createPod(t, counterPod(ns, "web"))
+	waitReady(t, ns, "web")
+	at := waitCount(t, ns, "web", "counter", 2)
+	checkpointPod(t, ns, "web-1", "web", nil)
+	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "copy"},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "web-1"}, PodName: "copy", LazyPages: true}}); err != nil {
+		t.Fatal(err)
+	}
+	mustRestore(t, ns, "copy")
+	got := waitCount(t, ns, "copy", "counter", at+1)
+	p, err := node.Client.CoreV1().Pods(ns).Get(ctx, "copy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, id, _ := strings.Cut(p.Status.ContainerStatuses[0].ContainerID, "://")
+	log, err := os.ReadFile(filepath.Join(node.Run, "containerd", "io.containerd.runtime.v2.task", "k8s.io", id, "stasis-restore.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(log), "uffd") {
+		t.Fatalf("the restore log shows no userfaultfd (lazy pages) at all")
+	}
+	t.Logf("lazily restored counter went on to %d", got)
+}

@@ -220,15 +220,7 @@ func (c *CRIO) Stop() {
 		// which would then wait out its grace period.
 		killCgroup(crioCgroup)
 		c.Crictl("rmp", "-fa")
-		c.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { c.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			c.cmd.Process.Kill()
-			<-done
-		}
+		terminate(c.cmd)
 	}
 	if c.log != nil {
 		c.log.Close()

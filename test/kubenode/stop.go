@@ -22,15 +22,7 @@ func (n *Node) Stop() {
 	// which it would otherwise retry forever.
 	for i := len(n.procs) - 1; i >= 0; i-- {
 		p := n.procs[i]
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { p.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			p.cmd.Process.Kill()
-			<-done
-		}
+		terminate(p.cmd)
 		p.log.Close()
 		if p.name == "containerd" {
 			n.killPods()
@@ -45,6 +37,19 @@ func (n *Node) Stop() {
 	}
 	if n.Dir != "" && os.Getenv("STASIS_KEEP_KUBENODE") == "" {
 		os.RemoveAll(n.Dir)
+	}
+}
+
+// terminate stops a component with SIGTERM, or SIGKILL after 20 s.
+func terminate(cmd *exec.Cmd) {
+	cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		cmd.Process.Kill()
+		<-done
 	}
 }
 
