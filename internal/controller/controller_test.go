@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -212,6 +213,22 @@ func TestUnreachableAgentFailsClearly(t *testing.T) {
 	failedWith(t, ck, "CheckpointFailed", "stasis agent on node "+n)
 	if !strings.Contains(ck.Status.Message, "connection refused") || ck.Status.NodeName != n {
 		t.Fatalf("failure does not say why or where: %+v", ck.Status)
+	}
+	// An administrator sees why in the Checkpoint's events, too.
+	var evs eventsv1.EventList
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		k.List(ctx, &evs, client.InNamespace(n))
+		found := false
+		for _, e := range evs.Items {
+			found = found || (e.Regarding.Name == "c" && e.Reason == "CheckpointFailed" && e.Type == corev1.EventTypeWarning &&
+				strings.Contains(e.Note, "connection refused"))
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no Warning event CheckpointFailed for the Checkpoint: %+v", evs.Items)
+		}
 	}
 	tmpl := ck.Status.PodTemplate
 	if tmpl == nil || len(tmpl.Spec.Volumes) != 0 || len(tmpl.Spec.Containers[0].VolumeMounts) != 0 ||

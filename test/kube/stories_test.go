@@ -469,3 +469,84 @@ func TestLazyPagesRestore(t *testing.T) {
 	}
 	t.Logf("lazily restored counter went on to %d", got)
 }
+
+// tcpScript serves HTTP on 8080 and holds an established loopback TCP
+// connection on port 9000 (0x2328) between two nc processes; every second
+// it logs how many sockets of that connection the kernel has established.
+const tcpScript = `mkdir -p /www && echo served > /www/index.html && httpd -p 8080 -h /www
+sleep 100000 | nc -l -p 9000 > /dev/null &
+sleep 1
+sleep 100000 | nc 127.0.0.1 9000 &
+while true; do echo "established $(cat /proc/net/tcp /proc/net/tcp6 | grep -cE ':2328 [0-9A-F]+:[0-9A-F]+ 01 |:[0-9A-F]+ [0-9A-F]+:2328 01 ')"; sleep 1; done`
+
+// established is the last count a tcpScript pod logged.
+func established(t *testing.T, ns, pod string) int {
+	t.Helper()
+	b, _ := node.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
+	n := -1
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "established" {
+			n, _ = strconv.Atoi(f[1])
+		}
+	}
+	return n
+}
+
+// Across a restore, a listening socket goes on serving at the new pod's
+// address; an established connection is closed (the pod's address
+// changed), which its processes see.
+func TestTCPAcrossRestore(t *testing.T) {
+	ns := namespace(t, "tcp")
+	p := counterPod(ns, "web")
+	p.Spec.Containers[0].Command = []string{"sh", "-c", tcpScript}
+	createPod(t, p)
+	waitReady(t, ns, "web")
+	for deadline := time.Now().Add(20 * time.Second); established(t, ns, "web") != 2; time.Sleep(200 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b, _ := node.Client.CoreV1().Pods(ns).GetLogs("web", &corev1.PodLogOptions{}).DoRaw(ctx)
+			t.Fatalf("no established connection in the source pod:\n%s", tail(string(b), 5))
+		}
+	}
+	checkpointPod(t, ns, "web-1", "web", nil)
+	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "copy"},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "web-1"}, PodName: "copy"}}); err != nil {
+		t.Fatal(err)
+	}
+	mustRestore(t, ns, "copy")
+	cp, err := node.Client.CoreV1().Pods(ns).Get(ctx, "copy", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	src, _ := node.Client.CoreV1().Pods(ns).Get(ctx, "web", metav1.GetOptions{})
+	if cp.Status.PodIP == "" || cp.Status.PodIP == src.Status.PodIP {
+		t.Fatalf("restored pod's IP %q, source's %q", cp.Status.PodIP, src.Status.PodIP)
+	}
+	var body string
+	poll(t, 10*time.Second, "HTTP at the restored pod's address", func() bool {
+		resp, err := http.Get("http://" + net.JoinHostPort(cp.Status.PodIP, "8080") + "/")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b := make([]byte, 64)
+		n, _ := resp.Body.Read(b)
+		body = string(b[:n])
+		return resp.StatusCode == 200
+	})
+	if strings.TrimSpace(body) != "served" {
+		t.Fatalf("restored httpd answered %q", body)
+	}
+	poll(t, 10*time.Second, "the restored pod's count of established sockets", func() bool { return established(t, ns, "copy") == 0 })
+	// In the source pod the connection is still up.
+	if n := established(t, ns, "web"); n != 2 {
+		t.Fatalf("the source pod has %d established sockets, want both ends (2)", n)
+	}
+}
+
+func tail(s string, n int) string {
+	l := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(l) > n {
+		l = l[len(l)-n:]
+	}
+	return strings.Join(l, "\n")
+}
