@@ -39,6 +39,9 @@ import (
 // (containerd: the runtime's pod_annotations; CRI-O: allowed_annotations).
 const RestoreAnnotationPrefix = "restore.stasis.dev/"
 
+// RecordFile, in a restored container's bundle, holds its Record.
+const RecordFile = "stasis-restore.json"
+
 // LazyPagesAnnotation "true" on the pod restores its containers with lazy
 // pages: they run before their memory is back, which a userfaultfd server
 // fills in on first touch and in the background (criu.LazyPages).
@@ -50,14 +53,19 @@ var containerNameAnnotations = []string{
 	"io.kubernetes.container.name",     // CRI-O
 }
 
-// restoredMarker, in a bundle, says the container there was restored by
-// the wrapper, so its `start` must not reach runc; startedMarker says that
-// `start` came. In between, `state` reports "created", as after a runc
-// create: CRI-O refuses to start a container that is running already.
-const (
-	restoredMarker = ".stasis-restored"
-	startedMarker  = ".stasis-started"
-)
+// Record is what the wrapper did, kept in the bundle (RecordFile) for
+// as long as the container: where from, how, and how long each step took.
+type Record struct {
+	Checkpoint string           `json:"checkpoint"`
+	LazyPages  bool             `json:"lazyPages"`
+	Phases     map[string]int64 `json:"phases"`
+}
+
+// startedMarker, in the bundle of a container the wrapper restored (which
+// has a RecordFile), says that its `start` came: that call must not reach
+// runc. Until then `state` reports "created", as after a runc create: CRI-O
+// refuses to start a container that is running already.
+const startedMarker = ".stasis-started"
 
 // Config is the wrapper's configuration, read from DefaultConfigPath (or
 // $STASIS_RUNTIME_CONFIG): shims start the runtime with no arguments of
@@ -218,6 +226,8 @@ func containerName(spec *ociSpec) string {
 
 func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *ociSpec, ref string) error {
 	ctx := context.Background()
+	start := time.Now()
+	rec := Record{Checkpoint: ref, Phases: map[string]int64{}}
 	eng, err := w.engine()
 	if err != nil {
 		return err
@@ -260,6 +270,7 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 			return err
 		}
 		args = append(args, "--lazy-pages")
+		rec.LazyPages = true
 	}
 	if c.pidFile != "" {
 		args = append(args, "--pid-file", c.pidFile)
@@ -271,16 +282,21 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 		args = append(args, "--no-pivot")
 	}
 	args = append(args, c.id)
+	rec.Phases["prepare_ms"] = time.Since(start).Milliseconds()
+	t := time.Now()
 	cmd := exec.Command(w.runc, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	runErr := cmd.Run()
-	// The CRIU log is kept beside the bundle, for as long as the container.
+	rec.Phases["criu_restore_ms"] = time.Since(t).Milliseconds()
+	if runErr != nil && lazy != nil {
+		lazy.Stop() // killed, it leaves the work directory and its log
+	}
+	// The CRIU log is kept beside the bundle, for as long as the container
+	// (a lazy restore's page server may have removed it already: it is
+	// done when every page is in, which can be before this line).
 	restoreLog, _ := os.ReadFile(filepath.Join(string(p.Dir), archive.RestoreLog))
 	os.WriteFile(filepath.Join(bundle, "stasis-restore.log"), restoreLog, 0o600)
 	if runErr != nil {
-		if lazy != nil {
-			lazy.Stop()
-		}
 		msg := fmt.Sprintf("runc restore: %v", runErr)
 		for _, l := range criu.ErrorLines(restoreLog, 3) {
 			msg += "; " + l
@@ -291,7 +307,8 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 		lazy.Detach()
 		keepWork = true
 	}
-	if err := os.WriteFile(filepath.Join(bundle, restoredMarker), nil, 0o600); err != nil {
+	b, _ := json.Marshal(rec)
+	if err := os.WriteFile(filepath.Join(bundle, RecordFile), b, 0o600); err != nil {
 		return err
 	}
 	if c.pidFile != "" {
@@ -345,7 +362,7 @@ func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 	if st.Bundle == "" || st.Status != "running" {
 		return nil, false
 	}
-	if _, err := os.Stat(filepath.Join(st.Bundle, restoredMarker)); err != nil {
+	if _, err := os.Stat(filepath.Join(st.Bundle, RecordFile)); err != nil {
 		return nil, false
 	}
 	if _, err := os.Stat(filepath.Join(st.Bundle, startedMarker)); err == nil {
