@@ -63,6 +63,11 @@ func (e *Engine) Recover(ctx context.Context) ([]string, error) {
 		// dump's freeze that outlived the dump.
 		if c.Status == "paused" {
 			if err := e.rt.Resume(ctx, c.ID); err != nil {
+				// The dying dump's CRIU may thaw it itself as we look.
+				if st, serr := e.rt.State(ctx, c.ID); serr == nil && st.Status != "paused" {
+					did = append(did, "found "+c.Name+" thawed already")
+					continue
+				}
 				return did, fmt.Errorf("thaw %s: %w", c.Name, err)
 			}
 			did = append(did, "thawed "+c.Name)
