@@ -17,7 +17,7 @@ import (
 
 func agentCmd(g *globals) *cobra.Command {
 	var listen, cert, key, clientCA, tokens, auditLog, kubeconfig string
-	var criRuncRoot, mountinfo string
+	var criRuncRoot, mountinfo, hostRoot string
 	var inCluster bool
 	var cfg agent.Config
 	var grace time.Duration
@@ -95,7 +95,7 @@ registry when asked.`,
 				if err != nil {
 					return err
 				}
-				cfg.Pods = &podcheckpoint.Checkpointer{Engine: e, Mountinfo: mountinfo,
+				cfg.Pods = &podcheckpoint.Checkpointer{Engine: e, Mountinfo: mountinfo, HostRoot: hostRoot,
 					Runtime: &runtime.Runtime{Binary: runc, Root: criRuncRoot}}
 			}
 			srv, err := agent.New(cfg)
@@ -119,6 +119,7 @@ registry when asked.`,
 	f.DurationVar(&grace, "grace", time.Minute, "how long SIGTERM waits for running operations")
 	f.BoolVar(&inCluster, "in-cluster", false, "as --kubeconfig, with the credentials of the pod the agent runs in")
 	f.StringVar(&criRuncRoot, "cri-runc-root", "", "on a Kubernetes node: the runc --root of the CRI runtime's containers (containerd: /run/containerd/runc/k8s.io; CRI-O: its runtime_root); enables pod checkpoints")
+	f.StringVar(&hostRoot, "host-root", "/", "where the host's root filesystem is seen (in a container: the mount of the host's /)")
 	f.StringVar(&mountinfo, "mountinfo", "/proc/1/mountinfo", "where the containers' rootfs mounts are listed (the host's)")
 	return cmd
 }

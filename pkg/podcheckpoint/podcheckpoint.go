@@ -83,6 +83,10 @@ type Checkpointer struct {
 	// Mountinfo is where the containers' rootfs mounts are listed: the
 	// host's (/proc/1/mountinfo from a DaemonSet with hostPID).
 	Mountinfo string
+	// HostRoot is where the host's root is seen ("" or "/" on the host;
+	// /host in the agent's DaemonSet): the paths runc and mountinfo give
+	// are the host's.
+	HostRoot string
 }
 
 // LocalImage is the name a container's checkpoint has in the node store.
@@ -194,7 +198,8 @@ func (c *Checkpointer) dump(ctx context.Context, r Request, cs []Container) ([]C
 			ImagePath: filepath.Join(t.dir, archive.CheckpointDir), WorkPath: t.dir,
 			LeaveRunning: true, TCPEstablished: true}, filepath.Join(t.dir, "runc.log"))
 		if err != nil {
-			return nil, fmt.Errorf("dump %s: %w", t.Name, err)
+			log, _ := os.ReadFile(filepath.Join(t.dir, archive.DumpLog))
+			return nil, fmt.Errorf("dump %s: %w; CRIU: %s", t.Name, err, strings.Join(criu.ErrorLines(log, 3), "; "))
 		}
 		if err := writeRootfsDiff(t); err != nil {
 			return nil, fmt.Errorf("rootfs of %s: %w", t.Name, err)
@@ -236,7 +241,7 @@ func (c *Checkpointer) inspect(ctx context.Context, ctr Container, dir string) (
 	if st.Status != "running" {
 		return nil, fmt.Errorf("container %s is %s, not running", ctr.Name, st.Status)
 	}
-	b, err := os.ReadFile(filepath.Join(st.Bundle, "config.json"))
+	b, err := os.ReadFile(filepath.Join(c.HostRoot, st.Bundle, "config.json"))
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
 	}
@@ -251,6 +256,14 @@ func (c *Checkpointer) inspect(ctx context.Context, ctr Container, dir string) (
 	lay, err := rootfs.OverlayAt(root, c.Mountinfo)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
+	}
+	if c.HostRoot != "" && c.HostRoot != "/" {
+		lay.Upper = filepath.Join(c.HostRoot, lay.Upper)
+		lowers := filepath.SplitList(lay.Lower)
+		for i := range lowers {
+			lowers[i] = filepath.Join(c.HostRoot, lowers[i])
+		}
+		lay.Lower = strings.Join(lowers, string(filepath.ListSeparator))
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err

@@ -250,7 +250,9 @@ func (n *Node) startControlPlane(ctx context.Context) error {
 	}
 	p := n.pki.path
 	if err := n.start("kube-apiserver", nil, filepath.Join(n.opts.K8sBin, "kube-apiserver"),
-		"--etcd-servers", client, "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(n.ports.api),
+		// All addresses: in-cluster pods reach it at the node's address
+		// (there is no kube-proxy for the service address).
+		"--etcd-servers", client, "--bind-address", "0.0.0.0", "--secure-port", fmt.Sprint(n.ports.api),
 		"--advertise-address", n.IP,
 		"--tls-cert-file", p("apiserver.pem"), "--tls-private-key-file", p("apiserver-key.pem"),
 		"--client-ca-file", n.CA,
@@ -298,6 +300,10 @@ func (n *Node) startControllers(context.Context) error {
 		"--kubeconfig", sc, "--authentication-kubeconfig", sc, "--authorization-kubeconfig", sc,
 		"--leader-elect=false", "--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(n.ports.sched))
 }
+
+// APIPort is the API server's port, on every address of the node: pods
+// reach it at the node's address (no kube-proxy serves the service address).
+func (n *Node) APIPort() int { return n.ports.api }
 
 // Socket is containerd's address.
 func (n *Node) Socket() string { return filepath.Join(n.Run, "containerd.sock") }
