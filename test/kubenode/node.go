@@ -305,6 +305,17 @@ func (n *Node) startControllers(context.Context) error {
 // reach it at the node's address (no kube-proxy serves the service address).
 func (n *Node) APIPort() int { return n.ports.api }
 
+// ContainerdPid is containerd's process: one in the host's mount
+// namespace that this host lets a pod enter (its PID 1 it does not).
+func (n *Node) ContainerdPid() int {
+	for _, p := range n.procs {
+		if p.name == "containerd" {
+			return p.cmd.Process.Pid
+		}
+	}
+	return 0
+}
+
 // Socket is containerd's address.
 func (n *Node) Socket() string { return filepath.Join(n.Run, "containerd.sock") }
 
