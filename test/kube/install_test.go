@@ -101,7 +101,16 @@ func TestInstalledStackCheckpointsAndRestores(t *testing.T) {
 			t.Fatalf("%s %s: %v", r.GetKind(), r.GetName(), err)
 		}
 		if k := r.GetKind(); k == "DaemonSet" || k == "Deployment" {
-			t.Cleanup(func() { kc.Delete(ctx, obj) })
+			// Gone, pods and all, before the host-process controller
+			// comes back (stopController's cleanup runs after this one).
+			t.Cleanup(func() {
+				kc.Delete(ctx, obj)
+				sel := "app.kubernetes.io/name=" + obj.GetName()
+				poll(t, time.Minute, obj.GetName()+" pods gone", func() bool {
+					l, err := node.Client.CoreV1().Pods("stasis-system").List(ctx, metav1.ListOptions{LabelSelector: sel})
+					return err == nil && len(l.Items) == 0
+				})
+			})
 		}
 	}
 	waitPods(t, "stasis-system", "app.kubernetes.io/name=stasis-agent")
