@@ -12,6 +12,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
 func checkpointCmd(g *globals) *cobra.Command {
@@ -161,6 +162,7 @@ image store (restore them with 'stasis restore IMAGE').`,
 func restoreCmd(g *globals) *cobra.Command {
 	var o engine.RestoreOptions
 	var stats bool
+	var volumes []string
 	cmd := &cobra.Command{
 		Use:   "restore [CONTAINER | CHECKPOINT-IMAGE]",
 		Short: "Restore a container from a checkpoint",
@@ -176,10 +178,21 @@ checkpoint image records it); otherwise import it first.
 With --lazy-pages the container runs before its memory is back: CRIU
 restores it without its heap, and a helper fills each page on first touch
 (userfaultfd) while copying the rest in behind it. A large process answers
-far sooner; it cannot be checkpointed again until every page is in.`,
+far sooner; it cannot be checkpointed again until every page is in.
+
+A checkpoint this machine's store did not make (--import, a checkpoint image,
+an upload to the agent) is not trusted to say how it runs: it is restored
+with stasis' own defaults (namespaces, capabilities, devices, masked paths),
+and its spec.dump is read only for the process and the list of mounts CRIU
+must find again. Each of its bind mounts, other than /etc/hosts,
+/etc/hostname, /etc/resolv.conf, /dev/shm and /run/.containerenv (stasis
+provides those), needs --volume SRC:DST for its destination; --privileged
+takes host namespaces, capabilities, devices and seccomp from the
+checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 		Example: `  stasis restore web
   stasis restore --import web.tar.zst --name web2
   stasis restore --import jvm.tar.zst --lazy-pages
+  stasis restore --import db.tar.zst --volume /srv/db:/var/lib/db
   stasis restore registry.example.com/ckpt/web:v1 --name web2`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -191,7 +204,20 @@ far sooner; it cannot be checkpointed again until every page is in.`,
 					return fmt.Errorf("through --host, name a stored checkpoint, a container or a checkpoint image (no --import)")
 				}
 				req := agent.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
-					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks}
+					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, Privileged: o.Privileged}
+				for _, v := range volumes {
+					m, err := runtime.ParseMount(v)
+					if err != nil {
+						return err
+					}
+					if m.ReadOnly {
+						return fmt.Errorf("through --host, a volume takes no :ro (the checkpoint says how it was mounted)")
+					}
+					if req.Volumes == nil {
+						req.Volumes = map[string]string{}
+					}
+					req.Volumes[m.Destination] = m.Source
+				}
 				return remoteRestore(cmd.Context(), c, req, stats)
 			}
 			e, err := g.engine()
@@ -200,6 +226,13 @@ far sooner; it cannot be checkpointed again until every page is in.`,
 			}
 			if len(args) == 1 {
 				o.Container = args[0]
+			}
+			for _, v := range volumes {
+				m, err := runtime.ParseMount(v)
+				if err != nil {
+					return err
+				}
+				o.Volumes = append(o.Volumes, m)
 			}
 			res, err := e.Restore(cmd.Context(), o)
 			if err != nil {
@@ -218,6 +251,8 @@ far sooner; it cannot be checkpointed again until every page is in.`,
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "restore file locks")
 	f.BoolVar(&o.LazyPages, "lazy-pages", false, "start the container first, bring its memory in on demand")
+	f.StringArrayVarP(&volumes, "volume", "v", nil, "source HOST-PATH for the checkpoint's bind mount at CONTAINER-PATH: HOST-PATH:CONTAINER-PATH[:ro] (repeatable)")
+	f.BoolVar(&o.Privileged, "privileged", false, "take host namespaces, capabilities, devices and seccomp from a checkpoint made elsewhere as it recorded them")
 	registryFlags(f, &o.Registry)
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
 	return cmd

@@ -35,7 +35,7 @@ with only loopback; "host" shares the host's.`,
 			}
 			o.Image, o.Args = args[0], args[1:]
 			for _, v := range volumes {
-				m, err := parseVolume(v)
+				m, err := runtime.ParseMount(v)
 				if err != nil {
 					return err
 				}
@@ -70,24 +70,6 @@ with only loopback; "host" shares the host's.`,
 	f.StringArrayVarP(&labels, "label", "l", nil, "set a label KEY=VALUE (stasis.dev/checkpoint=never opts out of checkpoints, stasis.dev/migrate=never of exports)")
 	f.BoolVarP(&detach, "detach", "d", true, "run in the background (the only mode)")
 	return cmd
-}
-
-func parseVolume(v string) (runtime.Mount, error) {
-	parts := strings.Split(v, ":")
-	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || !strings.HasPrefix(parts[1], "/") {
-		return runtime.Mount{}, fmt.Errorf("invalid volume %q: want /host/path:/container/path[:ro]", v)
-	}
-	m := runtime.Mount{Source: parts[0], Destination: parts[1]}
-	if len(parts) == 3 {
-		switch parts[2] {
-		case "ro":
-			m.ReadOnly = true
-		case "rw":
-		default:
-			return m, fmt.Errorf("invalid volume option %q: want ro or rw", parts[2])
-		}
-	}
-	return m, nil
 }
 
 func psCmd(g *globals) *cobra.Command {

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	units "github.com/docker/go-units"
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/internal/demo"
@@ -23,6 +24,8 @@ import (
 type globals struct {
 	root, runRoot, runtime     string
 	identities, decryptionKeys []string
+	// maxUnpack is --max-unpack as given ("" for the default).
+	maxUnpack string
 	// host is an agent to work through (see remote.go).
 	host     string
 	hostOpts agent.ClientOptions
@@ -53,7 +56,12 @@ func (g *globals) engine() (*engine.Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime, Identities: ids, DecryptionKeys: keys})
+	maxUnpack, err := parseSize("--max-unpack", g.maxUnpack)
+	if err != nil {
+		return nil, err
+	}
+	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime, Identities: ids, DecryptionKeys: keys,
+		MaxUnpack: maxUnpack})
 }
 
 func main() {
@@ -103,6 +111,7 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.PersistentFlags().StringVar(&g.runtime, "runtime", "runc", "OCI runtime binary (runc or crun)")
 	root.PersistentFlags().StringArrayVar(&g.identities, "identity", nil, "age identity file that opens encrypted checkpoints (repeatable)")
 	root.PersistentFlags().StringArrayVar(&g.decryptionKeys, "decryption-key", nil, "private key (PEM) that opens encrypted checkpoint images (repeatable)")
+	root.PersistentFlags().StringVar(&g.maxUnpack, "max-unpack", "", "most that unpacking one checkpoint may write (512m, 20g; default and upper bound: the free space of the filesystem less 5%)")
 	root.PersistentFlags().StringVar(&g.host, "host", "", "work through the agent at https://HOST:PORT (ps, checkpoints, checkpoint, restore)")
 	root.PersistentFlags().StringVar(&g.hostOpts.CA, "host-ca", "", "CA that signed the agent's certificate (PEM)")
 	root.PersistentFlags().StringVar(&g.hostOpts.Cert, "host-cert", "", "client certificate for the agent (PEM)")
@@ -114,4 +123,17 @@ exactly that point: in place, under a new name, or on another machine.`,
 		inspectCmd(g), diffCmd(g), historyCmd(g), rewindCmd(g), agentCmd(g), demoCmd(g),
 	)
 	return root
+}
+
+// parseSize reads a size as Podman does (go-units: 512m, 20g, or bytes);
+// "" is 0, the default.
+func parseSize(flag, s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := units.RAMInBytes(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%s %q: want a size such as 512m or 20g", flag, s)
+	}
+	return n, nil
 }

@@ -14,6 +14,7 @@ import (
 	"filippo.io/age"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
 // CheckpointRequest is the body of POST /v1/containers/{name}/checkpoint.
@@ -40,6 +41,11 @@ type RestoreRequest struct {
 	LazyPages      bool   `json:"lazy_pages"`
 	TCPEstablished bool   `json:"tcp_established"`
 	FileLocks      bool   `json:"file_locks"`
+	// Volumes maps a bind mount's destination in the checkpoint to the
+	// host path it gets (the CLI's --volume SRC:DST).
+	Volumes map[string]string `json:"volumes,omitempty"`
+	// Privileged is the CLI's --privileged.
+	Privileged bool `json:"privileged"`
 }
 
 // containerView is a container as the API lists it.
@@ -260,7 +266,11 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, _ *Identity) (s
 	if (req.Checkpoint == "") == (req.Image == "") {
 		return "", fmt.Errorf("%w: give one of checkpoint and image", errBadRequest)
 	}
-	o := engine.RestoreOptions{Name: req.Name, LazyPages: req.LazyPages, TCPEstablished: req.TCPEstablished, FileLocks: req.FileLocks}
+	o := engine.RestoreOptions{Name: req.Name, LazyPages: req.LazyPages, TCPEstablished: req.TCPEstablished, FileLocks: req.FileLocks,
+		Privileged: req.Privileged}
+	for dst, src := range req.Volumes {
+		o.Volumes = append(o.Volumes, runtime.Mount{Source: src, Destination: dst})
+	}
 	o.Registry.TLSVerify = true
 	target := req.Checkpoint + req.Image
 	if ent, err := s.cfg.Engine.Checkpoints.Get(req.Checkpoint); err == nil {
@@ -278,9 +288,19 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, _ *Identity) (s
 
 // restoreUpload restores an archive streamed in the request body (a
 // migration from another node); ?name= names the container, ?digest= is
-// the archive's sha256.
+// the archive's sha256, ?volume=SRC:DST (repeatable) and ?privileged=true
+// are the CLI's --volume and --privileged.
 func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
-	name := r.URL.Query().Get("name")
+	q := r.URL.Query()
+	name := q.Get("name")
+	var volumes []runtime.Mount
+	for _, v := range q["volume"] {
+		m, err := runtime.ParseMount(v)
+		if err != nil {
+			return name, fmt.Errorf("%w: %v", errBadRequest, err)
+		}
+		volumes = append(volumes, m)
+	}
 	f, err := s.cfg.Engine.TempFile("upload-*.tar")
 	if err != nil {
 		return name, err
@@ -296,8 +316,8 @@ func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identi
 	s.metrics.bytes.WithLabelValues("read").Add(float64(n))
 	// ?digest=sha256:... (what GET .../archive sent as its Digest) is
 	// checked before anything of the upload is used.
-	o := engine.RestoreOptions{Import: f.Name(), Name: name, LazyPages: r.URL.Query().Get("lazy_pages") == "true",
-		ImportDigest: r.URL.Query().Get("digest")}
+	o := engine.RestoreOptions{Import: f.Name(), Name: name, LazyPages: q.Get("lazy_pages") == "true",
+		ImportDigest: q.Get("digest"), Volumes: volumes, Privileged: q.Get("privileged") == "true"}
 	return name, s.run(w, r, "restore", name, func(ctx context.Context) (any, error) {
 		return s.cfg.Engine.Restore(ctx, o)
 	})

@@ -22,6 +22,7 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/untar"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 )
 
@@ -185,8 +186,10 @@ var (
 func statusOf(err error) int {
 	switch {
 	case errors.Is(err, errBadRequest), errors.Is(err, archive.ErrInvalid), errors.Is(err, archive.ErrEncrypted),
-		errors.Is(err, archive.ErrDigest):
+		errors.Is(err, archive.ErrDigest), errors.Is(err, engine.ErrNotAllowed):
 		return http.StatusBadRequest
+	case errors.Is(err, untar.ErrTooLarge):
+		return http.StatusRequestEntityTooLarge
 	case errors.Is(err, errNotFound), errors.Is(err, engine.ErrNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, engine.ErrBusy):

@@ -80,6 +80,12 @@ var (
 	gzipMagic = []byte{0x1f, 0x8b}
 )
 
+// MaxZstdWindow is the largest zstd window accepted: a decoder allocates
+// the window a stream asks for, so a small hostile stream could otherwise
+// claim gigabytes of memory. stasis writes 4 MiB frames; zstd's own CLI
+// needs --long beyond 128 MiB.
+const MaxZstdWindow = 128 << 20
+
 // decompressor sniffs the stream's first bytes, so archives are read the
 // same whatever their name says.
 func decompressor(r io.Reader) (io.ReadCloser, Compression, error) {
@@ -90,7 +96,8 @@ func decompressor(r io.Reader) (io.ReadCloser, Compression, error) {
 	}
 	switch {
 	case bytes.HasPrefix(head, zstdMagic):
-		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)))
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(runtime.GOMAXPROCS(0)),
+			zstd.WithDecoderMaxWindow(MaxZstdWindow))
 		if err != nil {
 			return nil, "", err
 		}

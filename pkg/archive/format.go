@@ -7,6 +7,7 @@ package archive
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -92,7 +93,7 @@ type Dir string
 // Config reads config.dump.
 func (d Dir) Config() (*Config, error) {
 	var c Config
-	if err := readJSON(filepath.Join(string(d), ConfigDump), &c); err != nil {
+	if err := d.readJSON(ConfigDump, &c); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -101,11 +102,11 @@ func (d Dir) Config() (*Config, error) {
 // Spec reads spec.dump.
 func (d Dir) Spec() (*specs.Spec, error) {
 	var s specs.Spec
-	if err := readJSON(filepath.Join(string(d), SpecDump), &s); err != nil {
+	if err := d.readJSON(SpecDump, &s); err != nil {
 		return nil, err
 	}
 	if s.Process == nil || s.Root == nil {
-		return nil, fmt.Errorf("%s: spec has no process or root", SpecDump)
+		return nil, fmt.Errorf("%w: %s: spec has no process or root", ErrInvalid, SpecDump)
 	}
 	return &s, nil
 }
@@ -113,11 +114,21 @@ func (d Dir) Spec() (*specs.Spec, error) {
 // Deleted reads deleted.files; a missing file means nothing was deleted.
 func (d Dir) Deleted() ([]string, error) {
 	var del []string
-	err := readJSON(filepath.Join(string(d), DeletedFiles), &del)
-	if os.IsNotExist(err) {
+	err := d.readJSON(DeletedFiles, &del)
+	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	return del, err
+}
+
+// ReadMember reads one member file (see the package function).
+func (d Dir) ReadMember(name string, max int64) ([]byte, error) {
+	return ReadMember(string(d), name, max)
+}
+
+// OpenMember opens one member file (see the package function).
+func (d Dir) OpenMember(name string) (*os.File, error) {
+	return OpenMember(string(d), name)
 }
 
 // Images is the directory of CRIU images.
@@ -126,15 +137,21 @@ func (d Dir) Images() string { return filepath.Join(string(d), CheckpointDir) }
 // RootfsDiff is the path of rootfs-diff.tar; it may not exist.
 func (d Dir) RootfsDiff() string { return filepath.Join(string(d), RootfsDiff) }
 
-// Validate checks that the members a restore needs are present.
+// Validate checks that the members a restore needs are present and are
+// what they claim to be: regular files, and a directory of CRIU images.
 func (d Dir) Validate() error {
-	for _, m := range []string{ConfigDump, SpecDump, CheckpointDir} {
-		if _, err := os.Stat(filepath.Join(string(d), m)); err != nil {
+	if err := memberDir(string(d), CheckpointDir); err != nil {
+		return err
+	}
+	for _, m := range []string{ConfigDump, SpecDump, CheckpointDir + "/inventory.img"} {
+		f, err := OpenMember(string(d), m)
+		if errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("%w: not a checkpoint archive: %s is missing", ErrInvalid, m)
 		}
-	}
-	if _, err := os.Stat(filepath.Join(d.Images(), "inventory.img")); err != nil {
-		return fmt.Errorf("%w: not a checkpoint archive: %s/inventory.img is missing", ErrInvalid, CheckpointDir)
+		if err != nil {
+			return err
+		}
+		f.Close()
 	}
 	return nil
 }
@@ -148,13 +165,13 @@ func WriteJSON(dir, name string, v any) error {
 	return os.WriteFile(filepath.Join(dir, name), b, 0o600)
 }
 
-func readJSON(p string, v any) error {
-	b, err := os.ReadFile(p)
+func (d Dir) readJSON(name string, v any) error {
+	b, err := ReadMember(string(d), name, maxMetadata)
 	if err != nil {
 		return err
 	}
 	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("parse %s: %w", filepath.Base(p), err)
+		return fmt.Errorf("%w: parse %s: %v", ErrInvalid, name, err)
 	}
 	return nil
 }

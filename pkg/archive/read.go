@@ -2,6 +2,7 @@ package archive
 
 import (
 	"archive/tar"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -25,6 +26,8 @@ type ReadOptions struct {
 	// a mismatch wins over any other error, since it says why the rest
 	// failed.
 	Digest string
+	// MaxUnpack bounds what Extract writes (see untar.Options.MaxBytes).
+	MaxUnpack int64
 }
 
 // Open returns the tar stream of an archive file, whatever its
@@ -105,9 +108,10 @@ func (r *readCloser) Verify() error {
 
 // Extract unpacks the archive at path into dir (which must exist and be
 // empty, and private: nothing in it is used before Extract returns) and
-// checks that it is a checkpoint. Any error leaves dir for the caller to
-// remove.
-func Extract(path, dir string, o ReadOptions) (Dir, error) {
+// checks that it is a checkpoint: only regular files and directories, no
+// more than the limit, the members a restore needs. It stops when ctx is
+// done. Any error leaves dir for the caller to remove.
+func Extract(ctx context.Context, path, dir string, o ReadOptions) (Dir, error) {
 	rc, _, err := Open(path, o)
 	if err != nil {
 		return "", fmt.Errorf("open archive: %w", err)
@@ -120,15 +124,20 @@ func Extract(path, dir string, o ReadOptions) (Dir, error) {
 		}
 		return "", err
 	}
-	if err := untar.Extract(r, dir, untar.Options{NoDevices: true}); err != nil {
-		if errors.Is(err, untar.ErrUnsafePath) {
-			return fail(fmt.Errorf("archive %s is unsafe: %w", path, errors.Join(ErrInvalid, err)))
+	if err := untar.Extract(ctx, r, dir, untar.Options{Kind: untar.Members, MaxBytes: o.MaxUnpack}); err != nil {
+		switch {
+		case ctx.Err() != nil:
+			return "", fmt.Errorf("archive %s: %w", path, err)
+		case errors.Is(err, untar.ErrUnsafePath):
+			return fail(fmt.Errorf("archive %s is unsafe: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
+		case errors.Is(err, untar.ErrTooLarge):
+			return fail(fmt.Errorf("archive %s: %w", path, err))
 		}
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, errors.Join(ErrInvalid, err)))
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
 	}
 	// Drain what follows the tar's end so a corrupt compressed tail is noticed.
 	if _, err := io.Copy(io.Discard, r); err != nil {
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, errors.Join(ErrInvalid, err)))
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
 	}
 	if err := r.Verify(); err != nil {
 		return "", fmt.Errorf("archive %s: %w", path, err)
@@ -158,7 +167,7 @@ func ReadMetadata(path string) (*Config, *specs.Spec, error) {
 			break
 		}
 		if err != nil {
-			return nil, nil, fmt.Errorf("archive %s is corrupt or truncated: %w", path, err)
+			return nil, nil, fmt.Errorf("archive %s is corrupt or truncated: %w: %w", path, ErrInvalid, err)
 		}
 		var dst any
 		name, _ := untar.CleanName(h.Name) // "./config.dump" in Podman's archives
@@ -172,12 +181,15 @@ func ReadMetadata(path string) (*Config, *specs.Spec, error) {
 		default:
 			continue
 		}
+		if h.Typeflag != tar.TypeReg {
+			return nil, nil, fmt.Errorf("archive %s is unsafe: %w: %s is not a regular file", path, ErrInvalid, h.Name)
+		}
 		if err := json.NewDecoder(io.LimitReader(tr, 64<<20)).Decode(dst); err != nil {
-			return nil, nil, fmt.Errorf("archive %s: %s: %w", path, h.Name, err)
+			return nil, nil, fmt.Errorf("archive %s: %w: %s: %w", path, ErrInvalid, h.Name, err)
 		}
 	}
 	if cfg == nil || spec == nil {
-		return nil, nil, fmt.Errorf("archive %s is not a checkpoint: it lacks %s or %s", path, ConfigDump, SpecDump)
+		return nil, nil, fmt.Errorf("archive %s is not a checkpoint: %w: it lacks %s or %s", path, ErrInvalid, ConfigDump, SpecDump)
 	}
 	return cfg, spec, nil
 }

@@ -40,6 +40,9 @@ type Options struct {
 	Identities []age.Identity
 	// DecryptionKeys open encrypted checkpoint images (private keys, PEM).
 	DecryptionKeys [][]byte
+	// MaxUnpack bounds what unpacking one checkpoint may write, in bytes,
+	// below the free space of the filesystem less 5 % (0: just that).
+	MaxUnpack int64
 }
 
 // Engine manages containers under one root.
@@ -47,6 +50,7 @@ type Engine struct {
 	root, runRoot  string
 	identities     []age.Identity
 	decryptionKeys [][]byte
+	maxUnpack      int64
 	Images         *image.Store
 	Checkpoints    store.Store
 	rt             *runtime.Runtime
@@ -71,7 +75,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("open checkpoint store: %w", err)
 	}
 	return &Engine{
-		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, decryptionKeys: o.DecryptionKeys, Images: imgs, Checkpoints: ck,
+		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, decryptionKeys: o.DecryptionKeys, maxUnpack: o.MaxUnpack, Images: imgs, Checkpoints: ck,
 		rt: &runtime.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
 	}, nil
 }

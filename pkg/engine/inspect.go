@@ -20,7 +20,7 @@ func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Opti
 		return nil, nil, err
 	}
 	close = func() { lock.Close(); os.RemoveAll(work) }
-	if _, err := e.extract(src, work); err != nil {
+	if _, err := e.extract(ctx, src, work); err != nil {
 		close()
 		return nil, nil, err
 	}

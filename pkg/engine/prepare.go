@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -21,23 +22,37 @@ type Prepared struct {
 	// Deleted lists the files the checkpointed container had removed from
 	// its image, already checked to stay inside a rootfs.
 	Deleted []string
+	// maxUnpack is the engine's bound on what the rootfs diff writes.
+	maxUnpack int64
+	// lock is held on the work directory while it is in use (Recover
+	// removes it once free).
+	lock *os.File
 }
 
 // Prepare finds ref as Restore does (a stored checkpoint by ID, the latest
 // of a container name, a checkpoint image in the store, or one to pull) and
-// unpacks it into dir, checking its digest and decrypting it with the
-// engine's keys. A pulled image stays in the store, so the next replica
-// restored from it does not pull again.
-func (e *Engine) Prepare(ctx context.Context, ref string, reg registry.Options, dir string) (*Prepared, error) {
+// unpacks it into a new work directory under the engine's root (on disk:
+// a checkpoint may be larger than the tmpfs a bundle lives on), checking
+// its digest and decrypting it with the engine's keys. A pulled image stays
+// in the store, so the next replica restored from it does not pull again.
+// Close removes the work directory.
+func (e *Engine) Prepare(ctx context.Context, ref string, reg registry.Options) (_ *Prepared, err error) {
 	var pulled []string
 	src, err := e.restoreSource(ctx, RestoreOptions{Container: ref, Registry: reg}, &pulled)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	dir, lock, err := e.workDir("prepare-")
+	if err != nil {
 		return nil, err
 	}
-	d, err := e.extract(src, dir)
+	p := &Prepared{Dir: archive.Dir(dir), maxUnpack: e.maxUnpack, lock: lock}
+	defer func() {
+		if err != nil {
+			p.Close()
+		}
+	}()
+	d, err := e.extract(ctx, src, dir)
 	if err != nil {
 		return nil, fmt.Errorf("unpack checkpoint %s: %w", ref, err)
 	}
@@ -51,22 +66,48 @@ func (e *Engine) Prepare(ctx context.Context, ref string, reg registry.Options, 
 	if err := rootfs.ValidateDeleted(deleted); err != nil {
 		return nil, fmt.Errorf("checkpoint %s is unsafe: %w", ref, err)
 	}
-	return &Prepared{Dir: d, Deleted: deleted}, nil
+	p.Deleted = deleted
+	return p, nil
 }
+
+// Lock is the work directory's lock, for a process that takes the
+// directory over (a lazy-pages server inherits it and removes the
+// directory when done).
+func (p *Prepared) Lock() *os.File { return p.lock }
+
+// Close removes the work directory.
+func (p *Prepared) Close() {
+	p.lock.Close()
+	os.RemoveAll(string(p.Dir))
+}
+
+// HandOver lets go of the work directory, now another process's.
+func (p *Prepared) HandOver() { p.lock.Close() }
 
 // ApplyRootfs replays the checkpointed container's file changes onto root,
 // a fresh rootfs of the same base image.
-func (p *Prepared) ApplyRootfs(root string) error {
-	f, err := os.Open(p.RootfsDiff())
+func (p *Prepared) ApplyRootfs(ctx context.Context, root string) error {
+	return applyRootfs(ctx, p.Dir, root, p.Deleted, p.maxUnpack)
+}
+
+// applyRootfs unpacks dir's rootfs diff (opened as a member: never through
+// a link) onto root and removes the deleted paths.
+func applyRootfs(ctx context.Context, dir archive.Dir, root string, deleted []string, maxUnpack int64) error {
+	var diff io.Reader // a container that wrote nothing has no diff
+	f, err := dir.OpenMember(archive.RootfsDiff)
 	switch {
 	case err == nil:
 		defer f.Close()
-		err = rootfs.Apply(root, f, p.Deleted)
-	case os.IsNotExist(err): // a container that wrote nothing has no diff
-		err = rootfs.Apply(root, nil, p.Deleted)
+		diff = f
+	case !errors.Is(err, os.ErrNotExist):
+		return err
 	}
+	err = rootfs.Apply(ctx, root, diff, deleted, maxUnpack)
 	if errors.Is(err, untar.ErrUnsafePath) {
-		return fmt.Errorf("checkpoint is unsafe: %w", err)
+		return fmt.Errorf("checkpoint is unsafe: %w: %s: %w", archive.ErrInvalid, archive.RootfsDiff, err)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("%s: %w", archive.RootfsDiff, err)
+	}
+	return nil
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,6 +49,13 @@ type RestoreOptions struct {
 	// ImportDigest is the sha256 the Import archive must have; by default
 	// the one recorded beside it (archive.DigestSuffix), if any.
 	ImportDigest string
+	// Volumes give the sources of the checkpoint's bind mounts, by
+	// destination. A checkpoint from elsewhere needs one for each bind
+	// mount stasis does not provide itself (see confineSpec).
+	Volumes []runtime.Mount
+	// Privileged takes host namespaces, capabilities, devices, seccomp and
+	// security labels from a checkpoint made elsewhere as it recorded them.
+	Privileged bool
 }
 
 // RestoreResult reports a restore.
@@ -103,7 +109,7 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 	}()
 	t := time.Now()
 	src, existing, fromImage := from.archive, from.existing, from.image
-	dir, err := e.extract(from, work)
+	dir, err := e.extract(ctx, from, work)
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -115,6 +121,14 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 	spec, err := dir.Spec()
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
+	}
+	if from.stored {
+		err = applyVolumes(spec, o.Volumes)
+	} else {
+		spec, err = confineSpec(spec, o.Volumes, o.Privileged)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("restore %s: %w", src, err)
 	}
 	deleted, err := dir.Deleted()
 	if err != nil {
@@ -227,11 +241,15 @@ type source struct {
 	// encryptedLayer describes the layer of an encrypted checkpoint
 	// image: the archive must be decrypted first.
 	encryptedLayer *v1.Descriptor
+	// stored is set for a checkpoint this node's store made: its spec.dump
+	// is stasis' own. Any other is restored into a spec of stasis' making.
+	stored bool
 }
 
 // extract unpacks a checkpoint into work, checking its digest when known,
 // decrypting it with the engine's identities, adding a shared rootfs diff.
-func (e *Engine) extract(src *source, work string) (archive.Dir, error) {
+func (e *Engine) extract(ctx context.Context, src *source, work string) (archive.Dir, error) {
+	ro := archive.ReadOptions{Identities: e.identities, Digest: src.digest, MaxUnpack: e.maxUnpack}
 	if src.encryptedLayer != nil {
 		plain := filepath.Join(work, ".decrypted-layer")
 		if err := checkpointimage.Decrypt(src.archive, *src.encryptedLayer, e.decryptionKeys, plain); err != nil {
@@ -239,9 +257,10 @@ func (e *Engine) extract(src *source, work string) (archive.Dir, error) {
 		}
 		defer os.Remove(plain)
 		// Decrypt checked the plain layer's digest.
-		return archive.Extract(plain, work, archive.ReadOptions{Identities: e.identities})
+		ro.Digest = ""
+		return archive.Extract(ctx, plain, work, ro)
 	}
-	dir, err := archive.Extract(src.archive, work, archive.ReadOptions{Identities: e.identities, Digest: src.digest})
+	dir, err := archive.Extract(ctx, src.archive, work, ro)
 	if err != nil || src.rootfsDiff == "" {
 		return dir, err
 	}
@@ -307,7 +326,7 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 	if c != nil && o.Name != "" && o.Name != c.Name {
 		c = nil // a copy under a new name, the original untouched
 	}
-	return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff, existing: c}, nil
+	return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff, existing: c, stored: true}, nil
 }
 
 func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, dir archive.Dir, spec *specs.Spec,
@@ -323,24 +342,12 @@ func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, di
 	if err := lay.Mount(); err != nil {
 		return 0, nil, err
 	}
-	var diff io.Reader // an archive of a container that wrote nothing has none
-	f, err := os.Open(dir.RootfsDiff())
-	switch {
-	case err == nil:
-		defer f.Close()
-		diff = f
-	case !os.IsNotExist(err):
-		return 0, nil, err
-	}
-	if err := rootfs.Apply(lay.Merged, diff, deleted); err != nil {
-		if errors.Is(err, untar.ErrUnsafePath) {
-			return 0, nil, fmt.Errorf("archive is unsafe: %w", err)
-		}
+	if err := applyRootfs(ctx, dir, lay.Merged, deleted, e.maxUnpack); err != nil {
 		return 0, nil, err
 	}
 	res.Phases.add("rootfs", time.Since(t))
 
-	if err := e.adaptSpec(c, spec, lay.Merged, dir); err != nil {
+	if err := e.adaptSpec(ctx, c, spec, lay.Merged, dir); err != nil {
 		return 0, nil, err
 	}
 	if err := writeSpec(p.bundle(), spec); err != nil {
@@ -383,7 +390,7 @@ func (e *Engine) restoreInto(ctx context.Context, c *Container, lower string, di
 // adaptSpec turns the checkpointed container's spec (stasis', Podman's or
 // CRI-O's) into one for this container on this host: new rootfs and
 // cgroup, the host files stasis provides, no hooks of another engine.
-func (e *Engine) adaptSpec(c *Container, spec *specs.Spec, rootfsDir string, dir archive.Dir) error {
+func (e *Engine) adaptSpec(ctx context.Context, c *Container, spec *specs.Spec, rootfsDir string, dir archive.Dir) error {
 	p := e.paths(c.ID)
 	spec.Root = &specs.Root{Path: rootfsDir}
 	spec.Hooks = nil
@@ -437,8 +444,8 @@ func (e *Engine) adaptSpec(c *Container, spec *specs.Spec, rootfsDir string, dir
 			if err := os.MkdirAll(shm, 0o1777); err != nil {
 				return err
 			}
-			if f, err := os.Open(filepath.Join(string(dir), metadata.DevShmCheckpointTar)); err == nil {
-				err = untar.Extract(f, shm, untar.Options{NoDevices: true})
+			if f, err := dir.OpenMember(metadata.DevShmCheckpointTar); err == nil {
+				err = untar.Extract(ctx, f, shm, untar.Options{Kind: untar.Tree, MaxBytes: e.maxUnpack})
 				f.Close()
 				if err != nil {
 					return fmt.Errorf("restore /dev/shm: %w", err)

@@ -1,6 +1,7 @@
 package image
 
 import (
+	"context"
 	"archive/tar"
 	"fmt"
 	"io"
@@ -47,7 +48,7 @@ func Load(src string) (img v1.Image, cleanup func(), err error) {
 			return nil, cleanup, err
 		}
 		defer f.Close()
-		if err := untar.Extract(f, tmp, untar.Options{NoDevices: true}); err != nil {
+		if err := untar.Extract(context.Background(), f, tmp, untar.Options{Kind: untar.Members}); err != nil {
 			return nil, cleanup, fmt.Errorf("read oci-archive: %w", err)
 		}
 		img, err := fromLayout(tmp)

@@ -4,6 +4,7 @@
 package image
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -331,7 +332,10 @@ func unpack(img v1.Image, dest string) error {
 	defer os.RemoveAll(tmp)
 	rc := mutate.Extract(img)
 	defer rc.Close()
-	if err := untar.Extract(rc, tmp, untar.Options{}); err != nil {
+	// A layer is a tree: modes, owners and file capabilities kept, devices
+	// refused. It runs to the end: the store is locked meanwhile, and a
+	// half-unpacked tree is removed.
+	if err := untar.Extract(context.Background(), rc, tmp, untar.Options{Kind: untar.Tree}); err != nil {
 		return fmt.Errorf("unpack image: %w", err)
 	}
 	if err := os.Chmod(tmp, 0o755); err != nil {

@@ -18,6 +18,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -86,6 +87,9 @@ type Config struct {
 	// LazyPages restores every container with lazy pages, as the pod
 	// annotation LazyPagesAnnotation does for one pod.
 	LazyPages bool `json:"lazyPages,omitempty"`
+	// MaxUnpack bounds what unpacking one checkpoint may write, in bytes
+	// (default and upper bound: the free space under Root less 5 %).
+	MaxUnpack int64 `json:"maxUnpack,omitempty"`
 }
 
 // DefaultConfigPath is where the agent DaemonSet installs the config.
@@ -225,30 +229,33 @@ func containerName(spec *ociSpec) string {
 }
 
 func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *ociSpec, ref string) error {
-	ctx := context.Background()
+	// The shim or conmon kills a create that takes too long: stop unpacking
+	// then, leaving no work directory behind.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	start := time.Now()
 	rec := Record{Checkpoint: ref, Phases: map[string]int64{}}
 	eng, err := w.engine()
 	if err != nil {
 		return err
 	}
-	work := filepath.Join(bundle, "stasis-checkpoint")
-	os.RemoveAll(work) // a retried create starts afresh
+	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
+	p, err := eng.Prepare(ctx, ref, registry.Options{TLSVerify: tlsVerify})
+	if err != nil {
+		return err
+	}
 	// A lazy restore leaves the images to its page server, which removes
 	// them once every page is in.
 	keepWork := false
 	defer func() {
-		if !keepWork {
-			os.RemoveAll(work)
+		if keepWork {
+			p.HandOver()
+		} else {
+			p.Close()
 		}
 	}()
-	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
-	p, err := eng.Prepare(ctx, ref, registry.Options{TLSVerify: tlsVerify}, work)
-	if err != nil {
-		return err
-	}
 	root := spec.rootPath(bundle)
-	if err := p.ApplyRootfs(root); err != nil {
+	if err := p.ApplyRootfs(ctx, root); err != nil {
 		return err
 	}
 	// skip-file-rwx-check: the new rootfs' directories need not have the
@@ -266,7 +273,7 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 	var lazy *criu.LazyPagesServer
 	if spec.Annotations[LazyPagesAnnotation] == "true" || w.cfg.LazyPages {
 		if lazy, err = criu.StartLazyPages(criu.LazyPages{Images: p.Images(), Work: string(p.Dir),
-			LogDir: filepath.Join(w.cfg.Root, "logs")}); err != nil {
+			LogDir: filepath.Join(w.cfg.Root, "logs")}, p.Lock()); err != nil {
 			return err
 		}
 		args = append(args, "--lazy-pages")
@@ -294,7 +301,7 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 	// The CRIU log is kept beside the bundle, for as long as the container
 	// (a lazy restore's page server may have removed it already: it is
 	// done when every page is in, which can be before this line).
-	restoreLog, _ := os.ReadFile(filepath.Join(string(p.Dir), archive.RestoreLog))
+	restoreLog, _ := p.ReadMember(archive.RestoreLog, 16<<20)
 	os.WriteFile(filepath.Join(bundle, "stasis-restore.log"), restoreLog, 0o600)
 	if runErr != nil {
 		msg := fmt.Sprintf("runc restore: %v", runErr)
@@ -332,7 +339,8 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 		}
 		keys = append(keys, b)
 	}
-	return engine.New(engine.Options{Root: w.cfg.Root, RunRoot: w.cfg.RunRoot, Runtime: w.runc, Identities: ids, DecryptionKeys: keys})
+	return engine.New(engine.Options{Root: w.cfg.Root, RunRoot: w.cfg.RunRoot, Runtime: w.runc, Identities: ids, DecryptionKeys: keys,
+		MaxUnpack: w.cfg.MaxUnpack})
 }
 
 // runcState is `runc state`'s answer, kept whole to be printed again.

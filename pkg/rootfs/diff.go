@@ -2,6 +2,7 @@ package rootfs
 
 import (
 	"archive/tar"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -146,8 +147,10 @@ func ValidateDeleted(paths []string) error {
 
 // Apply unpacks a rootfs diff into the mounted root and removes the deleted
 // paths. Paths are resolved inside root, so neither a hostile diff nor a
-// hostile deletion list can touch anything outside it.
-func Apply(root string, diff io.Reader, deleted []string) error {
+// hostile deletion list can touch anything outside it; the diff is a
+// untar.Tree (no devices, only the xattrs a container may own) and writes
+// at most maxBytes (0: the free space of root's filesystem less 5 %).
+func Apply(ctx context.Context, root string, diff io.Reader, deleted []string, maxBytes int64) error {
 	if err := ValidateDeleted(deleted); err != nil {
 		return err
 	}
@@ -157,7 +160,7 @@ func Apply(root string, diff io.Reader, deleted []string) error {
 			return fmt.Errorf("apply rootfs diff: %w", err)
 		}
 		defer plain.Close()
-		if err := untar.Extract(plain, root, untar.Options{}); err != nil {
+		if err := untar.Extract(ctx, plain, root, untar.Options{Kind: untar.Tree, MaxBytes: maxBytes}); err != nil {
 			return fmt.Errorf("apply rootfs diff: %w", err)
 		}
 	}

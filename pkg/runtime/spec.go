@@ -21,6 +21,25 @@ type Mount struct {
 	ReadOnly            bool
 }
 
+// ParseMount reads a volume as the CLI takes it: /host/path:/container/path[:ro|rw].
+func ParseMount(v string) (Mount, error) {
+	parts := strings.Split(v, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || !strings.HasPrefix(parts[1], "/") {
+		return Mount{}, fmt.Errorf("invalid volume %q: want /host/path:/container/path[:ro]", v)
+	}
+	m := Mount{Source: parts[0], Destination: parts[1]}
+	if len(parts) == 3 {
+		switch parts[2] {
+		case "ro":
+			m.ReadOnly = true
+		case "rw":
+		default:
+			return m, fmt.Errorf("invalid volume option %q: want ro or rw", parts[2])
+		}
+	}
+	return m, nil
+}
+
 // SpecOptions is what a spec is generated from.
 type SpecOptions struct {
 	ID, Hostname string
@@ -55,10 +74,22 @@ var defaultCaps = []string{
 
 // Spec generates the OCI runtime spec for a new container.
 func Spec(o SpecOptions) (*specs.Spec, error) {
+	if o.Network != NetworkNone && o.Network != NetworkHost && o.Network != "" {
+		return nil, fmt.Errorf("network %q is not supported (want none or host)", o.Network)
+	}
 	uid, gid, groups, err := resolveUser(o.Rootfs, o.User)
 	if err != nil {
 		return nil, err
 	}
+	s := DefaultSpec(o)
+	s.Process.User = specs.User{UID: uid, GID: gid, AdditionalGids: groups}
+	return s, nil
+}
+
+// DefaultSpec is the spec of a container as stasis makes one, with the
+// user as root (o.User is not resolved): what Spec builds on, and what a
+// checkpoint from elsewhere is restored into.
+func DefaultSpec(o SpecOptions) *specs.Spec {
 	cwd := o.Cwd
 	if cwd == "" {
 		cwd = "/"
@@ -71,12 +102,12 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 		env = append(env, "HOSTNAME="+o.Hostname)
 	}
 	ns := []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.UTSNamespace}, {Type: specs.MountNamespace}}
-	switch o.Network {
-	case NetworkNone, "":
+	if o.Network != NetworkHost {
 		ns = append(ns, specs.LinuxNamespace{Type: specs.NetworkNamespace, Path: o.NetNSPath})
-	case NetworkHost:
-	default:
-		return nil, fmt.Errorf("network %q is not supported (want none or host)", o.Network)
+	}
+	annotations := map[string]string{}
+	for k, v := range o.Annotations {
+		annotations[k] = v
 	}
 	s := &specs.Spec{
 		Version:  SpecVersion,
@@ -84,7 +115,6 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 		Root:     &specs.Root{Path: o.Rootfs},
 		Process: &specs.Process{
 			Args: o.Args, Env: env, Cwd: cwd,
-			User: specs.User{UID: uid, GID: gid, AdditionalGids: groups},
 			Capabilities: &specs.LinuxCapabilities{
 				Bounding: defaultCaps, Effective: defaultCaps, Permitted: defaultCaps,
 			},
@@ -108,7 +138,7 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 				"/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware", "/sys/dev/block"},
 			ReadonlyPaths: []string{"/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"},
 		},
-		Annotations: o.Annotations,
+		Annotations: annotations,
 	}
 	if o.Network == NetworkHost {
 		// sysfs cannot be mounted without a network namespace of our own.
@@ -126,7 +156,7 @@ func Spec(o SpecOptions) (*specs.Spec, error) {
 		}
 		s.Mounts = append(s.Mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: m.Source, Options: opts})
 	}
-	return s, nil
+	return s
 }
 
 func hasEnv(env []string, key string) bool {

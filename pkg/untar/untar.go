@@ -1,10 +1,13 @@
 // Package untar unpacks tar streams into a directory without letting any
 // entry land outside it. Archives here come from other machines and other
-// engines, so every name, link target and hard link is treated as hostile.
+// engines and are unpacked as root, so every name, type, mode, xattr, link
+// and size is treated as hostile: what is not known to be harmless is
+// refused with an error naming the entry, never silently rewritten.
 package untar
 
 import (
 	"archive/tar"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,22 +15,66 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"golang.org/x/sys/unix"
 )
 
-// ErrUnsafePath reports an entry that would escape the destination.
-var ErrUnsafePath = errors.New("unsafe path in archive")
+// ErrUnsafePath reports an entry that would escape the destination, or
+// one of a type the extraction does not accept.
+var ErrUnsafePath = errors.New("unsafe entry in archive")
 
-// Options tune what an extraction accepts.
+// ErrTooLarge reports an archive that unpacks to more than the limit.
+var ErrTooLarge = errors.New("archive unpacks to more than allowed")
+
+// Kind says what a tar is expected to hold.
+type Kind int
+
+const (
+	// Members is a container of files (a checkpoint archive, an OCI
+	// layout): only regular files and directories.
+	Members Kind = iota
+	// Tree is a filesystem tree (an image layer, a rootfs diff): also
+	// symlinks, hard links and FIFOs. Device nodes are refused, since a
+	// container's devices come from its runtime; overlayfs and OCI
+	// whiteouts are translated into removals; only user.* xattrs, and
+	// security.capability on regular files, are set.
+	Tree
+)
+
+// Options tune an extraction.
 type Options struct {
+	Kind Kind
 	// Filter, when set, is called with each cleaned entry name; entries for
 	// which it returns false are skipped.
 	Filter func(name string) bool
-	// NoDevices refuses character and block devices (checkpoint metadata
-	// never holds any; a rootfs diff may).
-	NoDevices bool
+	// MaxBytes bounds what the extraction may write (file contents plus a
+	// block per entry). The bound is never above the free space of dir's
+	// filesystem less 5 % of its size; 0 means just that.
+	MaxBytes int64
+}
+
+// blockCost is what each entry is counted for besides its contents, so a
+// tar of a million empty files is bounded too.
+const blockCost = 512
+
+// Limit is the bound an extraction into dir works under: the free space
+// of its filesystem less 5 % of its size, or max when that is lower.
+func Limit(dir string, max int64) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("free space of %s: %w", dir, err)
+	}
+	free := int64(st.Bavail) * st.Bsize
+	limit := free - int64(st.Blocks)*st.Bsize/20
+	if limit < 0 {
+		limit = 0
+	}
+	if max > 0 && max < limit {
+		limit = max
+	}
+	return limit, nil
 }
 
 // CleanName validates an archive member name and returns it relative to the
@@ -43,6 +90,9 @@ func CleanName(name string) (string, error) {
 		if part == ".." {
 			return "", fmt.Errorf("%w: %q climbs out of the root", ErrUnsafePath, name)
 		}
+	}
+	if strings.IndexByte(name, 0) >= 0 {
+		return "", fmt.Errorf("%w: %q has a NUL byte", ErrUnsafePath, name)
 	}
 	c := path.Clean("/" + name)
 	return strings.TrimPrefix(c, "/"), nil
@@ -75,14 +125,23 @@ func SymlinkEscapes(linkName, target string) bool {
 }
 
 // Extract unpacks r into dir, which must exist. Parent directories are
-// resolved with securejoin so that a symlink planted by an earlier entry
-// cannot redirect a later one outside dir.
-func Extract(r io.Reader, dir string, opts Options) error {
+// resolved inside dir with securejoin (absolute symlinks as the container
+// sees them), so a symlink planted by an earlier entry cannot redirect a
+// later one outside dir. It stops when ctx is done.
+func Extract(ctx context.Context, r io.Reader, dir string, o Options) error {
+	limit, err := Limit(dir, o.MaxBytes)
+	if err != nil {
+		return err
+	}
+	x := &extractor{ctx: ctx, dir: dir, o: o, limit: limit, left: limit, created: map[string]bool{}}
 	tr := tar.NewReader(r)
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		hdr, err := tr.Next()
 		if err == io.EOF {
-			return nil
+			return x.finish()
 		}
 		if err != nil {
 			return fmt.Errorf("read tar: %w", err)
@@ -91,20 +150,61 @@ func Extract(r io.Reader, dir string, opts Options) error {
 		if err != nil {
 			return err
 		}
-		if opts.Filter != nil && !opts.Filter(name) {
+		if name == "" || (o.Filter != nil && !o.Filter(name)) {
 			continue
 		}
-		if name == "" {
-			continue
-		}
-		if err := extractOne(tr, hdr, dir, name, opts); err != nil {
-			return fmt.Errorf("extract %s: %w", name, err)
+		if err := x.entry(tr, hdr, name); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
 		}
 	}
 }
 
-func extractOne(tr *tar.Reader, hdr *tar.Header, dir, name string, opts Options) error {
-	parent, err := securejoin.SecureJoin(dir, path.Dir(name))
+type extractor struct {
+	ctx         context.Context
+	dir         string
+	o           Options
+	limit, left int64
+	// created is every name this extraction made: an opaque directory
+	// hides what was there before, not what the same tar put in it.
+	created map[string]bool
+	// dirs get their times last: every entry made inside moves them.
+	dirs []dirTime
+}
+
+type dirTime struct {
+	name         string
+	atime, mtime time.Time
+}
+
+// OCI whiteouts: ".wh.NAME" removes NAME, ".wh..wh..opq" hides what the
+// directory held before.
+const (
+	whiteoutPrefix = ".wh."
+	opaqueWhiteout = ".wh..wh..opq"
+)
+
+func (x *extractor) entry(tr io.Reader, hdr *tar.Header, name string) error {
+	if x.o.Kind == Tree {
+		if base := path.Base(name); strings.HasPrefix(base, whiteoutPrefix) {
+			if base == opaqueWhiteout {
+				return x.hideOld(path.Dir(name))
+			}
+			return x.remove(path.Join(path.Dir(name), strings.TrimPrefix(base, whiteoutPrefix)))
+		}
+	}
+	if err := x.accept(hdr); err != nil {
+		return err
+	}
+	if hdr.Typeflag == tar.TypeXGlobalHeader {
+		return nil
+	}
+	if hdr.Typeflag == tar.TypeChar {
+		return x.remove(name) // an overlayfs whiteout (accept checked 0:0)
+	}
+	if err := x.charge(hdr); err != nil {
+		return err
+	}
+	parent, err := securejoin.SecureJoin(x.dir, path.Dir(name))
 	if err != nil {
 		return err
 	}
@@ -112,91 +212,269 @@ func extractOne(tr *tar.Reader, hdr *tar.Header, dir, name string, opts Options)
 		return err
 	}
 	target := filepath.Join(parent, path.Base(name))
-	mode := os.FileMode(hdr.Mode).Perm() | os.FileMode(hdr.Mode)&(os.ModeSetuid|os.ModeSetgid|os.ModeSticky)
-	tarMode := hdr.FileInfo().Mode()
-
 	// An existing entry is replaced, except a directory by a directory.
-	if fi, err := os.Lstat(target); err == nil {
-		if !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
-			if err := os.RemoveAll(target); err != nil {
+	// parent is inside dir and RemoveAll does not follow a symlink it
+	// removes, so only what is inside dir goes.
+	if fi, err := os.Lstat(target); err == nil && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
+		if err := os.RemoveAll(target); err != nil {
+			return err
+		}
+	}
+	x.created[name] = true
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		if err := os.Mkdir(target, 0o700); err != nil && !os.IsExist(err) {
+			return err
+		}
+		if x.o.Kind == Tree && hdr.PAXRecords["SCHILY.xattr.trusted.overlay.opaque"] == "y" {
+			if err := x.hideOld(name); err != nil {
 				return err
 			}
 		}
-	}
-
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if err := os.Mkdir(target, 0o755); err != nil && !os.IsExist(err) {
-			return err
-		}
-	case tar.TypeReg, tar.TypeRegA:
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(f, tr); err != nil {
-			f.Close()
-			return err
-		}
-		if err := f.Close(); err != nil {
-			return err
-		}
+		return x.finishNode(target, name, hdr, true)
+	case tar.TypeReg, tar.TypeGNUSparse:
+		return x.writeFile(tr, target, name, hdr)
 	case tar.TypeSymlink:
 		if SymlinkEscapes(name, hdr.Linkname) {
-			return fmt.Errorf("%w: symlink %q -> %q points outside the root", ErrUnsafePath, name, hdr.Linkname)
+			return fmt.Errorf("%w: symlink to %q points outside the root", ErrUnsafePath, hdr.Linkname)
 		}
-		return lchown(os.Symlink(hdr.Linkname, target), target, hdr)
+		if err := os.Symlink(hdr.Linkname, target); err != nil {
+			return err
+		}
+		if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
+			return err
+		}
+		return lutimes(target, hdr.AccessTime, hdr.ModTime)
 	case tar.TypeLink:
 		src, err := CleanName(hdr.Linkname)
 		if err != nil {
 			return err
 		}
-		resolved, err := securejoin.SecureJoin(dir, src)
+		resolved, err := securejoin.SecureJoin(x.dir, src)
 		if err != nil {
 			return err
 		}
-		if err := os.Link(resolved, target); err != nil {
+		if fi, err := os.Lstat(resolved); err != nil || !fi.Mode().IsRegular() {
+			return fmt.Errorf("%w: hard link to %q, which is not a regular file unpacked before it", ErrUnsafePath, hdr.Linkname)
+		}
+		return os.Link(resolved, target)
+	case tar.TypeFifo:
+		if err := unix.Mknod(target, unix.S_IFIFO|0o600, 0); err != nil {
 			return err
 		}
-		return nil
-	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
-		if opts.NoDevices && hdr.Typeflag != tar.TypeFifo {
-			return fmt.Errorf("%w: device node %q", ErrUnsafePath, name)
-		}
-		dev := int(unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor)))
-		kind := uint32(unix.S_IFIFO)
-		if tarMode&os.ModeCharDevice != 0 {
-			kind = unix.S_IFCHR
-		} else if tarMode&os.ModeDevice != 0 {
-			kind = unix.S_IFBLK
-		}
-		if err := unix.Mknod(target, kind|uint32(mode.Perm()), dev); err != nil {
-			return err
-		}
-	case tar.TypeXGlobalHeader:
-		return nil
-	default:
-		return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
+		return x.finishNode(target, name, hdr, false)
 	}
-	if err := lchown(nil, target, hdr); err != nil {
-		return err
-	}
-	if err := os.Chmod(target, mode); err != nil {
-		return err
-	}
-	for k, v := range hdr.PAXRecords {
-		if x, ok := strings.CutPrefix(k, "SCHILY.xattr."); ok {
-			// Best effort: security.* and trusted.* may be refused and are
-			// not needed for the processes to run.
-			_ = unix.Lsetxattr(target, x, []byte(v), 0)
-		}
-	}
-	return os.Chtimes(target, hdr.AccessTime, hdr.ModTime)
+	return fmt.Errorf("unsupported tar entry type %q", hdr.Typeflag)
 }
 
-func lchown(prev error, target string, hdr *tar.Header) error {
-	if prev != nil {
-		return prev
+// accept refuses entry types the kind of tar may not hold.
+func (x *extractor) accept(hdr *tar.Header) error {
+	kind := ""
+	switch hdr.Typeflag {
+	case tar.TypeReg, tar.TypeGNUSparse, tar.TypeDir, tar.TypeXGlobalHeader:
+		return nil
+	case tar.TypeSymlink:
+		kind = "a symlink"
+	case tar.TypeLink:
+		kind = "a hard link"
+	case tar.TypeFifo:
+		kind = "a FIFO"
+	case tar.TypeChar:
+		if x.o.Kind == Tree && hdr.Devmajor == 0 && hdr.Devminor == 0 {
+			return nil
+		}
+		return fmt.Errorf("%w: character device %d:%d: devices come from the runtime, not from files", ErrUnsafePath, hdr.Devmajor, hdr.Devminor)
+	case tar.TypeBlock:
+		return fmt.Errorf("%w: block device %d:%d: devices come from the runtime, not from files", ErrUnsafePath, hdr.Devmajor, hdr.Devminor)
+	default:
+		return fmt.Errorf("%w: unsupported tar entry type %q", ErrUnsafePath, hdr.Typeflag)
 	}
-	return os.Lchown(target, hdr.Uid, hdr.Gid)
+	if x.o.Kind == Members {
+		return fmt.Errorf("%w: it is %s, and a checkpoint archive holds only regular files and directories", ErrUnsafePath, kind)
+	}
+	return nil
+}
+
+// charge counts an entry against the limit before a byte of it is written.
+func (x *extractor) charge(hdr *tar.Header) error {
+	cost := int64(blockCost)
+	if hdr.Typeflag == tar.TypeReg || hdr.Typeflag == tar.TypeGNUSparse {
+		if hdr.Size < 0 {
+			return fmt.Errorf("%w: negative size", ErrUnsafePath)
+		}
+		cost += hdr.Size
+	}
+	if cost > x.left {
+		return fmt.Errorf("%w: %d bytes more would pass the limit of %d bytes (--max-unpack, and the free space of %s less 5%%)",
+			ErrTooLarge, cost, x.limit, x.dir)
+	}
+	x.left -= cost
+	return nil
+}
+
+func (x *extractor) writeFile(tr io.Reader, target, name string, hdr *tar.Header) error {
+	f, err := os.OpenFile(target, os.O_CREATE|os.O_EXCL|os.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := io.Copy(f, ctxReader{x.ctx, tr}); err != nil {
+		return err
+	}
+	if err := f.Chown(hdr.Uid, hdr.Gid); err != nil {
+		return err
+	}
+	// After the chown, which clears setuid and setgid bits.
+	if err := f.Chmod(hdr.FileInfo().Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)); err != nil {
+		return err
+	}
+	if err := x.xattrs(int(f.Fd()), name, hdr, true); err != nil {
+		return err
+	}
+	if ts := timespecs(hdr.AccessTime, hdr.ModTime); ts != nil {
+		if err := unix.UtimesNanoAt(int(f.Fd()), "", ts, unix.AT_EMPTY_PATH); err != nil {
+			return err
+		}
+	}
+	return f.Close()
+}
+
+// finishNode gives a directory or FIFO its owner, mode and xattrs; a
+// directory's times wait for the end.
+func (x *extractor) finishNode(target, name string, hdr *tar.Header, isDir bool) error {
+	if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
+		return err
+	}
+	if err := os.Chmod(target, hdr.FileInfo().Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
+		return err
+	}
+	if !isDir {
+		return lutimes(target, hdr.AccessTime, hdr.ModTime)
+	}
+	fd, err := unix.Open(target, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := x.xattrs(fd, name, hdr, false); err != nil {
+		return err
+	}
+	x.dirs = append(x.dirs, dirTime{name, hdr.AccessTime, hdr.ModTime})
+	return nil
+}
+
+// xattrs sets the extended attributes a container may own: user.*, and a
+// regular file's security.capability (file capabilities). Others
+// (trusted.*, security.selinux, system.*) would be set as host root, and
+// trusted.overlay.* would reach into the overlay that the rootfs is.
+func (x *extractor) xattrs(fd int, name string, hdr *tar.Header, regular bool) error {
+	if x.o.Kind != Tree {
+		return nil
+	}
+	for k, v := range hdr.PAXRecords {
+		attr, ok := strings.CutPrefix(k, "SCHILY.xattr.")
+		if !ok {
+			continue
+		}
+		if !strings.HasPrefix(attr, "user.") && !(regular && attr == "security.capability") {
+			continue
+		}
+		err := unix.Fsetxattr(fd, attr, []byte(v), 0)
+		if errors.Is(err, unix.ENOTSUP) && strings.HasPrefix(attr, "user.") {
+			continue // a filesystem without user xattrs loses nothing it could hold
+		}
+		if err != nil {
+			return fmt.Errorf("set xattr %s: %w", attr, err)
+		}
+	}
+	return nil
+}
+
+// remove deletes name inside dir (a whiteout).
+func (x *extractor) remove(name string) error {
+	c, err := CleanName(name)
+	if err != nil || c == "" {
+		return fmt.Errorf("%w: whiteout of %q", ErrUnsafePath, name)
+	}
+	parent, err := securejoin.SecureJoin(x.dir, path.Dir(c))
+	if err != nil {
+		return err
+	}
+	return os.RemoveAll(filepath.Join(parent, path.Base(c)))
+}
+
+// hideOld empties a directory of what this extraction did not put there:
+// an opaque directory shows none of what lay below it.
+func (x *extractor) hideOld(name string) error {
+	p, err := securejoin.SecureJoin(x.dir, name)
+	if err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(p)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if !x.created[path.Join(name, e.Name())] {
+			if err := os.RemoveAll(filepath.Join(p, e.Name())); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// finish sets directory times, innermost first, now that nothing more is
+// made inside them.
+func (x *extractor) finish() error {
+	for i := len(x.dirs) - 1; i >= 0; i-- {
+		d := x.dirs[i]
+		p, err := securejoin.SecureJoin(x.dir, d.name)
+		if err != nil {
+			return err
+		}
+		if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+			continue // replaced by a later entry
+		}
+		if err := lutimes(p, d.atime, d.mtime); err != nil {
+			return fmt.Errorf("%s: %w", d.name, err)
+		}
+	}
+	return nil
+}
+
+func lutimes(p string, atime, mtime time.Time) error {
+	ts := timespecs(atime, mtime)
+	if ts == nil {
+		return nil
+	}
+	return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
+}
+
+// timespecs leaves an unrecorded access time as the modification time,
+// and an entry without times (nil) as it is.
+func timespecs(atime, mtime time.Time) []unix.Timespec {
+	if mtime.IsZero() {
+		return nil
+	}
+	if atime.IsZero() {
+		atime = mtime
+	}
+	return []unix.Timespec{unix.NsecToTimespec(atime.UnixNano()), unix.NsecToTimespec(mtime.UnixNano())}
+}
+
+// ctxReader stops a long copy when its context is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }

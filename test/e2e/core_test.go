@@ -108,7 +108,12 @@ sleep 1000 & sleep 1001 & ` + counterScript
 			archive := filepath.Join(t.TempDir(), "st.archive")
 			e.run("checkpoint", "st", "--export", archive, "--compress", comp, "--leave-running")
 			name := "st-" + comp
-			e.run("restore", "--import", archive, "--name", name)
+			// An archive is not trusted to pick host paths: its bind mount
+			// fails without a volume for it, and restores with one.
+			if msg := e.fails("restore", "--import", archive, "--name", name); !strings.Contains(msg, "/data") || !strings.Contains(msg, "--volume") {
+				t.Fatalf("restore of a bind mount without --volume: %s", msg)
+			}
+			e.run("restore", "--import", archive, "--name", name, "--volume", vol+":/data")
 			check := map[string]string{
 				"cat /tmp/new":                                   "created",
 				"cat /etc/motd":                                  "changed",
