@@ -6,44 +6,22 @@ import (
 	"io"
 	"os"
 
-	"golang.org/x/sys/unix"
+	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
 // maxMetadata bounds the JSON members (config.dump, spec.dump,
 // deleted.files) read into memory.
 const maxMetadata = 64 << 20
 
-// OpenMember opens the regular file name inside dir. The path is resolved
-// beneath dir with no symlink followed (openat2 RESOLVE_BENEATH |
-// RESOLVE_NO_SYMLINKS), and the open does not block: a FIFO or device
-// planted where a member should be is refused, not waited on.
+// OpenMember opens the regular file name of the unpacked checkpoint in
+// dir, through no symlink and without blocking (untar.OpenFile): a link
+// or FIFO planted where a member should be is an invalid archive.
 func OpenMember(dir, name string) (*os.File, error) {
-	fd, err := openBeneath(dir, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK)
-	if err == unix.ENOENT {
-		return nil, &os.PathError{Op: "open", Path: name, Err: os.ErrNotExist}
+	f, err := untar.OpenFile(dir, name)
+	if errors.Is(err, untar.ErrUnsafePath) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	if err == unix.ELOOP || err == unix.EXDEV {
-		return nil, fmt.Errorf("%w: %s is a symlink or leads out of the checkpoint", ErrInvalid, name)
-	}
-	if err != nil {
-		return nil, &os.PathError{Op: "open", Path: name, Err: err}
-	}
-	f := os.NewFile(uintptr(fd), name)
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, fmt.Errorf("%w: %s is a %s, not a regular file", ErrInvalid, name, fileKind(fi.Mode()))
-	}
-	// Back to blocking reads, which a regular file never waits on anyway.
-	if err := unix.SetNonblock(fd, false); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return f, err
 }
 
 // ReadMember reads a member file of at most max bytes (see OpenMember).
@@ -65,43 +43,12 @@ func ReadMember(dir, name string, max int64) ([]byte, error) {
 
 // memberDir checks that name inside dir is a directory, not a link to one.
 func memberDir(dir, name string) error {
-	fd, err := openBeneath(dir, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW)
+	err := untar.CheckDir(dir, name)
 	switch {
-	case err == nil:
-		return unix.Close(fd)
-	case errors.Is(err, unix.ENOENT):
+	case errors.Is(err, os.ErrNotExist):
 		return fmt.Errorf("%w: not a checkpoint archive: %s is missing", ErrInvalid, name)
-	default:
-		return fmt.Errorf("%w: %s is not a directory of the archive's own", ErrInvalid, name)
+	case err != nil:
+		return fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-}
-
-// openBeneath opens name relative to dir (a directory of stasis' own),
-// refusing any symlink on the way and any path that leaves dir.
-func openBeneath(dir, name string, flags int) (int, error) {
-	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return -1, err
-	}
-	defer unix.Close(dfd)
-	return unix.Openat2(dfd, name, &unix.OpenHow{
-		Flags:   uint64(flags | unix.O_CLOEXEC),
-		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS,
-	})
-}
-
-func fileKind(m os.FileMode) string {
-	switch {
-	case m&os.ModeNamedPipe != 0:
-		return "FIFO"
-	case m&os.ModeCharDevice != 0:
-		return "character device"
-	case m&os.ModeDevice != 0:
-		return "block device"
-	case m&os.ModeSocket != 0:
-		return "socket"
-	case m.IsDir():
-		return "directory"
-	}
-	return "special file"
+	return nil
 }

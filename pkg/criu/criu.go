@@ -3,14 +3,18 @@
 package criu
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
-	"os"
+	"io"
 	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/stats"
+
+	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
 // MinMajor is the oldest CRIU major version stasis accepts: 3.x cannot dump
@@ -72,15 +76,11 @@ type RestoreStats struct {
 
 // ReadDumpStats reads stats-dump from dir.
 func ReadDumpStats(dir string) (*DumpStats, error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	s, err := stats.CriuGetDumpStats(d)
+	st, err := readStats(dir, stats.StatsDump)
 	if err != nil {
 		return nil, fmt.Errorf("read CRIU dump stats: %w", err)
 	}
+	s := st.GetDump()
 	return &DumpStats{
 		FreezingTime: s.GetFreezingTime(), FrozenTime: s.GetFrozenTime(),
 		MemdumpTime: s.GetMemdumpTime(), MemwriteTime: s.GetMemwriteTime(),
@@ -90,18 +90,50 @@ func ReadDumpStats(dir string) (*DumpStats, error) {
 
 // ReadRestoreStats reads stats-restore from dir.
 func ReadRestoreStats(dir string) (*RestoreStats, error) {
-	d, err := os.Open(dir)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	s, err := stats.CriuGetRestoreStats(d)
+	st, err := readStats(dir, stats.StatsRestore)
 	if err != nil {
 		return nil, fmt.Errorf("read CRIU restore stats: %w", err)
 	}
+	s := st.GetRestore()
 	return &RestoreStats{
 		ForkingTime: s.GetForkingTime(), RestoreTime: s.GetRestoreTime(), PagesRestored: s.GetPagesRestored(),
 	}, nil
+}
+
+// readStats reads a statistics image of dir, which may come from an
+// archive: opened through no link, its sizes checked (go-criu's reader
+// slices by the recorded size and panics on a short file).
+func readStats(dir, name string) (*stats.StatsEntry, error) {
+	f, err := untar.OpenFile(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	return DecodeStats(b)
+}
+
+// DecodeStats decodes a CRIU statistics image (stats-dump, stats-restore).
+func DecodeStats(b []byte) (*stats.StatsEntry, error) {
+	if len(b) < stats.PayloadOffset {
+		return nil, errors.New("statistics image is truncated")
+	}
+	if binary.LittleEndian.Uint32(b[stats.PrimaryMagicOffset:]) != stats.ImgServiceMagic ||
+		binary.LittleEndian.Uint32(b[stats.SecondaryMagicOffset:]) != stats.StatsMagic {
+		return nil, errors.New("not a CRIU statistics image (wrong magic)")
+	}
+	size := binary.LittleEndian.Uint32(b[stats.SizeOffset:])
+	if uint64(size) > uint64(len(b)-stats.PayloadOffset) {
+		return nil, fmt.Errorf("statistics image is truncated: %d bytes recorded, %d there", size, len(b)-stats.PayloadOffset)
+	}
+	st := &stats.StatsEntry{}
+	if err := st.UnmarshalVT(b[stats.PayloadOffset : stats.PayloadOffset+int(size)]); err != nil {
+		return nil, err
+	}
+	return st, nil
 }
 
 // ErrorLines returns the last max lines of a CRIU log that report an error:
