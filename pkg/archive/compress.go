@@ -103,9 +103,9 @@ func decompressor(r io.Reader) (io.ReadCloser, Compression, error) {
 		}
 		return zr.IOReadCloser(), Zstd, nil
 	case bytes.HasPrefix(head, gzipMagic):
-		gr, err := pgzip.NewReader(br)
+		gr, err := pgzip.NewReader(br) // reads the header
 		if err != nil {
-			return nil, "", err
+			return nil, "", fmt.Errorf("%w: gzip: %w", ErrInvalid, err)
 		}
 		return gr, Gzip, nil
 	}

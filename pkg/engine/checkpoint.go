@@ -379,7 +379,9 @@ func (e *Engine) recoverFromFailedDump(ctx context.Context, c *Container) {
 // keeps the whole log under <root>/logs, since the work directory it was
 // written in is removed.
 func (e *Engine) criuErrors(log string) string {
-	b, err := os.ReadFile(log)
+	// The log lies in a work directory that may hold an archive's files:
+	// read through no link.
+	b, err := archive.ReadMember(filepath.Dir(log), filepath.Base(log), 64<<20)
 	if err != nil {
 		return ""
 	}

@@ -11,6 +11,7 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 
+	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
@@ -60,7 +61,7 @@ func (c *Checkpoint) Cat(w io.Writer, name, baseRootfs string) error {
 }
 
 func (c *Checkpoint) catFromDiff(w io.Writer, clean string) (bool, error) {
-	f, err := os.Open(c.dir.RootfsDiff())
+	f, err := c.dir.OpenMember(archive.RootfsDiff)
 	if errors.Is(err, os.ErrNotExist) {
 		return false, nil
 	}

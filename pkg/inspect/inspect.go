@@ -229,7 +229,7 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 // readArgs reads a process's command line and environment from its
 // memory, where the kernel keeps them, at the bounds its mm image records.
 func (c *Checkpoint) readArgs(p *Process, cmdline, env bool) error {
-	f, err := os.Open(filepath.Join(c.dir.Images(), fmt.Sprintf("mm-%d.img", p.Pid)))
+	f, err := c.dir.OpenMember(fmt.Sprintf("%s/mm-%d.img", archive.CheckpointDir, p.Pid))
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", p.Pid, err)
 	}
@@ -303,7 +303,7 @@ func (c *Checkpoint) Mounts() ([]Mount, error) {
 	files, _ := filepath.Glob(filepath.Join(c.dir.Images(), "mountpoints-*.img"))
 	var out []Mount
 	for _, p := range files {
-		f, err := os.Open(p)
+		f, err := c.dir.OpenMember(archive.CheckpointDir + "/" + filepath.Base(p))
 		if err != nil {
 			return nil, err
 		}
@@ -360,7 +360,7 @@ func (c *Checkpoint) Rootfs() (*RootfsChanges, error) {
 		return nil, err
 	}
 	rc.Deleted = deleted
-	f, err := os.Open(c.dir.RootfsDiff())
+	f, err := c.dir.OpenMember(archive.RootfsDiff)
 	if errors.Is(err, os.ErrNotExist) {
 		return rc, nil
 	}

@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"regexp"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit"
 	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
 )
 
 // pagePresent is CRIU's PE_PRESENT: the entry's pages are in the pages
@@ -22,6 +23,8 @@ var pageSize = uint64(os.Getpagesize())
 // reader only knows the page count field newer CRIUs write (nr_pages,
 // field 5), not the one CRIU 4.1 and older write (field 2).
 type pageIndex struct {
+	// dir holds file, the pages image, as a member name.
+	dir  archive.Dir
 	file string
 	runs []pageRun
 }
@@ -31,7 +34,7 @@ type pageRun struct {
 }
 
 func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
-	f, err := os.Open(filepath.Join(c.dir.Images(), fmt.Sprintf("pagemap-%d.img", pid)))
+	f, err := c.dir.OpenMember(fmt.Sprintf("%s/pagemap-%d.img", archive.CheckpointDir, pid))
 	if err != nil {
 		return nil, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
@@ -44,7 +47,7 @@ func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
 		return nil, fmt.Errorf("memory of pid %d: empty pagemap", pid)
 	}
 	head := img.Entries[0].Message.(*pagemap.PagemapHead)
-	ix := &pageIndex{file: filepath.Join(c.dir.Images(), fmt.Sprintf("pages-%d.img", head.GetPagesId()))}
+	ix := &pageIndex{dir: c.dir, file: fmt.Sprintf("%s/pages-%d.img", archive.CheckpointDir, head.GetPagesId())}
 	var off uint64
 	for _, e := range img.Entries[1:] {
 		p := e.Message.(*pagemap.PagemapEntry)
@@ -72,7 +75,7 @@ func (ix *pageIndex) read(start, end uint64) ([]byte, error) {
 		return nil, fmt.Errorf("bad memory range %x-%x", start, end)
 	}
 	out := make([]byte, end-start)
-	f, err := os.Open(ix.file)
+	f, err := ix.dir.OpenMember(ix.file)
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +99,7 @@ const searchOverlap = 64 << 10
 // search streams through the dumped memory a chunk at a time and calls fn
 // for each match of re with its address and the bytes around it.
 func (ix *pageIndex) search(re *regexp.Regexp, context int, fn func(vaddr uint64, n int, around []byte)) error {
-	f, err := os.Open(ix.file)
+	f, err := ix.dir.OpenMember(ix.file)
 	if err != nil {
 		return err
 	}
