@@ -76,6 +76,11 @@ func (l Layout) Diff(w io.Writer) ([]string, error) {
 			hdr.Name += "/"
 		}
 		hdr.Uname, hdr.Gname = "", ""
+		if fi.Mode()&os.ModeSymlink == 0 {
+			if hdr.PAXRecords, err = ownXattrs(p, fi.Mode().IsRegular()); err != nil {
+				return err
+			}
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
 			return err
 		}
@@ -95,6 +100,37 @@ func (l Layout) Diff(w io.Writer) ([]string, error) {
 		return nil, fmt.Errorf("rootfs diff: %w", err)
 	}
 	return deleted, tw.Close()
+}
+
+// ownXattrs are the extended attributes of p that belong to the
+// container and that a restore sets again (untar.Tree): user.*, and a
+// regular file's capabilities. overlayfs' own trusted.* are not the
+// container's; they were read above as deletions.
+func ownXattrs(p string, regular bool) (map[string]string, error) {
+	size, err := unix.Llistxattr(p, nil)
+	if err != nil || size == 0 {
+		return nil, nil // a filesystem without xattrs has none to keep
+	}
+	buf := make([]byte, size)
+	if size, err = unix.Llistxattr(p, buf); err != nil {
+		return nil, fmt.Errorf("list xattrs of %s: %w", p, err)
+	}
+	var out map[string]string
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
+		if !strings.HasPrefix(name, "user.") && !(regular && name == "security.capability") {
+			continue
+		}
+		val := make([]byte, 64<<10)
+		n, err := unix.Lgetxattr(p, name, val)
+		if err != nil {
+			return nil, fmt.Errorf("read xattr %s of %s: %w", name, p, err)
+		}
+		if out == nil {
+			out = map[string]string{}
+		}
+		out["SCHILY.xattr."+name] = string(val[:n])
+	}
+	return out, nil
 }
 
 func isWhiteout(fi fs.FileInfo) bool {
