@@ -306,6 +306,11 @@ func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identi
 		return name, err
 	}
 	defer os.Remove(f.Name())
+	// The upload is part of the operation: a client sending slowly gets
+	// the operation's timeout too, not a connection held for ever.
+	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.OpTimeout)); err != nil {
+		return name, err
+	}
 	n, err := io.Copy(f, http.MaxBytesReader(w, r.Body, s.cfg.MaxUpload))
 	if cerr := f.Close(); err == nil {
 		err = cerr
