@@ -307,11 +307,13 @@ func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identi
 	}
 	defer os.Remove(f.Name())
 	// The upload is part of the operation: a client sending slowly gets
-	// the operation's timeout too, not a connection held for ever.
-	if err := http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.OpTimeout)); err != nil {
-		return name, err
-	}
+	// the operation's timeout too, not a connection held for ever (closing
+	// the body ends a blocked read, on HTTP/1 and HTTP/2 alike).
+	timer := time.AfterFunc(s.cfg.OpTimeout, func() { r.Body.Close() })
 	n, err := io.Copy(f, http.MaxBytesReader(w, r.Body, s.cfg.MaxUpload))
+	if !timer.Stop() && err != nil {
+		err = fmt.Errorf("%w: not received within %s", context.DeadlineExceeded, s.cfg.OpTimeout)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

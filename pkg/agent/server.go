@@ -22,8 +22,8 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
-	"github.com/stasis-dev/stasis/pkg/untar"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
 // Config is what an agent is made of.

@@ -160,6 +160,10 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		return nil, fmt.Errorf("checkpoint %s: %w%s", c.Name, err, e.criuErrors(filepath.Join(work, archive.DumpLog)))
 	}
 	res.Phases.add("dump", time.Since(t))
+	// Dumped, the checkpoint is finished even if a signal comes now:
+	// without --leave-running the processes are gone, and their memory
+	// is only in work until the archive is written.
+	ctx = context.WithoutCancel(ctx)
 	if st, err := criu.ReadDumpStats(work); err == nil {
 		res.CRIU = st
 	}

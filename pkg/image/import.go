@@ -1,8 +1,8 @@
 package image
 
 import (
-	"context"
 	"archive/tar"
+	"context"
 	"fmt"
 	"io"
 	"os"

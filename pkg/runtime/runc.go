@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ErrNotExist is returned when the runtime does not know the container.
@@ -192,13 +193,30 @@ func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOpti
 	// If stasis dies, the dump dies with it rather than finish and kill a
 	// container whose archive nobody will write; the freeze it leaves is
 	// thawed by engine.Recover.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	// Cancelled (a signal, a timeout), CRIU must go with runc, and be gone
+	// before Checkpoint returns: a CRIU still dumping would freeze the
+	// container again after the caller thawed it, or finish and kill it.
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
+	err := cmd.Run()
+	if ctx.Err() != nil && cmd.Process != nil {
+		waitGroupGone(cmd.Process.Pid, 10*time.Second)
+	}
+	if err != nil {
 		return fmt.Errorf("%s checkpoint: %w: %s", r.Name(), err, LastError(logFile, out.String()))
 	}
 	return nil
+}
+
+// waitGroupGone waits until no process of the process group pgid is left.
+func waitGroupGone(pgid int, max time.Duration) {
+	for deadline := time.Now().Add(max); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if syscall.Kill(-pgid, 0) == syscall.ESRCH {
+			return
+		}
+	}
 }
 
 // RestoreArgs is the argv that restores a container detached from CRIU
