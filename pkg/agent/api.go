@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"filippo.io/age"
@@ -326,9 +327,24 @@ func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identi
 	o := engine.RestoreOptions{Import: f.Name(), Name: name, LazyPages: q.Get("lazy_pages") == "true",
 		ImportDigest: q.Get("digest"), Volumes: volumes, Privileged: q.Get("privileged") == "true"}
 	return name, s.run(w, r, "restore", name, func(ctx context.Context) (any, error) {
-		return s.cfg.Engine.Restore(ctx, o)
+		res, err := s.cfg.Engine.Restore(ctx, o)
+		if err != nil {
+			// The caller knows its upload, not the file it went to.
+			return nil, renamed{err, f.Name(), "the upload"}
+		}
+		return res, nil
 	})
 }
+
+// renamed is err with a name in its text replaced, for what it wraps
+// unchanged (statusOf still sees it).
+type renamed struct {
+	err       error
+	old, with string
+}
+
+func (r renamed) Error() string { return strings.ReplaceAll(r.err.Error(), r.old, r.with) }
+func (r renamed) Unwrap() error { return r.err }
 
 func (s *Server) download(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
 	id := r.PathValue("id")

@@ -144,7 +144,7 @@ func confineMounts(defaults, dumped []specs.Mount, volumes []runtime.Mount) ([]s
 		}
 	}
 	if len(unmapped) > 0 {
-		return nil, fmt.Errorf("%w: the checkpoint bind-mounts host paths at %s: map each with --volume SRC:DST",
+		return nil, fmt.Errorf("%w: the checkpoint bind-mounts host paths at %s: map each with --volume SRC:DST (the agent: volume=SRC:DST, or \"volumes\")",
 			ErrNotAllowed, strings.Join(unmapped, ", "))
 	}
 	var extra []string
