@@ -702,4 +702,30 @@ func TestHostileAgentUpload(t *testing.T) {
 		}
 		ve.assertContinues("v2", at)
 	})
+
+	// The agent's --max-unpack bounds an upload's unpacking: 413, and
+	// nothing is left.
+	t.Run("9 --max-unpack", func(t *testing.T) {
+		h.mounts = mountsUnder(e.root) // with the containers of the cases above
+		small := startAgentWith(t, e, newPKI(t, "stasis-small-ca"), "", nil, "--max-unpack", "64K")
+		sc := small.client(t, "", "")
+		sc.Timeout = hostileTimeout
+		data, err := os.ReadFile(h.plain)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req, _ := http.NewRequest("PUT", small.url+"/v1/restore?name=big", bytes.NewReader(data))
+		req.Header.Set("Authorization", "Bearer "+adminToken)
+		resp, err := sc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var body bytes.Buffer
+		body.ReadFrom(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(body.String(), "limit") {
+			t.Errorf("upload past --max-unpack: %d %s, want 413 naming the limit", resp.StatusCode, body.String())
+		}
+		h.assertClean(t, "big", agentNames(t))
+	})
 }
