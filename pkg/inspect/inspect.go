@@ -159,6 +159,9 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 	if err != nil {
 		return nil, corrupt("process tree", err)
 	}
+	if root == nil { // no entry, or none without a parent
+		return nil, corrupt("process tree", errors.New("pstree.img has no root process"))
+	}
 	var out []*Process
 	var walk func(t *crit.PsTree, ppid uint32)
 	walk = func(t *crit.PsTree, ppid uint32) {
@@ -238,6 +241,9 @@ func (c *Checkpoint) readArgs(p *Process, cmdline, env bool) error {
 	if err != nil || len(img.Entries) == 0 {
 		return fmt.Errorf("pid %d: mm image: %v", p.Pid, err)
 	}
+	if img.Magic != "MM" { // crit decodes by the magic, whatever was asked
+		return fmt.Errorf("pid %d: mm-%d.img is a %s image", p.Pid, p.Pid, img.Magic)
+	}
 	m := img.Entries[0].Message.(*mm.MmEntry)
 	ix, err := c.pageIndex(p.Pid)
 	if err != nil {
@@ -311,6 +317,9 @@ func (c *Checkpoint) Mounts() ([]Mount, error) {
 		f.Close()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", filepath.Base(p), err)
+		}
+		if img.Magic != "MNTS" { // crit decodes by the magic, whatever was asked
+			return nil, fmt.Errorf("%s is a %s image", filepath.Base(p), img.Magic)
 		}
 		for _, e := range img.Entries {
 			m := e.Message.(*mnt.MntEntry)

@@ -3,6 +3,7 @@ package inspect
 import (
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"regexp"
 
@@ -43,6 +44,9 @@ func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
 	if err != nil {
 		return nil, fmt.Errorf("memory of pid %d: pagemap: %w", pid, err)
 	}
+	if img.Magic != "PAGEMAP" { // crit decodes by the magic, whatever was asked
+		return nil, fmt.Errorf("memory of pid %d: pagemap-%d.img is a %s image", pid, pid, img.Magic)
+	}
 	if len(img.Entries) == 0 {
 		return nil, fmt.Errorf("memory of pid %d: empty pagemap", pid)
 	}
@@ -59,6 +63,11 @@ func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
 			continue
 		}
 		r := pageRun{vaddr: p.GetVaddr(), length: n * pageSize, offset: off}
+		// Runs that wrap around would map one stretch of the pages
+		// image many times over (and ReadAt takes an int64).
+		if n > math.MaxInt64/pageSize || r.vaddr+r.length < r.vaddr || off+r.length < off || off+r.length > math.MaxInt64 {
+			return nil, fmt.Errorf("memory of pid %d: pagemap entry %x+%d pages is out of range", pid, r.vaddr, n)
+		}
 		off += r.length
 		if k := len(ix.runs) - 1; k >= 0 && ix.runs[k].vaddr+ix.runs[k].length == r.vaddr && ix.runs[k].offset+ix.runs[k].length == r.offset {
 			ix.runs[k].length += r.length
@@ -110,16 +119,22 @@ func (ix *pageIndex) search(re *regexp.Regexp, context int, fn func(vaddr uint64
 		// searchChunk bytes; the overlap lets those finish.
 		for pos := uint64(0); pos < r.length; pos += searchChunk {
 			n := min(uint64(len(buf)), r.length-pos)
-			b := buf[:n]
-			if _, err := f.ReadAt(b, int64(r.offset+pos)); err != nil && err != io.EOF {
+			k, err := f.ReadAt(buf[:n], int64(r.offset+pos))
+			if err != nil && err != io.EOF {
 				return err
 			}
+			// Only what was read: the pages image may end before the
+			// pagemap says (truncated, or hostile).
+			b := buf[:k]
 			for _, m := range re.FindAllIndex(b, -1) {
 				if uint64(m[0]) >= searchChunk {
 					break
 				}
 				lo, hi := max(m[0]-context, 0), min(m[1]+context, len(b))
 				fn(r.vaddr+pos+uint64(m[0]), m[1]-m[0], b[lo:hi])
+			}
+			if uint64(k) < n {
+				break // the end of the pages image
 			}
 		}
 	}

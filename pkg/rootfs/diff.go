@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -205,6 +206,15 @@ func Apply(ctx context.Context, root string, diff io.Reader, deleted []string, m
 		parent, err := securejoin.SecureJoin(root, path.Dir(c))
 		if err != nil {
 			return err
+		}
+		// os.RemoveAll opens the parent to look inside it, and the open
+		// of a FIFO waits for a writer forever; what is no directory
+		// holds nothing to delete.
+		if fi, err := os.Lstat(parent); err != nil || !fi.IsDir() {
+			if err != nil && !errors.Is(err, os.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR) {
+				return fmt.Errorf("apply deletion of %s: %w", p, err)
+			}
+			continue
 		}
 		if err := os.RemoveAll(filepath.Join(parent, path.Base(c))); err != nil {
 			return fmt.Errorf("apply deletion of %s: %w", p, err)

@@ -400,7 +400,22 @@ func (x *extractor) remove(name string) error {
 	if err != nil {
 		return err
 	}
+	if ok, err := isDir(parent); !ok {
+		return err // nothing is inside what is no directory
+	}
 	return os.RemoveAll(filepath.Join(parent, path.Base(c)))
+}
+
+// isDir reports whether p is a directory, not a link to one. os.RemoveAll
+// and os.ReadDir open a path to look inside it, and the open of a FIFO
+// waits for a writer forever: a tar that makes p a FIFO, then whites out
+// p/x, would hang the extraction.
+func isDir(p string) (bool, error) {
+	fi, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+		return false, nil
+	}
+	return err == nil && fi.IsDir(), err
 }
 
 // hideOld empties a directory of what this extraction did not put there:
@@ -409,6 +424,9 @@ func (x *extractor) hideOld(name string) error {
 	p, err := securejoin.SecureJoin(x.dir, name)
 	if err != nil {
 		return err
+	}
+	if ok, err := isDir(p); !ok {
+		return err // hides nothing (see isDir)
 	}
 	ents, err := os.ReadDir(p)
 	if os.IsNotExist(err) {
