@@ -106,6 +106,9 @@ func (r *readCloser) Verify() error {
 	return r.verify()
 }
 
+// maxTrailer is how much may follow the end of an archive's tar.
+const maxTrailer = 1 << 20
+
 // Extract unpacks the archive at path into dir (which must exist and be
 // empty, and private: nothing in it is used before Extract returns) and
 // checks that it is a checkpoint: only regular files and directories, no
@@ -135,9 +138,15 @@ func Extract(ctx context.Context, path, dir string, o ReadOptions) (Dir, error) 
 		}
 		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
 	}
-	// Drain what follows the tar's end so a corrupt compressed tail is noticed.
-	if _, err := io.Copy(io.Discard, r); err != nil {
+	// Drain what follows the tar's end so a corrupt compressed tail is
+	// noticed, but not much of it: tar pads to 10 KiB records at the most,
+	// and a small stream of repeated bytes could decompress for minutes.
+	n, err := io.Copy(io.Discard, io.LimitReader(r, maxTrailer+1))
+	if err != nil {
 		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
+	}
+	if n > maxTrailer {
+		return fail(fmt.Errorf("archive %s: %w: more than %d bytes follow the end of its tar", path, ErrInvalid, maxTrailer))
 	}
 	if err := r.Verify(); err != nil {
 		return "", fmt.Errorf("archive %s: %w", path, err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path"
 	"strings"
+	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 
@@ -45,7 +46,8 @@ func (c *Checkpoint) Cat(w io.Writer, name, baseRootfs string) error {
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(p)
+	// O_NONBLOCK: a FIFO in the image is refused below, not waited on.
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("/%s exists neither in the container's changes nor in its image", clean)
 	}
@@ -53,8 +55,11 @@ func (c *Checkpoint) Cat(w io.Writer, name, baseRootfs string) error {
 		return err
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.IsDir() {
-		return fmt.Errorf("/%s is a directory", clean)
+	if fi, err := f.Stat(); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("/%s is not a regular file (%v)", clean, fi.Mode().Type())
+	}
+	if err := syscall.SetNonblock(int(f.Fd()), false); err != nil {
+		return err
 	}
 	_, err = io.Copy(w, f)
 	return err

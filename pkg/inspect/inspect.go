@@ -43,6 +43,9 @@ func OpenDir(dir string) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkImages(d); err != nil {
+		return nil, err
+	}
 	return &Checkpoint{dir: d, cfg: cfg}, nil
 }
 
@@ -155,9 +158,9 @@ func (c *Checkpoint) critter() crit.Critter {
 
 // Processes lists the process tree in pid order, with ppid linking it.
 func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
-	root, err := c.critter().ExplorePs()
+	root, err := decode("process tree", c.critter().ExplorePs)
 	if err != nil {
-		return nil, corrupt("process tree", err)
+		return nil, err
 	}
 	if root == nil { // no entry, or none without a parent
 		return nil, corrupt("process tree", errors.New("pstree.img has no root process"))
@@ -194,9 +197,9 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 		}
 	}
 	if o.Files {
-		fds, err := c.critter().ExploreFds()
+		fds, err := decode("open files", c.critter().ExploreFds)
 		if err != nil {
-			return nil, corrupt("open files", err)
+			return nil, err
 		}
 		for _, fd := range fds {
 			if p := byPid[fd.PId]; p != nil {
@@ -207,9 +210,9 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 		}
 	}
 	if o.Sockets {
-		sks, err := c.critter().ExploreSk()
+		sks, err := decode("sockets", c.critter().ExploreSk)
 		if err != nil {
-			return nil, corrupt("sockets", err)
+			return nil, err
 		}
 		for _, sk := range sks {
 			if p := byPid[sk.PId]; p != nil {
@@ -237,7 +240,7 @@ func (c *Checkpoint) readArgs(p *Process, cmdline, env bool) error {
 		return fmt.Errorf("pid %d: %w", p.Pid, err)
 	}
 	defer f.Close()
-	img, err := crit.New(f, nil, "", false, false).Decode(&mm.MmEntry{})
+	img, err := decode("mm image", func() (*crit.CriuImage, error) { return crit.New(f, nil, "", false, false).Decode(&mm.MmEntry{}) })
 	if err != nil || len(img.Entries) == 0 {
 		return fmt.Errorf("pid %d: mm image: %v", p.Pid, err)
 	}
@@ -313,7 +316,9 @@ func (c *Checkpoint) Mounts() ([]Mount, error) {
 		if err != nil {
 			return nil, err
 		}
-		img, err := crit.New(f, nil, "", false, false).Decode(&mnt.MntEntry{})
+		img, err := decode(filepath.Base(p), func() (*crit.CriuImage, error) {
+			return crit.New(f, nil, "", false, false).Decode(&mnt.MntEntry{})
+		})
 		f.Close()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", filepath.Base(p), err)

@@ -92,7 +92,7 @@ func (l areaList) at(addr uint64) string {
 
 // areas are the memory mappings of pid, from its mm image.
 func (c *Checkpoint) areas(pid uint32) (areaList, error) {
-	mems, err := c.critter().ExploreMems()
+	mems, err := decode("memory map", c.critter().ExploreMems)
 	if err != nil {
 		return nil, fmt.Errorf("memory map: %w", err)
 	}

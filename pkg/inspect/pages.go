@@ -40,7 +40,9 @@ func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
 		return nil, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
 	defer f.Close()
-	img, err := crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
+	img, err := decode("pagemap", func() (*crit.CriuImage, error) {
+		return crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
+	})
 	if err != nil {
 		return nil, fmt.Errorf("memory of pid %d: pagemap: %w", pid, err)
 	}

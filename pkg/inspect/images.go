@@ -1,0 +1,105 @@
+package inspect
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"path/filepath"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+)
+
+// go-criu's crit (v8.4.0) trusts the images it decodes: it allocates an
+// entry's recorded size (4 GiB for a 16-byte file), and its Explore
+// functions panic on an image with another image's magic, on one with no
+// entry, and on a process whose parent is missing. A checkpoint from
+// elsewhere is hostile input, so every image crit reads here is first
+// checked to be a sequence of entries that fit the file (checkImages),
+// and each call into crit runs under decode, which turns a panic that is
+// still left into a corrupt-image error rather than a crash.
+
+// entryImages are the images inspect hands to crit, each a magic and then
+// entries of a 4-byte size and that many bytes; mustHaveEntry those crit
+// indexes without looking.
+var (
+	entryImages   = []string{"pstree.img", "core-*.img", "mm-*.img", "pagemap-*.img", "files.img", "fdinfo-*.img", "fs-*.img", "ids-*.img", "mountpoints-*.img"}
+	mustHaveEntry = map[string]bool{"pstree.img": true, "core-*.img": true, "mm-*.img": true, "fs-*.img": true, "ids-*.img": true}
+)
+
+// CRIU's image magics: a common or service magic comes before the image's
+// own (criu/include/magic.h).
+const (
+	imgCommonMagic  = 0x54564319
+	imgServiceMagic = 0x55105940
+	maxImage        = 256 << 20
+)
+
+// checkImages checks the framing of every image crit will decode.
+func checkImages(d archive.Dir) error {
+	for _, pattern := range entryImages {
+		files, err := filepath.Glob(filepath.Join(d.Images(), pattern))
+		if err != nil {
+			return err
+		}
+		for _, p := range files {
+			if err := checkImage(d, filepath.Base(p), mustHaveEntry[pattern]); err != nil {
+				return corrupt(filepath.Base(p), err)
+			}
+		}
+	}
+	return nil
+}
+
+func checkImage(d archive.Dir, name string, needEntry bool) error {
+	f, err := d.OpenMember(archive.CheckpointDir + "/" + name)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxImage+1))
+	if err != nil {
+		return err
+	}
+	if len(b) > maxImage {
+		return fmt.Errorf("larger than %d bytes", maxImage)
+	}
+	off := 4
+	if len(b) < off {
+		return fmt.Errorf("no magic")
+	}
+	if m := binary.LittleEndian.Uint32(b); m == imgCommonMagic || m == imgServiceMagic {
+		off += 4
+	}
+	entries := 0
+	for off < len(b) {
+		if len(b)-off < 4 {
+			return fmt.Errorf("a truncated entry size at byte %d", off)
+		}
+		size := int(binary.LittleEndian.Uint32(b[off:]))
+		off += 4
+		if size > len(b)-off {
+			return fmt.Errorf("an entry of %d bytes at byte %d, with %d left", size, off, len(b)-off)
+		}
+		off += size
+		entries++
+	}
+	if needEntry && entries == 0 {
+		return fmt.Errorf("no entry")
+	}
+	return nil
+}
+
+// decode runs a call into crit, turning its panic on hostile input into
+// an error about what.
+func decode[T any](what string, f func() (T, error)) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = corrupt(what, fmt.Errorf("go-criu failed on it: %v", r))
+		}
+	}()
+	v, err = f()
+	if err != nil {
+		err = corrupt(what, err)
+	}
+	return v, err
+}
