@@ -120,10 +120,10 @@ type Checkpoint struct {
 	Status CheckpointStatus `json:"status,omitempty"`
 }
 
-// +kubebuilder:object:root=true
-
 // Done says whether the Checkpoint has reached a final phase.
 func (c *Checkpoint) Done() bool { return c.Status.Phase.Done() }
+
+// +kubebuilder:object:root=true
 
 // CheckpointList is a list of Checkpoints.
 type CheckpointList struct {

@@ -65,10 +65,10 @@ type Restore struct {
 	Status RestoreStatus `json:"status,omitempty"`
 }
 
-// +kubebuilder:object:root=true
-
 // Done says whether the Restore has reached a final phase.
 func (r *Restore) Done() bool { return r.Status.Phase.Done() }
+
+// +kubebuilder:object:root=true
 
 // RestoreList is a list of Restores.
 type RestoreList struct {
