@@ -6,6 +6,8 @@ import (
 	"io"
 	"path/filepath"
 
+	"github.com/checkpoint-restore/go-criu/v8/magic"
+
 	"github.com/stasis-dev/stasis/pkg/archive"
 )
 
@@ -18,31 +20,31 @@ import (
 // and each call into crit runs under decode, which turns a panic that is
 // still left into a corrupt-image error rather than a crash.
 
-// entryImages are the images inspect hands to crit, each a magic and then
-// entries of a 4-byte size and that many bytes; mustHaveEntry those crit
-// indexes without looking.
+// entryImages are the images inspect hands to crit, by name pattern, with
+// their magic (go-criu's names): each is the common magic, its own, then
+// entries of a 4-byte size and that many bytes. mustHaveEntry are those
+// crit indexes without looking.
 var (
-	entryImages   = []string{"pstree.img", "core-*.img", "mm-*.img", "pagemap-*.img", "files.img", "fdinfo-*.img", "fs-*.img", "ids-*.img", "mountpoints-*.img"}
+	entryImages = map[string]string{
+		"pstree.img": "PSTREE", "core-*.img": "CORE", "mm-*.img": "MM", "pagemap-*.img": "PAGEMAP", "files.img": "FILES",
+		"fdinfo-*.img": "FDINFO", "fs-*.img": "FS", "ids-*.img": "IDS", "mountpoints-*.img": "MNTS",
+	}
 	mustHaveEntry = map[string]bool{"pstree.img": true, "core-*.img": true, "mm-*.img": true, "fs-*.img": true, "ids-*.img": true}
+	magics        = magic.LoadMagic()
 )
 
-// CRIU's image magics: a common or service magic comes before the image's
-// own (criu/include/magic.h).
-const (
-	imgCommonMagic  = 0x54564319
-	imgServiceMagic = 0x55105940
-	maxImage        = 256 << 20
-)
+// maxImage bounds an image read whole to check it.
+const maxImage = 256 << 20
 
 // checkImages checks the framing of every image crit will decode.
 func checkImages(d archive.Dir) error {
-	for _, pattern := range entryImages {
+	for pattern, kind := range entryImages {
 		files, err := filepath.Glob(filepath.Join(d.Images(), pattern))
 		if err != nil {
 			return err
 		}
 		for _, p := range files {
-			if err := checkImage(d, filepath.Base(p), mustHaveEntry[pattern]); err != nil {
+			if err := checkImage(d, filepath.Base(p), kind, mustHaveEntry[pattern]); err != nil {
 				return corrupt(filepath.Base(p), err)
 			}
 		}
@@ -50,7 +52,7 @@ func checkImages(d archive.Dir) error {
 	return nil
 }
 
-func checkImage(d archive.Dir, name string, needEntry bool) error {
+func checkImage(d archive.Dir, name, kind string, needEntry bool) error {
 	f, err := d.OpenMember(archive.CheckpointDir + "/" + name)
 	if err != nil {
 		return err
@@ -63,14 +65,16 @@ func checkImage(d archive.Dir, name string, needEntry bool) error {
 	if len(b) > maxImage {
 		return fmt.Errorf("larger than %d bytes", maxImage)
 	}
-	off := 4
-	if len(b) < off {
+	if len(b) < 8 {
 		return fmt.Errorf("no magic")
 	}
-	if m := binary.LittleEndian.Uint32(b); m == imgCommonMagic || m == imgServiceMagic {
-		off += 4
+	if m := uint64(binary.LittleEndian.Uint32(b)); m != magics.ByName["IMG_COMMON"] {
+		return fmt.Errorf("wrong magic %#x, not a CRIU image", m)
 	}
-	entries := 0
+	if m := uint64(binary.LittleEndian.Uint32(b[4:])); m != magics.ByName[kind] {
+		return fmt.Errorf("wrong magic %#x (%s), want %s", m, magics.ByValue[m], kind)
+	}
+	off, entries := 8, 0
 	for off < len(b) {
 		if len(b)-off < 4 {
 			return fmt.Errorf("a truncated entry size at byte %d", off)
