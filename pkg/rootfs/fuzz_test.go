@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -32,6 +31,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
+
+	"github.com/stasis-dev/stasis/internal/treesnap"
 )
 
 // diffTar writes entries "T name [target]" (T a tar typeflag; a regular
@@ -184,40 +185,12 @@ func FuzzApply(f *testing.F) {
 }
 
 // snapshot describes every entry under base except the subtree skip.
-func snapshot(t *testing.T, base, skip string) map[string]string {
-	out := map[string]string{}
-	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == skip {
-			return filepath.SkipDir
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		desc := fmt.Sprintf("%v ino=%d nlink=%d %d:%d size=%d mtime=%d", fi.Mode(), st.Ino, st.Nlink, st.Uid, st.Gid, fi.Size(), fi.ModTime().UnixNano())
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			desc += fmt.Sprintf(" sha256=%x", sha256.Sum256(b))
-		case fi.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			desc += " -> " + l
-		}
-		rel, _ := filepath.Rel(base, p)
-		out[rel] = desc
-		return nil
-	})
+func snapshot(t *testing.T, base, skip string) treesnap.Snapshot {
+	s, err := treesnap.Take(base, skip)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out
+	return s
 }
 
 // watchdog crashes the process when a call outlives d: Go's fuzzer records

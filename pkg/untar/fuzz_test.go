@@ -13,7 +13,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -26,6 +25,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/internal/treesnap"
 )
 
 // seed is a hand-built tar and what extracting it must give.
@@ -390,43 +391,12 @@ func extractChecked(t *testing.T, tarball func(outside string) []byte, kind Kind
 }
 
 // snapshot describes every entry under base except the subtree skip.
-func snapshot(t *testing.T, base, skip string) map[string]string {
-	out := map[string]string{}
-	err := filepath.WalkDir(base, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if p == skip {
-			return filepath.SkipDir
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		desc := fmt.Sprintf("%v ino=%d nlink=%d %d:%d size=%d mtime=%d", fi.Mode(), st.Ino, st.Nlink, st.Uid, st.Gid, fi.Size(), fi.ModTime().UnixNano())
-		switch {
-		case fi.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			desc += fmt.Sprintf(" sha256=%x", sha256.Sum256(b))
-		case fi.Mode()&fs.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			desc += " -> " + l
-		}
-		if n, err := unix.Llistxattr(p, make([]byte, 4096)); err == nil {
-			desc += fmt.Sprintf(" xattrs=%d", n)
-		}
-		rel, _ := filepath.Rel(base, p)
-		out[rel] = desc
-		return nil
-	})
+func snapshot(t *testing.T, base, skip string) treesnap.Snapshot {
+	s, err := treesnap.Take(base, skip)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return out
+	return s
 }
 
 // watchdog crashes the process when a call outlives d: Go's fuzzer records

@@ -4,11 +4,9 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/internal/treesnap"
 )
 
 // Hostile checkpoint archives: members that are links, FIFOs or devices,
@@ -46,8 +46,8 @@ type hostile struct {
 	plain    string // src's archive
 	dir      string // where hostile archives are built (a neutral path)
 	sentinel string
-	before   string // the sentinel's snapshot
-	mounts   int    // mounts under the root with src running
+	before   treesnap.Snapshot // the sentinel's
+	mounts   int               // mounts under the root with src running
 	members  []member
 }
 
@@ -90,35 +90,14 @@ func newHostile(t *testing.T) *hostile {
 	return h
 }
 
-// snapshot lists dir (not following links) with each entry's mode, size,
-// modification time and content digest.
-func snapshot(t *testing.T, dir string) string {
+// snapshot describes every entry under dir, links not followed.
+func snapshot(t *testing.T, dir string) treesnap.Snapshot {
 	t.Helper()
-	var b strings.Builder
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			fmt.Fprintf(&b, "%s: %v\n", p, err)
-			return nil
-		}
-		fi, err := os.Lstat(p)
-		if err != nil {
-			fmt.Fprintf(&b, "%s: %v\n", p, err)
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		fmt.Fprintf(&b, "%s %v %d %d", rel, fi.Mode(), fi.Size(), fi.ModTime().UnixNano())
-		switch {
-		case fi.Mode().IsRegular():
-			data, _ := os.ReadFile(p)
-			fmt.Fprintf(&b, " %x", sha256.Sum256(data))
-		case fi.Mode()&os.ModeSymlink != 0:
-			l, _ := os.Readlink(p)
-			fmt.Fprintf(&b, " -> %s", l)
-		}
-		b.WriteString("\n")
-		return nil
-	})
-	return b.String()
+	s, err := treesnap.Take(dir, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // build writes an archive of the source's members rewritten by fn.
@@ -245,8 +224,8 @@ func (e *env) names(t *testing.T) []string {
 // agent's cleanup after its answer), and src still counting.
 func (h *hostile) assertClean(t *testing.T, target string, list func() []string) {
 	t.Helper()
-	if got := snapshot(t, h.sentinel); got != h.before {
-		t.Errorf("the sentinel outside changed:\nbefore:\n%s\nafter:\n%s", h.before, got)
+	if d := snapshot(t, h.sentinel).Diff(h.before); d != "" {
+		t.Errorf("the sentinel outside changed:\n%s", d)
 	}
 	for _, n := range list() {
 		if n == target {
@@ -438,8 +417,8 @@ func TestHostileXattrsDropped(t *testing.T) {
 		}
 	}
 	h.e.waitCounter("x7", h.e.counter("x7")+2)
-	if got := snapshot(t, h.sentinel); got != h.before {
-		t.Errorf("the sentinel outside changed:\nbefore:\n%s\nafter:\n%s", h.before, got)
+	if d := snapshot(t, h.sentinel).Diff(h.before); d != "" {
+		t.Errorf("the sentinel outside changed:\n%s", d)
 	}
 	h.e.waitCounter("src", h.e.counter("src")+2)
 }
@@ -462,8 +441,8 @@ func TestHostileVolumeMapping(t *testing.T) {
 	before, mounts := snapshot(t, recorded), mountsUnder(e.root)
 	clean := func(t *testing.T, target string) {
 		t.Helper()
-		if got := snapshot(t, recorded); got != before {
-			t.Errorf("the recorded volume changed:\nbefore:\n%s\nafter:\n%s", before, got)
+		if d := snapshot(t, recorded).Diff(before); d != "" {
+			t.Errorf("the recorded volume changed:\n%s", d)
 		}
 		for _, n := range e.names(t) {
 			if n == target {
@@ -508,8 +487,8 @@ func TestHostileVolumeMapping(t *testing.T) {
 		t.Fatalf("/data in the restored container lists %q, want the --volume's marker-given only", ls)
 	}
 	e.assertContinues("n2", at)
-	if got := snapshot(t, recorded); got != before {
-		t.Errorf("the recorded volume changed:\nbefore:\n%s\nafter:\n%s", before, got)
+	if d := snapshot(t, recorded).Diff(before); d != "" {
+		t.Errorf("the recorded volume changed:\n%s", d)
 	}
 }
 
