@@ -339,15 +339,8 @@ func extractChecked(t *testing.T, tarball func(outside string) []byte, kind Kind
 		t.Fatalf("extraction ran past its deadline: %v", err)
 	}
 	after := snapshot(t, tmp, root)
-	for p, was := range before {
-		if after[p] != was {
-			t.Errorf("outside the root, %s changed: %s -> %q (extract: %v)", p, was, after[p], err)
-		}
-	}
-	for p, is := range after {
-		if _, ok := before[p]; !ok {
-			t.Errorf("outside the root, %s appeared: %s (extract: %v)", p, is, err)
-		}
+	if d := after.Diff(before); d != "" {
+		t.Errorf("outside the root (extract: %v):\n%s", err, d)
 	}
 	if fi, lerr := os.Lstat(root); lerr != nil || !fi.IsDir() {
 		t.Fatalf("root is gone or no directory: %v", lerr)
