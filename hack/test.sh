@@ -20,6 +20,8 @@ bash hack/crio/build.sh
 # copies it into a container).
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
 export STASIS_BIN=$PWD/bin/stasis
+# Generated code (deepcopy, CRDs, RBAC) must match api/ and the markers.
+bash hack/generate.sh --check
 go vet ./...
 # -p 1: the tests share runc, CRIU and Podman on one machine.
 go test -p 1 -count=1 -timeout 40m "$@" ./...
