@@ -13,8 +13,6 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-var metaGet = metav1.GetOptions{}
-
 // In a cluster the agent asks a real API server who a token is
 // (TokenReview) and what RBAC lets it do (SubjectAccessReview), with the
 // ClusterRoles of config/rbac: a ServiceAccount bound to stasis-admin
@@ -32,17 +30,17 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 		if err := yaml.Unmarshal([]byte(doc), &role); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := api.client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
+		if _, err := api.Client.RbacV1().ClusterRoles().Create(ctx, &role, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("cluster role %s: %v", role.Name, err)
 		}
 	}
 	token := func(sa, role string) string {
-		if _, err := api.client.CoreV1().ServiceAccounts("default").Create(ctx,
+		if _, err := api.Client.CoreV1().ServiceAccounts("default").Create(ctx,
 			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		if role != "" {
-			if _, err := api.client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
+			if _, err := api.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 				ObjectMeta: metav1.ObjectMeta{Name: sa + "-" + role},
 				RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: role},
 				Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: sa, Namespace: "default"}},
@@ -50,7 +48,7 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		tr, err := api.client.CoreV1().ServiceAccounts("default").CreateToken(ctx, sa, &authnv1.TokenRequest{}, metav1.CreateOptions{})
+		tr, err := api.Client.CoreV1().ServiceAccounts("default").CreateToken(ctx, sa, &authnv1.TokenRequest{}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +58,7 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 
 	e := newEnv(t)
 	e.importBusybox()
-	a := startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", []string{"--kubeconfig", api.kubeconfig})
+	a := startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", []string{"--kubeconfig", api.Kubeconfig})
 	c := a.client(t, "", "")
 	e.runCounter("kweb", 10)
 

@@ -28,10 +28,14 @@ func (n *Node) Stop() {
 			n.killPods()
 		}
 	}
-	n.killPods() // when containerd never started
+	// A control plane alone made no pods, bridge or cgroups: those of
+	// this name belong to a whole node that may be running beside it.
+	if !n.opts.ControlPlaneOnly {
+		n.killPods() // when containerd never started
+		exec.Command("ip", "link", "del", bridge).Run()
+		removeCgroups(cgroupRoot)
+	}
 	unmountUnder(n.Dir, n.Run)
-	exec.Command("ip", "link", "del", bridge).Run()
-	removeCgroups(cgroupRoot)
 	if n.Run != "" {
 		os.RemoveAll(n.Run)
 	}
