@@ -18,10 +18,22 @@ import (
 
 var stasisBin string
 
+// notRoot, when set, is why every test skips: they run runc, CRIU and
+// overlay mounts.
+var notRoot string
+
+// requireRoot skips t when the tests do not run as root, saying so.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if notRoot != "" {
+		t.Skip(notRoot)
+	}
+}
+
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("e2e tests need root; skipped")
-		os.Exit(0)
+		notRoot = "e2e tests need root (runc, CRIU, overlayfs)"
+		os.Exit(m.Run())
 	}
 	stasisBin = os.Getenv("STASIS_BIN")
 	if stasisBin == "" {
@@ -46,6 +58,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	requireRoot(t)
 	root, err := os.MkdirTemp("/var/tmp", "stasis-e2e-")
 	if err != nil {
 		t.Fatal(err)

@@ -30,13 +30,6 @@ import (
 
 const hostileTimeout = 30 * time.Second
 
-func needRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: runc, CRIU and overlay mounts")
-	}
-}
-
 // hostile is a source container "src" (the busybox counter), its archive
 // exported with --compress none, and a sentinel directory on the host that
 // holds copies of the real members, so that an archive whose members lead
@@ -53,7 +46,7 @@ type hostile struct {
 
 func newHostile(t *testing.T) *hostile {
 	t.Helper()
-	needRoot(t)
+	requireRoot(t)
 	e := newEnv(t)
 	e.importBusybox()
 	e.runCounter("src", 10)
@@ -428,7 +421,7 @@ func TestHostileXattrsDropped(t *testing.T) {
 // with one the container sees the given directory, not the recorded one;
 // a --volume for a destination the checkpoint has no mount at is refused.
 func TestHostileVolumeMapping(t *testing.T) {
-	needRoot(t)
+	requireRoot(t)
 	e := newEnv(t)
 	e.importBusybox()
 	recorded, given, other := t.TempDir(), t.TempDir(), t.TempDir()
@@ -495,7 +488,7 @@ func TestHostileVolumeMapping(t *testing.T) {
 // SIGTERM in the middle of a restore of a 300 MiB archive: stasis stops
 // within seconds, fails, and leaves no container, work files or mounts.
 func TestHostileRestoreSIGTERM(t *testing.T) {
-	needRoot(t)
+	requireRoot(t)
 	e := newEnv(t)
 	e.runBig("big")
 	archive := filepath.Join(t.TempDir(), "big.tar")
@@ -566,7 +559,7 @@ func debianTar(t *testing.T) string {
 // Sticky, setuid and setgid bits survive image import, run, and a
 // checkpoint and restore; so does a setuid file the container made.
 func TestHostileModesSurvive(t *testing.T) {
-	needRoot(t)
+	requireRoot(t)
 	e := newEnv(t)
 	e.run("image", "import", debianTar(t), "localhost/debian-like:e2e")
 	e.run("run", "--name", "c", "localhost/debian-like:e2e", "sh", "-c", "touch /srv/rt && chmod 4755 /srv/rt && "+counterScript)

@@ -15,6 +15,7 @@ import (
 
 func need(t *testing.T, bin string) string {
 	t.Helper()
+	requireRoot(t)
 	p, err := exec.LookPath(bin)
 	if err != nil {
 		t.Fatalf("%s is needed (hack/test.sh installs it): %v", bin, err)

@@ -13,6 +13,7 @@ import (
 // system:masters kubeconfig come with it.
 func startAPIServer(t *testing.T) *kubenode.Node {
 	t.Helper()
+	requireRoot(t)
 	bin := os.Getenv("STASIS_K8S_BIN")
 	if bin == "" {
 		bin = "/var/cache/stasis/k8s/bin"

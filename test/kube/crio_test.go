@@ -19,6 +19,7 @@ import (
 // stasis-runc does the same restore under conmon as under containerd's
 // shim, from the same node store.
 func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
+	requireNode(t)
 	crioBin := filepath.Join(envOr("STASIS_CRIO_BIN", "/var/cache/stasis/crio/bin"), "crio")
 	if _, err := os.Stat(crioBin); err != nil {
 		t.Fatalf("CRI-O is needed (hack/crio/build.sh builds it): %v", err)

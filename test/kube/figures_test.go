@@ -22,6 +22,7 @@ import (
 // (every replica restored from the checkpoint image). hack/bench-kube.sh
 // runs it; without STASIS_BENCH_JVM_ROOTFS it is skipped.
 func TestFigures(t *testing.T) {
+	requireNode(t)
 	jvmRootfs := os.Getenv("STASIS_BENCH_JVM_ROOTFS")
 	if jvmRootfs == "" {
 		t.Skip("a benchmark: hack/bench-kube.sh runs it")

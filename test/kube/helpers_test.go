@@ -23,6 +23,7 @@ var ctx = context.Background()
 // namespace makes a namespace the test removes again.
 func namespace(t *testing.T, name string) string {
 	t.Helper()
+	requireNode(t)
 	_, err := node.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{})
 	if err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)

@@ -27,6 +27,7 @@ import (
 // The test node's own paths replace the defaults (its containerd keeps
 // state elsewhere; nothing is installed in the host's /usr/local/bin).
 func TestInstalledStackCheckpointsAndRestores(t *testing.T) {
+	requireNode(t)
 	tarball := filepath.Join(t.TempDir(), "stasis-image.tar")
 	if out, err := exec.Command("bash", "../../hack/image.sh", tarball).CombinedOutput(); err != nil {
 		t.Fatalf("hack/image.sh: %v\n%s", err, out)

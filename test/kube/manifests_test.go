@@ -13,6 +13,7 @@ import (
 // accepts every object in it (a server-side dry run: the cluster the tests
 // run has its own stasis stack).
 func TestDefaultManifestsAreAccepted(t *testing.T) {
+	requireNode(t)
 	res, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), "../../config/default")
 	if err != nil {
 		t.Fatal(err)

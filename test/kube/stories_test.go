@@ -182,6 +182,7 @@ func waitReplicas(t *testing.T, ns, app string, n int) []corev1.Pod {
 // startRegistry runs Debian's docker-registry on plain HTTP.
 func startRegistry(t *testing.T) string {
 	t.Helper()
+	requireNode(t)
 	bin, err := exec.LookPath("docker-registry")
 	if err != nil {
 		t.Fatalf("docker-registry is needed: %v", err)
