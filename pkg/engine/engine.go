@@ -18,8 +18,8 @@ import (
 	"time"
 
 	"filippo.io/age"
-	"golang.org/x/sys/unix"
 
+	"github.com/stasis-dev/stasis/pkg/flock"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 	"github.com/stasis-dev/stasis/pkg/netns"
@@ -264,19 +264,14 @@ func (e *Engine) lock(id string) (func(), error) {
 	if id != "" {
 		name = filepath.Join(e.runRoot, "lock-"+id)
 	}
-	f, err := os.OpenFile(name, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		f, err := flock.TryLock(name)
 		if err == nil {
 			return func() { f.Close() }, nil
 		}
-		if err != unix.EWOULDBLOCK || id != "" || time.Now().After(deadline) {
-			f.Close()
-			if err == unix.EWOULDBLOCK {
+		if !errors.Is(err, flock.ErrLocked) || id != "" || time.Now().After(deadline) {
+			if errors.Is(err, flock.ErrLocked) {
 				return nil, fmt.Errorf("container %s: %w", id, ErrBusy)
 			}
 			return nil, err

@@ -6,7 +6,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/sys/unix"
+	"github.com/stasis-dev/stasis/pkg/flock"
 )
 
 // workDir makes a private directory under <root>/work for one operation,
@@ -18,7 +18,7 @@ func (e *Engine) workDir(prefix string) (string, *os.File, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	lock, err := lockFile(filepath.Join(dir, ".lock"))
+	lock, err := flock.TryLock(filepath.Join(dir, ".lock"))
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", nil, err
@@ -26,27 +26,8 @@ func (e *Engine) workDir(prefix string) (string, *os.File, error) {
 	return dir, lock, nil
 }
 
-func lockFile(path string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
 // abandoned reports whether the lock in dir is free: its owner is gone.
-func abandoned(dir string) bool {
-	f, err := lockFile(filepath.Join(dir, ".lock"))
-	if err != nil {
-		return os.IsNotExist(err)
-	}
-	f.Close()
-	return true
-}
+func abandoned(dir string) bool { return flock.Free(filepath.Join(dir, ".lock")) }
 
 // Recover undoes what a stasis killed in the middle of an operation left
 // behind: containers a dump froze and never thawed run again, and work

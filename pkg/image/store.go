@@ -21,8 +21,8 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/layout"
 	"github.com/google/go-containerregistry/pkg/v1/match"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"golang.org/x/sys/unix"
 
+	"github.com/stasis-dev/stasis/pkg/flock"
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
@@ -86,12 +86,8 @@ func (s *Store) rootfsDir() string { return filepath.Join(s.dir, "rootfs") }
 
 // lock serialises writers of the store across processes.
 func (s *Store) lock() (func(), error) {
-	f, err := os.OpenFile(filepath.Join(s.dir, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
+	f, err := flock.Lock(filepath.Join(s.dir, ".lock"))
 	if err != nil {
-		return nil, err
-	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
-		f.Close()
 		return nil, err
 	}
 	return func() { f.Close() }, nil

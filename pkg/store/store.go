@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/stasis-dev/stasis/pkg/flock"
 )
 
 // ErrNotFound is returned when no checkpoint matches.
@@ -91,10 +93,7 @@ func (d *Dir) Put(e Entry, archiveName string, write func(string) (int64, string
 		return nil, err
 	}
 	// The lock tells RemoveAbandoned that a writer still works here.
-	lock, err := os.OpenFile(filepath.Join(tmp, ".lock"), os.O_CREATE|os.O_RDWR, 0o600)
-	if err == nil {
-		err = syscall.Flock(int(lock.Fd()), syscall.LOCK_EX)
-	}
+	lock, err := flock.Lock(filepath.Join(tmp, ".lock"))
 	if err != nil {
 		os.RemoveAll(tmp)
 		return nil, err
@@ -169,12 +168,7 @@ func (d *Dir) RemoveAbandoned() []string {
 			continue
 		}
 		p := filepath.Join(d.root, de.Name())
-		f, err := os.OpenFile(filepath.Join(p, ".lock"), os.O_RDWR, 0)
-		if err == nil {
-			err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
-			f.Close()
-		}
-		if err == nil || os.IsNotExist(err) {
+		if flock.Free(filepath.Join(p, ".lock")) {
 			os.RemoveAll(p)
 			did = append(did, "removed "+p)
 		}
