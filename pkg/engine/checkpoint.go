@@ -428,8 +428,8 @@ func (e *Engine) writeMetadata(c *Container, work, criuVersion string) error {
 			return err
 		}
 	}
-	var spec specs.Spec
-	if err := readJSONFile(filepath.Join(p.bundle(), "config.json"), &spec); err != nil {
+	spec, err := readSpec(p.bundle())
+	if err != nil {
 		return err
 	}
 	// The namespace's path is this host's; whoever restores makes its own.
@@ -441,7 +441,7 @@ func (e *Engine) writeMetadata(c *Container, work, criuVersion string) error {
 	spec.Annotations[metadata.CheckpointAnnotationCriuVersion] = criuVersion
 	spec.Annotations[metadata.CheckpointAnnotationRuntimeName] = e.rt.Name()
 	spec.Annotations[metadata.CheckpointAnnotationEngineVersion] = archive.EngineVersion()
-	if err := archive.WriteJSON(work, archive.SpecDump, &spec); err != nil {
+	if err := archive.WriteJSON(work, archive.SpecDump, spec); err != nil {
 		return err
 	}
 	now := time.Now().UTC()
@@ -452,7 +452,7 @@ func (e *Engine) writeMetadata(c *Container, work, criuVersion string) error {
 		},
 		// Podman resolves this field as an image reference in its own store,
 		// where stasis' image IDs do not exist; the name resolves in both.
-		RootfsImageID: c.Image, RawImageName: c.Image, Command: c.Args, Spec: &spec,
+		RootfsImageID: c.Image, RawImageName: c.Image, Command: c.Args, Spec: spec,
 		CreateNetNS: c.Network == runtime.NetworkNone,
 	}
 	return archive.WriteJSON(work, archive.ConfigDump, &cfg)

@@ -163,6 +163,19 @@ func writeSpec(bundle string, s *specs.Spec) error {
 	return os.WriteFile(filepath.Join(bundle, "config.json"), b, 0o600)
 }
 
+// readSpec reads back what writeSpec wrote.
+func readSpec(bundle string) (*specs.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(bundle, "config.json"))
+	if err != nil {
+		return nil, err
+	}
+	var s specs.Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("bundle %s: config.json: %w", bundle, err)
+	}
+	return &s, nil
+}
+
 // discard undoes a half-made container: runtime state, mount and files.
 func (e *Engine) discard(ctx context.Context, c *Container) {
 	p := e.paths(c.ID)
