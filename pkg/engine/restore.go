@@ -205,14 +205,21 @@ func (e *Engine) restore(ctx context.Context, o RestoreOptions, pulled *[]string
 
 	pid, lazy, err := e.restoreInto(ctx, c, lower, dir, spec, deleted, o, res, lock)
 	if err != nil {
+		err = fmt.Errorf("restore %s: %w", c.Name, err)
 		if existing == nil {
 			e.discard(context.WithoutCancel(ctx), c)
 		} else {
+			// It stays checkpointed, restorable once the cause is fixed;
+			// if even that fails, the caller must hear it.
 			c.Checkpointed = time.Now().UTC()
-			e.release(context.WithoutCancel(ctx), c)
-			e.save(c)
+			if rerr := e.release(context.WithoutCancel(ctx), c); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("and releasing it: %w", rerr))
+			}
+			if serr := e.save(c); serr != nil {
+				err = errors.Join(err, fmt.Errorf("and keeping it checkpointed: %w", serr))
+			}
 		}
-		return nil, fmt.Errorf("restore %s: %w", c.Name, err)
+		return nil, err
 	}
 	res.Container, res.ID, res.Pid = c.Name, c.ID, pid
 	if st, err := criu.ReadRestoreStats(work); err == nil {
