@@ -102,10 +102,7 @@ func psCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "CONTAINER ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS")
 			for _, c := range list {
-				status := c.Status
-				if c.Restored {
-					status += " (restored)"
-				}
+				status := c.Describe()
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID[:12], c.Name, c.Image,
 					truncate(strings.Join(c.Args, " "), 30), ago(c.Created), status)
 			}

@@ -51,13 +51,15 @@ type RestoreRequest struct {
 
 // containerView is a container as the API lists it.
 type containerView struct {
-	ID      string            `json:"id"`
-	Name    string            `json:"name"`
-	Image   string            `json:"image"`
-	Status  string            `json:"status"`
-	Pid     int               `json:"pid,omitempty"`
-	Labels  map[string]string `json:"labels,omitempty"`
-	Created time.Time         `json:"created"`
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Image  string `json:"image"`
+	Status string `json:"status"`
+	// ExitCode is set for an exited container whose exit was recorded.
+	ExitCode *int              `json:"exit_code,omitempty"`
+	Pid      int               `json:"pid,omitempty"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Created  time.Time         `json:"created"`
 }
 
 const maxJSON = 1 << 20
@@ -76,7 +78,7 @@ func (s *Server) routes() {
 		}
 		out := []containerView{}
 		for _, c := range cs {
-			out = append(out, containerView{ID: c.ID, Name: c.Name, Image: c.Image, Status: c.Status,
+			out = append(out, containerView{ID: c.ID, Name: c.Name, Image: c.Image, Status: string(c.Status), ExitCode: c.ExitCode,
 				Pid: c.Pid, Labels: c.Labels, Created: c.Created})
 		}
 		return "", writeJSON(w, http.StatusOK, out)

@@ -102,7 +102,7 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 		return nil, err
 	}
 	defer unlock()
-	if c.Status != "running" {
+	if c.Status != StatusRunning {
 		return nil, fmt.Errorf("checkpoint %s: container is %s, not running", c.Name, c.Status)
 	}
 	if err := mayCheckpoint(c, o.Export != "" || o.CreateImage != ""); err != nil {
@@ -371,7 +371,7 @@ func (e *Engine) waitLazyPages(ctx context.Context, c *Container) error {
 func (e *Engine) recoverFromFailedDump(ctx context.Context, c *Container) {
 	for i := 0; i < 50; i++ {
 		st, err := e.rt.State(ctx, c.ID)
-		if err != nil || st.Status != "paused" {
+		if err != nil || st.Status != runtime.Paused {
 			return
 		}
 		e.rt.Resume(ctx, c.ID)

@@ -99,9 +99,10 @@ type Container struct {
 	// Checkpointed is set when a checkpoint stopped the container.
 	Checkpointed time.Time `json:"checkpointed,omitempty"`
 
-	// Status is derived on read, never stored.
-	Status string `json:"-"`
-	Pid    int    `json:"-"`
+	// Status, Pid and ExitCode are derived on read, never stored.
+	Status   Status `json:"-"`
+	Pid      int    `json:"-"`
+	ExitCode *int   `json:"-"`
 }
 
 // paths of one container.
@@ -241,20 +242,44 @@ func (e *Engine) refresh(ctx context.Context, c *Container) {
 	p := e.paths(c.ID)
 	st, err := e.rt.State(ctx, c.ID)
 	switch {
-	case err == nil && st.Status != "stopped":
-		c.Status, c.Pid = st.Status, st.Pid
+	case err == nil && st.Status != runtime.Stopped:
+		c.Status, c.Pid = Status(st.Status), st.Pid
 	case !c.Checkpointed.IsZero():
-		c.Status = "checkpointed"
+		c.Status = StatusCheckpointed
 	default:
-		c.Status = "exited"
+		c.Status = StatusExited
 		if x := monitor.ReadExit(p.exitFile()); x != nil {
-			c.Status = fmt.Sprintf("exited (%d)", x.Code)
+			c.ExitCode = &x.Code
 		}
 	}
 }
 
 // Running reports whether the container's processes are alive.
-func (c *Container) Running() bool { return c.Status == "running" || c.Status == "paused" }
+func (c *Container) Running() bool { return c.Status == StatusRunning || c.Status == StatusPaused }
+
+// Status is a container's state as stasis reports it: the OCI runtime's
+// while it has processes, else checkpointed or exited.
+type Status string
+
+const (
+	StatusCreated      = Status(runtime.Created)
+	StatusRunning      = Status(runtime.Running)
+	StatusPaused       = Status(runtime.Paused)
+	StatusCheckpointed Status = "checkpointed"
+	StatusExited       Status = "exited"
+)
+
+// Describe is the status as `ps` shows it: "exited (1)", "running (restored)".
+func (c *Container) Describe() string {
+	s := string(c.Status)
+	if c.Status == StatusExited && c.ExitCode != nil {
+		s = fmt.Sprintf("%s (%d)", s, *c.ExitCode)
+	}
+	if c.Restored {
+		s += " (restored)"
+	}
+	return s
+}
 
 // lock takes an exclusive lock for operations on one container, or on the
 // set of names when id is "". It fails fast rather than queueing, so two

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/stasis-dev/stasis/pkg/flock"
+	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
 // workDir makes a private directory under <root>/work for one operation,
@@ -42,10 +43,10 @@ func (e *Engine) Recover(ctx context.Context) ([]string, error) {
 	for _, c := range cs {
 		// stasis never pauses a container on purpose: a paused one is a
 		// dump's freeze that outlived the dump.
-		if c.Status == "paused" {
+		if c.Status == StatusPaused {
 			if err := e.rt.Resume(ctx, c.ID); err != nil {
 				// The dying dump's CRIU may thaw it itself as we look.
-				if st, serr := e.rt.State(ctx, c.ID); serr == nil && st.Status != "paused" {
+				if st, serr := e.rt.State(ctx, c.ID); serr == nil && st.Status != runtime.Paused {
 					did = append(did, "found "+c.Name+" thawed already")
 					continue
 				}

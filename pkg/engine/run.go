@@ -130,7 +130,7 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 	if err != nil {
 		return c, fmt.Errorf("start container %s: %w", o.Name, err)
 	}
-	c.Status, c.Pid = "running", pid
+	c.Status, c.Pid = StatusRunning, pid
 	return c, nil
 }
 
@@ -197,7 +197,7 @@ func (e *Engine) Stop(ctx context.Context, ref string, timeout time.Duration) er
 
 func (e *Engine) stop(ctx context.Context, c *Container, timeout time.Duration) error {
 	if c.Running() {
-		if c.Status == "paused" {
+		if c.Status == StatusPaused {
 			e.rt.Resume(ctx, c.ID)
 		}
 		if timeout > 0 {
@@ -258,7 +258,7 @@ func (e *Engine) Exec(ctx context.Context, ref string, args []string, stdin io.R
 	if err != nil {
 		return 0, err
 	}
-	if c.Status != "running" {
+	if c.Status != StatusRunning {
 		return 0, fmt.Errorf("container %s is %s, not running", c.Name, c.Status)
 	}
 	return e.rt.Exec(ctx, c.ID, args, nil, stdin, stdout, stderr)

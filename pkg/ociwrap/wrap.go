@@ -31,6 +31,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/registry"
+	ocirt "github.com/stasis-dev/stasis/pkg/runtime"
 )
 
 // RestoreAnnotationPrefix, followed by a container's name, is the pod
@@ -346,7 +347,7 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 // runcState is `runc state`'s answer, kept whole to be printed again.
 type runcState struct {
 	fields map[string]json.RawMessage
-	Status string
+	Status ocirt.Status
 	Bundle string
 }
 
@@ -367,7 +368,7 @@ func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 	}
 	json.Unmarshal(st.fields["status"], &st.Status)
 	json.Unmarshal(st.fields["bundle"], &st.Bundle)
-	if st.Bundle == "" || st.Status != "running" {
+	if st.Bundle == "" || st.Status != ocirt.Running {
 		return nil, false
 	}
 	if _, err := os.Stat(filepath.Join(st.Bundle, RecordFile)); err != nil {
@@ -382,7 +383,7 @@ func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 // state prints the state of a restored, not yet started container as
 // runc prints a created one's.
 func (w *wrapper) state(st *runcState) int {
-	st.fields["status"] = json.RawMessage(`"created"`)
+	st.fields["status"], _ = json.Marshal(ocirt.Created)
 	b, err := json.MarshalIndent(st.fields, "", "  ")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

@@ -238,7 +238,7 @@ func (c *Checkpointer) inspect(ctx context.Context, ctr Container, dir string) (
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
 	}
-	if st.Status != "running" {
+	if st.Status != runtime.Running {
 		return nil, fmt.Errorf("container %s is %s, not running", ctr.Name, st.Status)
 	}
 	b, err := os.ReadFile(filepath.Join(c.HostRoot, st.Bundle, "config.json"))

@@ -31,9 +31,20 @@ type Runtime struct {
 type State struct {
 	ID     string `json:"id"`
 	Pid    int    `json:"pid"`
-	Status string `json:"status"` // created, running, paused, stopped
+	Status Status `json:"status"`
 	Bundle string `json:"bundle"`
 }
+
+// Status is a container's state as the OCI runtime reports it.
+type Status string
+
+// The states of the OCI runtime spec.
+const (
+	Created Status = "created"
+	Running Status = "running"
+	Paused  Status = "paused"
+	Stopped Status = "stopped"
+)
 
 func (r *Runtime) base(logFile string) []string {
 	args := []string{r.Binary, "--root", r.Root}
