@@ -262,9 +262,9 @@ func (c *Container) Running() bool { return c.Status == StatusRunning || c.Statu
 type Status string
 
 const (
-	StatusCreated      = Status(runtime.Created)
-	StatusRunning      = Status(runtime.Running)
-	StatusPaused       = Status(runtime.Paused)
+	StatusCreated             = Status(runtime.Created)
+	StatusRunning             = Status(runtime.Running)
+	StatusPaused              = Status(runtime.Paused)
 	StatusCheckpointed Status = "checkpointed"
 	StatusExited       Status = "exited"
 )
