@@ -3,7 +3,6 @@ package archive
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
@@ -26,19 +25,11 @@ func OpenMember(dir, name string) (*os.File, error) {
 
 // ReadMember reads a member file of at most max bytes (see OpenMember).
 func ReadMember(dir, name string, max int64) ([]byte, error) {
-	f, err := OpenMember(dir, name)
-	if err != nil {
-		return nil, err
+	b, err := untar.ReadFile(dir, name, max)
+	if errors.Is(err, untar.ErrUnsafePath) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, max+1))
-	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", name, err)
-	}
-	if int64(len(b)) > max {
-		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrInvalid, name, max)
-	}
-	return b, nil
+	return b, err
 }
 
 // memberDir checks that name inside dir is a directory, not a link to one.

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -104,12 +103,7 @@ func ReadRestoreStats(dir string) (*RestoreStats, error) {
 // archive: opened through no link, its sizes checked (go-criu's reader
 // slices by the recorded size and panics on a short file).
 func readStats(dir, name string) (*stats.StatsEntry, error) {
-	f, err := untar.OpenFile(dir, name)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, 1<<20))
+	b, err := untar.ReadFile(dir, name, 1<<20)
 	if err != nil {
 		return nil, err
 	}

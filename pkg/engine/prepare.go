@@ -56,10 +56,7 @@ func (e *Engine) Prepare(ctx context.Context, ref string, reg registry.Options) 
 	if err != nil {
 		return nil, fmt.Errorf("unpack checkpoint %s: %w", ref, err)
 	}
-	if err := d.Validate(); err != nil {
-		return nil, fmt.Errorf("checkpoint %s: %w", ref, err)
-	}
-	deleted, err := d.Deleted()
+	deleted, err := d.Deleted() // archive.Extract validated the rest
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", ref, err)
 	}

@@ -2,6 +2,7 @@ package untar
 
 import (
 	"fmt"
+	"io"
 	"os"
 
 	"golang.org/x/sys/unix"
@@ -38,6 +39,24 @@ func OpenFile(dir, name string) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// ReadFile reads the regular file name inside dir (see OpenFile), of at
+// most max bytes.
+func ReadFile(dir, name string, max int64) ([]byte, error) {
+	f, err := OpenFile(dir, name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, err)
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%w: %s is larger than %d bytes", ErrUnsafePath, name, max)
+	}
+	return b, nil
 }
 
 // CheckDir checks that name inside dir is a directory, reached through no

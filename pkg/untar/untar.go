@@ -46,9 +46,6 @@ const (
 // Options tune an extraction.
 type Options struct {
 	Kind Kind
-	// Filter, when set, is called with each cleaned entry name; entries for
-	// which it returns false are skipped.
-	Filter func(name string) bool
 	// MaxBytes bounds what the extraction may write (file contents plus a
 	// block per entry). The bound is never above the free space of dir's
 	// filesystem less 5 % of its size; 0 means just that.
@@ -150,7 +147,7 @@ func Extract(ctx context.Context, r io.Reader, dir string, o Options) error {
 		if err != nil {
 			return err
 		}
-		if name == "" || (o.Filter != nil && !o.Filter(name)) {
+		if name == "" {
 			continue
 		}
 		if err := x.entry(tr, hdr, name); err != nil {
