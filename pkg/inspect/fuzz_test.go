@@ -154,8 +154,8 @@ func statsImg(t testing.TB) []byte {
 }
 
 // checkpointDir writes a checkpoint: config.dump, and files (member
-// names) with their contents. It is nil when OpenDir refuses the images
-// (checkImages), which is an answer, not a failure.
+// names) with their contents. It is nil when OpenDir refuses them, which
+// is an answer, not a failure.
 func checkpointDir(t *testing.T, files map[string][]byte) *Checkpoint {
 	dir := t.TempDir()
 	if err := os.Mkdir(filepath.Join(dir, archive.CheckpointDir), 0o700); err != nil {

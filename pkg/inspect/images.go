@@ -16,7 +16,8 @@ import (
 // functions panic on an image with another image's magic, on one with no
 // entry, and on a process whose parent is missing. A checkpoint from
 // elsewhere is hostile input, so every image crit reads here is first
-// checked to be a sequence of entries that fit the file (checkImages),
+// checked to be a sequence of entries that fit the file (Checkpoint.check,
+// once, for the images the call at hand reads),
 // and each call into crit runs under decode, which turns a panic that is
 // still left into a corrupt-image error rather than a crash.
 
@@ -29,6 +30,8 @@ var (
 		"pstree.img": "PSTREE", "core-*.img": "CORE", "mm-*.img": "MM", "pagemap-*.img": "PAGEMAP", "files.img": "FILES",
 		"fdinfo-*.img": "FDINFO", "fs-*.img": "FS", "ids-*.img": "IDS", "mountpoints-*.img": "MNTS",
 	}
+	// fileImages are what crit's ExploreFds and ExploreSk read.
+	fileImages    = []string{"fdinfo-*.img", "files.img", "fs-*.img", "ids-*.img"}
 	mustHaveEntry = map[string]bool{"pstree.img": true, "core-*.img": true, "mm-*.img": true, "fs-*.img": true, "ids-*.img": true}
 	magics        = magic.LoadMagic()
 )
@@ -36,17 +39,23 @@ var (
 // maxImage bounds an image read whole to check it.
 const maxImage = 256 << 20
 
-// checkImages checks the framing of every image crit will decode.
-func checkImages(d archive.Dir) error {
-	for pattern, kind := range entryImages {
-		files, err := filepath.Glob(filepath.Join(d.Images(), pattern))
+// check checks the framing of the images of these patterns (keys of
+// entryImages) that crit is about to decode, each image once.
+func (c *Checkpoint) check(patterns ...string) error {
+	for _, pattern := range patterns {
+		files, err := filepath.Glob(filepath.Join(c.dir.Images(), pattern))
 		if err != nil {
 			return err
 		}
 		for _, p := range files {
-			if err := checkImage(d, filepath.Base(p), kind, mustHaveEntry[pattern]); err != nil {
-				return corrupt(filepath.Base(p), err)
+			name := filepath.Base(p)
+			if c.checked[name] {
+				continue
 			}
+			if err := checkImage(c.dir, name, entryImages[pattern], mustHaveEntry[pattern]); err != nil {
+				return corrupt(name, err)
+			}
+			c.checked[name] = true
 		}
 	}
 	return nil

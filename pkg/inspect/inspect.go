@@ -33,6 +33,8 @@ type Checkpoint struct {
 	dir         archive.Dir
 	archiveSize int64
 	cfg         *archive.Config
+	// checked are the images whose framing was checked (check).
+	checked map[string]bool
 }
 
 // OpenDir reads a checkpoint already unpacked in dir (or being written
@@ -43,10 +45,7 @@ func OpenDir(dir string) (*Checkpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := checkImages(d); err != nil {
-		return nil, err
-	}
-	return &Checkpoint{dir: d, cfg: cfg}, nil
+	return &Checkpoint{dir: d, cfg: cfg, checked: map[string]bool{}}, nil
 }
 
 // SetArchiveSize records the size of the archive the checkpoint came from,
@@ -158,6 +157,9 @@ func (c *Checkpoint) critter() crit.Critter {
 
 // Processes lists the process tree in pid order, with ppid linking it.
 func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
+	if err := c.check("pstree.img", "core-*.img"); err != nil {
+		return nil, err
+	}
 	root, err := decode("process tree", c.critter().ExplorePs)
 	if err != nil {
 		return nil, err
@@ -197,6 +199,9 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 		}
 	}
 	if o.Files {
+		if err := c.check(fileImages...); err != nil {
+			return nil, err
+		}
 		fds, err := decode("open files", c.critter().ExploreFds)
 		if err != nil {
 			return nil, err
@@ -210,6 +215,9 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 		}
 	}
 	if o.Sockets {
+		if err := c.check(fileImages...); err != nil {
+			return nil, err
+		}
 		sks, err := decode("sockets", c.critter().ExploreSk)
 		if err != nil {
 			return nil, err
@@ -235,6 +243,9 @@ func (c *Checkpoint) Processes(o ProcessOptions) ([]*Process, error) {
 // readArgs reads a process's command line and environment from its
 // memory, where the kernel keeps them, at the bounds its mm image records.
 func (c *Checkpoint) readArgs(p *Process, cmdline, env bool) error {
+	if err := c.check("mm-*.img"); err != nil {
+		return err
+	}
 	f, err := c.dir.OpenMember(fmt.Sprintf("%s/mm-%d.img", archive.CheckpointDir, p.Pid))
 	if err != nil {
 		return fmt.Errorf("pid %d: %w", p.Pid, err)
@@ -309,6 +320,9 @@ type Mount struct {
 
 // Mounts lists the mounts CRIU recorded, sorted by mount point.
 func (c *Checkpoint) Mounts() ([]Mount, error) {
+	if err := c.check("mountpoints-*.img"); err != nil {
+		return nil, err
+	}
 	files, _ := filepath.Glob(filepath.Join(c.dir.Images(), "mountpoints-*.img"))
 	var out []Mount
 	for _, p := range files {

@@ -92,6 +92,9 @@ func (l areaList) at(addr uint64) string {
 
 // areas are the memory mappings of pid, from its mm image.
 func (c *Checkpoint) areas(pid uint32) (areaList, error) {
+	if err := c.check("pstree.img", "mm-*.img", "files.img"); err != nil {
+		return nil, err
+	}
 	mems, err := decode("memory map", c.critter().ExploreMems)
 	if err != nil {
 		return nil, fmt.Errorf("memory map: %w", err)

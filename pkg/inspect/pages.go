@@ -35,6 +35,9 @@ type pageRun struct {
 }
 
 func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
+	if err := c.check("pagemap-*.img"); err != nil {
+		return nil, err
+	}
 	f, err := c.dir.OpenMember(fmt.Sprintf("%s/pagemap-%d.img", archive.CheckpointDir, pid))
 	if err != nil {
 		return nil, fmt.Errorf("memory of pid %d: %w", pid, err)
