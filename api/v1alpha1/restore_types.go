@@ -8,7 +8,8 @@ import (
 type RestoreSpec struct {
 	// CheckpointRef is the Checkpoint, in this namespace or another; one
 	// of another namespace is admitted only if the Restore's creator may
-	// read Checkpoints there.
+	// restore checkpoints there (the verb "restore" on checkpoints, which
+	// only stasis-admin has: reading a checkpoint's status is not enough).
 	CheckpointRef CheckpointReference `json:"checkpointRef"`
 	// PodName is the new pod's name, in the Restore's namespace.
 	// +kubebuilder:validation:MinLength=1
@@ -18,6 +19,11 @@ type RestoreSpec struct {
 	// large heap does not delay the start.
 	// +optional
 	LazyPages bool `json:"lazyPages,omitempty"`
+	// ServiceAccountName runs the new pod as this service account of the
+	// Restore's namespace; by default its "default" one, never the source
+	// pod's (a name of another namespace means other rights here).
+	// +optional
+	ServiceAccountName string `json:"serviceAccountName,omitempty"`
 }
 
 // CheckpointReference names a Checkpoint.

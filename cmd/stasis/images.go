@@ -66,7 +66,7 @@ containerd recognise it. Push it with 'stasis push NAME'.`,
 		},
 	}
 	build.Flags().StringArrayVar(&imageKeys, "encrypt-image-key", nil, "encrypt the layer for this public key (PEM, RSA or EC; repeatable), as ocicrypt does")
-	cmd.AddCommand(build, rmiCmd(g, "rm"))
+	cmd.AddCommand(build, imageSignCmd(g), rmiCmd(g, "rm"))
 	return cmd
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/monitor"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 )
 
 type globals struct {
@@ -29,6 +30,8 @@ type globals struct {
 	// host is an agent to work through (see remote.go).
 	host     string
 	hostOpts agent.ClientOptions
+	// trust is the agent's (--signing-key, --trusted-key); nil elsewhere.
+	trust *provenance.Trust
 }
 
 func requireRoot() error {
@@ -61,7 +64,7 @@ func (g *globals) engine() (*engine.Engine, error) {
 		return nil, err
 	}
 	return engine.New(engine.Options{Root: g.root, RunRoot: g.runRoot, Runtime: g.runtime, Identities: ids, DecryptionKeys: keys,
-		MaxUnpack: maxUnpack})
+		MaxUnpack: maxUnpack, Trust: g.trust})
 }
 
 func main() {
@@ -120,7 +123,7 @@ exactly that point: in place, under a new name, or on another machine.`,
 	root.AddCommand(
 		imageCmd(g), imagesCmd(g), runCmd(g), psCmd(g), logsCmd(g), execCmd(g), stopCmd(g), rmCmd(g),
 		checkpointCmd(g), checkpointsCmd(g), restoreCmd(g), pullCmd(g), pushCmd(g), rmiCmd(g, "rmi"),
-		inspectCmd(g), diffCmd(g), historyCmd(g), rewindCmd(g), agentCmd(g), demoCmd(g),
+		inspectCmd(g), diffCmd(g), historyCmd(g), rewindCmd(g), agentCmd(g), demoCmd(g), keyCmd(),
 	)
 	return root
 }

@@ -26,7 +26,8 @@ func pullCmd(g *globals) *cobra.Command {
 		Long: `Pull fetches an image from an OCI registry into the local store under its
 reference. Blobs the store already has are not fetched again; every blob is
 checked against its digest, and an interrupted or failed pull leaves the
-store as it was.`,
+store as it was. A checkpoint image's signature (cosign's sha256-<digest>.sig
+tag beside it), when the registry has one, comes along.`,
 		Example: `  stasis pull registry.example.com/app:1
   stasis pull --tls-verify=false --creds me:secret 127.0.0.1:5000/app:1`,
 		Args: cobra.ExactArgs(1),
@@ -54,7 +55,8 @@ func pushCmd(g *globals) *cobra.Command {
 		Short: "Push an image from the local store to a registry",
 		Long: `Push sends a stored image (a run image or a checkpoint image) to the
 registry its name (or DESTINATION) names. Blobs the registry already has
-are not sent again.`,
+are not sent again. A checkpoint image's signature ('stasis image sign')
+goes along, as cosign stores it.`,
 		Example: `  stasis push 127.0.0.1:5000/ckpt/web:v1
   stasis push localhost/app:1 registry.example.com/team/app:1`,
 		Args: cobra.RangeArgs(1, 2),

@@ -19,7 +19,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 )
 
@@ -58,13 +57,13 @@ func (r *CheckpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		}
 		return ctrl.Result{}, err
 	}
-	if pod.Annotations[engine.LabelCheckpoint] == engine.OptOut {
+	if pod.Annotations[stasisv1.AnnotationCheckpoint] == stasisv1.OptOut {
 		return r.fail(ctx, &ck, "OptedOut", "pod %s is marked %s=%s: it is never checkpointed",
-			pod.Name, engine.LabelCheckpoint, engine.OptOut)
+			pod.Name, stasisv1.AnnotationCheckpoint, stasisv1.OptOut)
 	}
-	if pod.Annotations[engine.LabelMigrate] == engine.OptOut && ck.Spec.Destination.Image != nil {
+	if pod.Annotations[stasisv1.AnnotationMigrate] == stasisv1.OptOut && ck.Spec.Destination.Image != nil {
 		return r.fail(ctx, &ck, "OptedOut", "pod %s is marked %s=%s: its checkpoints stay on its node, not in a registry",
-			pod.Name, engine.LabelMigrate, engine.OptOut)
+			pod.Name, stasisv1.AnnotationMigrate, stasisv1.OptOut)
 	}
 	containers, waiting, err := podContainers(&pod, ck.Spec.Containers)
 	if err != nil {
@@ -169,23 +168,27 @@ func podContainers(pod *corev1.Pod, names []string) (cs []podcheckpoint.Containe
 
 // podTemplate is the pod as declared, to create again: without what
 // belongs to the instance (node, status, owner, the token volume the
-// API server injects, the ReplicaSet's hash label).
+// API server injects, ephemeral containers, the ReplicaSet's hash label)
+// and without the restore annotations that made this pod (a Restore sets
+// its own).
 func podTemplate(pod *corev1.Pod) *corev1.PodTemplateSpec {
 	t := &corev1.PodTemplateSpec{}
 	t.Labels = map[string]string{}
 	for k, v := range pod.Labels {
-		if k != "pod-template-hash" {
+		if k != "pod-template-hash" && k != stasisv1.LabelRestore {
 			t.Labels[k] = v
 		}
 	}
 	t.Annotations = map[string]string{}
 	for k, v := range pod.Annotations {
-		if !strings.HasPrefix(k, "kubectl.kubernetes.io/") {
+		if !strings.HasPrefix(k, "kubectl.kubernetes.io/") && !strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) &&
+			k != stasisv1.AnnotationLazyPages {
 			t.Annotations[k] = v
 		}
 	}
 	t.Spec = *pod.Spec.DeepCopy()
 	t.Spec.NodeName = ""
+	t.Spec.EphemeralContainers = nil
 	injected := map[string]bool{}
 	var vols []corev1.Volume
 	for _, v := range t.Spec.Volumes {
@@ -196,14 +199,16 @@ func podTemplate(pod *corev1.Pod) *corev1.PodTemplateSpec {
 		vols = append(vols, v)
 	}
 	t.Spec.Volumes = vols
-	for i := range t.Spec.Containers {
-		var ms []corev1.VolumeMount
-		for _, m := range t.Spec.Containers[i].VolumeMounts {
-			if !injected[m.Name] {
-				ms = append(ms, m)
+	for _, cs := range [][]corev1.Container{t.Spec.InitContainers, t.Spec.Containers} {
+		for i := range cs {
+			var ms []corev1.VolumeMount
+			for _, m := range cs[i].VolumeMounts {
+				if !injected[m.Name] {
+					ms = append(ms, m)
+				}
 			}
+			cs[i].VolumeMounts = ms
 		}
-		t.Spec.Containers[i].VolumeMounts = ms
 	}
 	return t
 }

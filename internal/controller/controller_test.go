@@ -22,7 +22,6 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/ociwrap"
 	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
@@ -301,9 +300,9 @@ func TestRestoreCreatesThePod(t *testing.T) {
 	if err := k.Get(ctx, client.ObjectKey{Namespace: n, Name: "copy"}, &p); err != nil {
 		t.Fatal(err)
 	}
-	if p.Spec.NodeName != "node-a" || p.Spec.RuntimeClassName == nil || *p.Spec.RuntimeClassName != "stasis" ||
-		p.Annotations[ociwrap.RestoreAnnotationPrefix+"app"] != "localhost/stasis/x/c-1:app" || p.Labels[LabelRestore] != "copy" {
-		t.Fatalf("restored pod: node %q runtimeClass %v annotations %v labels %v", p.Spec.NodeName, p.Spec.RuntimeClassName, p.Annotations, p.Labels)
+	if pinnedTo(&p) != "node-a" || p.Spec.RuntimeClassName == nil || *p.Spec.RuntimeClassName != "stasis" ||
+		p.Annotations[stasisv1.AnnotationRestoreFrom] != "Restore/copy" || p.Labels[stasisv1.LabelRestore] != "copy" {
+		t.Fatalf("restored pod: node %q runtimeClass %v annotations %v labels %v", pinnedTo(&p), p.Spec.RuntimeClassName, p.Annotations, p.Labels)
 	}
 	p.Status.Conditions = []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}}
 	if err := k.Status().Update(ctx, &p); err != nil {
@@ -329,7 +328,65 @@ func TestRestoreFromRegistryImageIsNotPinned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.Spec.NodeName != "" || p.Namespace != "y" || p.Name != "p" {
-		t.Fatalf("pod %s/%s on node %q", p.Namespace, p.Name, p.Spec.NodeName)
+	if p.Spec.NodeName != "" || p.Spec.Affinity != nil || p.Namespace != "y" || p.Name != "p" {
+		t.Fatalf("pod %s/%s on node %q, affinity %v", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Affinity)
+	}
+}
+
+// pinnedTo is the node a pod's required node affinity names, or "".
+func pinnedTo(p *corev1.Pod) string {
+	if a := p.Spec.Affinity; a != nil && a.NodeAffinity != nil && a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution != nil {
+		for _, t := range a.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms {
+			for _, f := range t.MatchFields {
+				if f.Key == "metadata.name" && len(f.Values) == 1 {
+					return f.Values[0]
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// The restored pod is the source's declared shape, but not its identity or
+// its grants: the Restore's service account (the namespace's default one
+// unless named), the service-account mounts stripped from init containers
+// too, no ephemeral containers, and only this Restore as its grant (an
+// annotation the source pod carried from its own restore is dropped).
+func TestRestoredPodShape(t *testing.T) {
+	src := pod("x", "web", nil)
+	src.Spec.ServiceAccountName = "powerful"
+	src.Annotations = map[string]string{stasisv1.AnnotationRestoreFrom: "WarmStart/old", "restore.stasis.dev/app": "r.example/other:1",
+		stasisv1.AnnotationLazyPages: "true", "team": "a"}
+	mount := corev1.VolumeMount{Name: "kube-api-access-x1", MountPath: "/var/run/secrets/kubernetes.io/serviceaccount"}
+	src.Spec.Volumes = append(src.Spec.Volumes, corev1.Volume{Name: "kube-api-access-x1"})
+	src.Spec.InitContainers = []corev1.Container{{Name: "init", Image: "busybox", VolumeMounts: []corev1.VolumeMount{mount}}}
+	src.Spec.Containers[0].VolumeMounts = append(src.Spec.Containers[0].VolumeMounts, mount)
+	src.Spec.EphemeralContainers = []corev1.EphemeralContainer{{EphemeralContainerCommon: corev1.EphemeralContainerCommon{Name: "debug", Image: "busybox"}}}
+	ck := &stasisv1.Checkpoint{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "c"},
+		Status: stasisv1.CheckpointStatus{NodeName: "node-a", PodTemplate: podTemplate(src),
+			Containers: []stasisv1.ContainerCheckpoint{{Name: "app", Image: "localhost/stasis/x/c-1:app"}}}}
+	for _, sa := range []string{"", "runner"} {
+		p, err := restorePod(&stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: "y", Name: "r"},
+			Spec: stasisv1.RestoreSpec{PodName: "p", ServiceAccountName: sa}}, ck)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Spec.ServiceAccountName != sa {
+			t.Errorf("service account %q, want %q", p.Spec.ServiceAccountName, sa)
+		}
+		want := map[string]string{stasisv1.AnnotationRestoreFrom: "Restore/r", "team": "a"}
+		if fmt.Sprint(p.Annotations) != fmt.Sprint(want) {
+			t.Errorf("annotations %v, want %v", p.Annotations, want)
+		}
+		for _, c := range append(p.Spec.InitContainers, p.Spec.Containers...) {
+			for _, m := range c.VolumeMounts {
+				if m.Name == mount.Name {
+					t.Errorf("container %s keeps the source's token mount", c.Name)
+				}
+			}
+		}
+		if len(p.Spec.InitContainers) != 1 || len(p.Spec.EphemeralContainers) != 0 || pinnedTo(p) != "node-a" || p.Spec.NodeName != "" {
+			t.Errorf("init %d, ephemeral %d, pinned to %q, nodeName %q", len(p.Spec.InitContainers), len(p.Spec.EphemeralContainers), pinnedTo(p), p.Spec.NodeName)
+		}
 	}
 }

@@ -15,14 +15,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/ociwrap"
 )
 
 // RuntimeClass is the RuntimeClass whose handler runs stasis-runc.
 const RuntimeClass = "stasis"
-
-// LabelRestore, on a pod, names the Restore that made it.
-const LabelRestore = "stasis.dev/restore"
 
 // RestoreReconciler reconciles Restores.
 type RestoreReconciler struct {
@@ -31,8 +27,8 @@ type RestoreReconciler struct {
 	Requeue time.Duration // how often to look at a pod being restored
 }
 
-// The admission policy lets only who may create restores set the restore
-// annotation on pods.
+// The pod it creates names this Restore as its grant; the node checks the
+// grant with the API server before it restores anything.
 // +kubebuilder:rbac:groups=stasis.dev,resources=restores,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=stasis.dev,resources=restores/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=create
@@ -87,13 +83,12 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(pod), &existing); err != nil {
 			return ctrl.Result{}, err
 		}
-		if existing.Labels[LabelRestore] != rs.Name {
+		if existing.Labels[stasisv1.LabelRestore] != rs.Name {
 			return r.fail(ctx, &rs, "PodExists", "pod %s/%s exists already and is not this restore's", pod.Namespace, pod.Name)
 		}
 	}
 	now := metav1.Now()
 	rs.Status.Phase, rs.Status.Message, rs.Status.StartTime = stasisv1.PhaseRunning, "", &now
-	rs.Status.NodeName = pod.Spec.NodeName
 	if err := r.Client.Status().Update(ctx, &rs); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -149,8 +144,9 @@ func (r *RestoreReconciler) fail(ctx context.Context, rs *stasisv1.Restore, reas
 
 // restorePod is the pod a Restore creates: the checkpointed pod's template
 // under the new name and namespace, run by the RuntimeClass "stasis" with
-// an annotation per container naming its checkpoint image, on the
-// checkpoint's node when the images are in that node's store.
+// the Restore as its grant (AnnotationRestoreFrom), as the Restore's
+// service account, and placed on the checkpoint's node when the images
+// are in that node's store.
 func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, error) {
 	t := ck.Status.PodTemplate
 	if t == nil || len(ck.Status.Containers) == 0 {
@@ -162,28 +158,58 @@ func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, err
 		pod.Labels[k] = v
 	}
 	for k, v := range t.Annotations {
-		pod.Annotations[k] = v
+		// Templates recorded before stasis.dev/from may name images.
+		if !strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) && k != stasisv1.AnnotationLazyPages {
+			pod.Annotations[k] = v
+		}
 	}
-	pod.Labels[LabelRestore] = rs.Name
+	pod.Labels[stasisv1.LabelRestore] = rs.Name
+	pod.Annotations[stasisv1.AnnotationRestoreFrom] = stasisv1.Grant{Kind: stasisv1.GrantRestore, Name: rs.Name}.String()
 	if rs.Spec.LazyPages {
-		pod.Annotations[ociwrap.LazyPagesAnnotation] = "true"
+		pod.Annotations[stasisv1.AnnotationLazyPages] = "true"
 	}
 	rc := RuntimeClass
 	pod.Spec.RuntimeClassName = &rc
 	// The old pod's hostname must not come along: the new pod has its own.
 	pod.Spec.Hostname = ""
+	pod.Spec.ServiceAccountName, pod.Spec.DeprecatedServiceAccount = rs.Spec.ServiceAccountName, ""
+	pod.Spec.EphemeralContainers = nil
 	local := false
 	for _, c := range ck.Status.Containers {
-		pod.Annotations[ociwrap.RestoreAnnotationPrefix+c.Name] = c.Image
 		local = local || !strings.Contains(c.Image, "@sha256:")
 	}
 	if local {
 		if ck.Status.NodeName == "" {
 			return nil, fmt.Errorf("checkpoint %s/%s is node-local but records no node", ck.Namespace, ck.Name)
 		}
-		pod.Spec.NodeName = ck.Status.NodeName
+		pinTo(pod, ck.Status.NodeName)
 	}
 	return pod, nil
+}
+
+// pinTo makes the scheduler place the pod on node (as the DaemonSet
+// controller does), rather than setting spec.nodeName, which would skip
+// the scheduler's checks of taints and free resources.
+func pinTo(pod *corev1.Pod, node string) {
+	term := corev1.NodeSelectorTerm{MatchFields: []corev1.NodeSelectorRequirement{{
+		Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{node}}}}
+	if pod.Spec.Affinity == nil {
+		pod.Spec.Affinity = &corev1.Affinity{}
+	}
+	na := pod.Spec.Affinity.NodeAffinity
+	if na == nil {
+		na = &corev1.NodeAffinity{}
+		pod.Spec.Affinity.NodeAffinity = na
+	}
+	req := na.RequiredDuringSchedulingIgnoredDuringExecution
+	if req == nil || len(req.NodeSelectorTerms) == 0 {
+		na.RequiredDuringSchedulingIgnoredDuringExecution = &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{term}}
+		return
+	}
+	// Terms are ORed: the node requirement joins each of them.
+	for i := range req.NodeSelectorTerms {
+		req.NodeSelectorTerms[i].MatchFields = append(req.NodeSelectorTerms[i].MatchFields, term.MatchFields...)
+	}
 }
 
 // SetupWithManager registers the reconciler; a restored pod's changes
@@ -193,7 +219,7 @@ func (r *RestoreReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		r.Requeue = 2 * time.Second
 	}
 	podToRestore := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []ctrl.Request {
-		if name := o.GetLabels()[LabelRestore]; name != "" {
+		if name := o.GetLabels()[stasisv1.LabelRestore]; name != "" {
 			return []ctrl.Request{{NamespacedName: client.ObjectKey{Namespace: o.GetNamespace(), Name: name}}}
 		}
 		return nil

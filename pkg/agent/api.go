@@ -115,27 +115,29 @@ func (s *Server) routes() {
 	s.route("PUT /v1/restore", "restore-upload", Admin, s.restoreUpload)
 	s.route("POST /checkpoint/{namespace}/{pod}/{container}", "checkpoint", Admin, s.kubeletCheckpoint)
 	s.route("POST /v1/pods/{namespace}/{pod}/checkpoint", "pod-checkpoint", Admin, s.podCheckpoint)
-	s.route("GET /v1/operations/{id}", "get-operation", Viewer, func(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
-		op, ok := s.ops.get(r.PathValue("id"))
+	s.route("GET /v1/operations/{id}", "get-operation", Viewer, func(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
+		op, ok := s.ops.get(r.PathValue("id"), caller)
 		if !ok {
 			return r.PathValue("id"), fmt.Errorf("%w: no operation %s", errNotFound, r.PathValue("id"))
 		}
 		return op.ID, writeJSON(w, http.StatusOK, op)
 	})
-	s.route("DELETE /v1/operations/{id}", "cancel-operation", Admin, func(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
-		if !s.ops.cancel(r.PathValue("id")) {
+	s.route("DELETE /v1/operations/{id}", "cancel-operation", Admin, func(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
+		if !s.ops.cancel(r.PathValue("id"), caller) {
 			return r.PathValue("id"), fmt.Errorf("%w: no operation %s", errNotFound, r.PathValue("id"))
 		}
 		w.WriteHeader(http.StatusAccepted)
 		return r.PathValue("id"), nil
 	})
+	s.nodeRoutes()
 }
 
 // run runs an operation, waiting for a slot: in the request (the
 // response carries the result) or, with ?async=true, in the background
 // (the response is 202 and the operation, to follow at
-// /v1/operations/{id} and cancel with DELETE there).
-func (s *Server) run(w http.ResponseWriter, r *http.Request, action, target string, f func(ctx context.Context) (any, error)) error {
+// /v1/operations/{id} and cancel with DELETE there). The operation is
+// caller's.
+func (s *Server) run(w http.ResponseWriter, r *http.Request, caller *Identity, action, target string, f func(ctx context.Context) (any, error)) error {
 	ctx, cancel, err := s.opContext(r)
 	if err != nil {
 		return err
@@ -145,7 +147,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, action, target stri
 		cancel()
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.OpTimeout)
 	}
-	op := s.ops.start(action, target, cancel)
+	op := s.ops.start(action, target, caller.User, cancel)
 	do := func() (any, error) {
 		defer cancel()
 		start := time.Now()
@@ -175,8 +177,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, action, target stri
 			defer s.background.Done()
 			do()
 		}()
-		snapshot, _ := s.ops.get(op.ID)
-		return writeJSON(w, http.StatusAccepted, snapshot)
+		return writeJSON(w, http.StatusAccepted, s.ops.snapshot(op))
 	}
 	res, err := do()
 	if err != nil {
@@ -185,7 +186,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, action, target stri
 	return writeJSON(w, http.StatusOK, res)
 }
 
-func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
+func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 	name := r.PathValue("name")
 	var req CheckpointRequest
 	if err := decode(r, &req); err != nil {
@@ -210,7 +211,7 @@ func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, _ *Identity)
 		o.Compression = c
 	}
 	o.Registry.TLSVerify = true
-	return name, s.run(w, r, "checkpoint", name, func(ctx context.Context) (any, error) {
+	return name, s.run(w, r, caller, "checkpoint", name, func(ctx context.Context) (any, error) {
 		res, err := s.cfg.Engine.Checkpoint(ctx, name, o)
 		if err == nil {
 			s.metrics.bytes.WithLabelValues("written").Add(float64(res.Size))
@@ -261,7 +262,7 @@ func (s *Server) kubeletCheckpoint(w http.ResponseWriter, r *http.Request, _ *Id
 	return target, writeJSON(w, http.StatusOK, map[string][]string{"items": {res.Archive}})
 }
 
-func (s *Server) restore(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
+func (s *Server) restore(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 	var req RestoreRequest
 	if err := decode(r, &req); err != nil {
 		return "", err
@@ -284,7 +285,7 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, _ *Identity) (s
 	} else {
 		o.Container = target
 	}
-	return target, s.run(w, r, "restore", target, func(ctx context.Context) (any, error) {
+	return target, s.run(w, r, caller, "restore", target, func(ctx context.Context) (any, error) {
 		return s.cfg.Engine.Restore(ctx, o)
 	})
 }
@@ -293,7 +294,7 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, _ *Identity) (s
 // migration from another node); ?name= names the container, ?digest= is
 // the archive's sha256, ?volume=SRC:DST (repeatable) and ?privileged=true
 // are the CLI's --volume and --privileged.
-func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
+func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 	q := r.URL.Query()
 	name := q.Get("name")
 	var volumes []runtime.Mount
@@ -328,7 +329,7 @@ func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, _ *Identi
 	// checked before anything of the upload is used.
 	o := engine.RestoreOptions{Import: f.Name(), Name: name, LazyPages: q.Get("lazy_pages") == "true",
 		ImportDigest: q.Get("digest"), Volumes: volumes, Privileged: q.Get("privileged") == "true"}
-	return name, s.run(w, r, "restore", name, func(ctx context.Context) (any, error) {
+	return name, s.run(w, r, caller, "restore", name, func(ctx context.Context) (any, error) {
 		res, err := s.cfg.Engine.Restore(ctx, o)
 		if err != nil {
 			// The caller knows its upload, not the file it went to.

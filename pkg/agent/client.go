@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -25,6 +27,9 @@ type ClientOptions struct {
 	CA string
 	// Cert and Key are a client certificate; Token a bearer token.
 	Cert, Key, Token string
+	// VerifyPeer, when set, also checks the agent's certificate once its
+	// chain is verified, before any request (so any token) is sent.
+	VerifyPeer func(*x509.Certificate) error
 }
 
 // NewClient makes a client for the agent at url ("https://host:port").
@@ -47,8 +52,28 @@ func NewClient(url string, o ClientOptions) (*Client, error) {
 		}
 		cfg.Certificates = []tls.Certificate{pair}
 	}
+	if o.VerifyPeer != nil {
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return fmt.Errorf("the agent showed no certificate")
+			}
+			return o.VerifyPeer(cs.PeerCertificates[0])
+		}
+	}
 	return &Client{base: strings.TrimSuffix(url, "/"), token: o.Token,
 		http: &http.Client{Timeout: time.Hour, Transport: &http.Transport{TLSClientConfig: cfg}}}, nil
+}
+
+// NewSocketClient makes a client for the agent's node socket at path:
+// what stasis-runc, root on the node, asks the agent with.
+func NewSocketClient(path string) *Client {
+	dial := func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", path)
+	}
+	// The host in the URL names nothing: every connection goes to path.
+	return &Client{base: "http://stasis-agent",
+		http: &http.Client{Timeout: time.Hour, Transport: &http.Transport{DialContext: dial}}}
 }
 
 // Do sends a request with a JSON body (nil: none) and decodes the JSON

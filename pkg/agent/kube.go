@@ -2,16 +2,33 @@ package agent
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
+	"sync"
+	"time"
 
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 )
+
+// KubeConfig is how the agent reaches the API server as itself: the
+// kubeconfig at path, or, with path "", the credentials of the pod the
+// agent runs in. Token reviews and pod lookups share it.
+func KubeConfig(kubeconfig string) (*rest.Config, error) {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig: %w", err)
+	}
+	return cfg, nil
+}
 
 // KubeReview authenticates bearer tokens with the API server (TokenReview)
 // and finds the caller's role there (SubjectAccessReview), as the kubelet
@@ -19,23 +36,27 @@ import (
 // the stasis.dev resource "checkpoints": "create" makes an admin, "get" a
 // viewer (config/rbac has the ClusterRoles). Client certificates are still
 // checked by TLS and read as CertOrToken reads them.
+//
+// Only tokens issued for the agent's audience are accepted: a token meant
+// for the API server (a pod's default ServiceAccount token) is refused
+// here, and a caller's token for the agent cannot be replayed against the
+// API server.
 type KubeReview struct {
-	client kubernetes.Interface
-	certs  *CertOrToken
+	client   kubernetes.Interface
+	audience string
+	certs    *CertOrToken
+	cache    *reviewCache
 }
 
-// NewKubeReview uses the kubeconfig at path (the agent's own identity,
-// which needs create on tokenreviews and subjectaccessreviews).
-func NewKubeReview(kubeconfig string) (*KubeReview, error) {
-	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig: %w", err)
+// NewKubeReview reviews tokens with client, whose identity needs create on
+// tokenreviews and subjectaccessreviews; tokens must be issued for
+// audience.
+func NewKubeReview(client kubernetes.Interface, audience string) (*KubeReview, error) {
+	if audience == "" {
+		return nil, errors.New("token review: an audience is required, or the API server's own tokens would be accepted")
 	}
-	c, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return &KubeReview{client: c, certs: &CertOrToken{tokens: map[string]Identity{}}}, nil
+	return &KubeReview{client: client, audience: audience, certs: &CertOrToken{tokens: map[string]Identity{}},
+		cache: newReviewCache(30*time.Second, 1024)}, nil
 }
 
 // Authenticate implements Authenticator.
@@ -48,14 +69,30 @@ func (k *KubeReview) Authenticate(r *http.Request) (*Identity, error) {
 	if !ok {
 		return nil, fmt.Errorf("authorization header is not a bearer token")
 	}
-	ctx := r.Context()
+	key := sha256.Sum256([]byte(tok))
+	if id, ok := k.cache.get(key); ok {
+		return &id, nil
+	}
+	id, err := k.review(r.Context(), tok)
+	if err != nil {
+		return nil, err
+	}
+	k.cache.put(key, *id)
+	return id, nil
+}
+
+// review asks the API server who tok is and what it may do.
+func (k *KubeReview) review(ctx context.Context, tok string) (*Identity, error) {
 	tr, err := k.client.AuthenticationV1().TokenReviews().Create(ctx,
-		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: tok}}, metav1.CreateOptions{})
+		&authnv1.TokenReview{Spec: authnv1.TokenReviewSpec{Token: tok, Audiences: []string{k.audience}}}, metav1.CreateOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("token review: %w", err)
 	}
-	if !tr.Status.Authenticated {
-		return nil, fmt.Errorf("the API server does not know the token")
+	// Status.Audiences are those of ours the token is valid for; an
+	// authenticator that does not know audiences leaves them empty, which
+	// means the token is the API server's: refused too.
+	if !tr.Status.Authenticated || !slices.Contains(tr.Status.Audiences, k.audience) {
+		return nil, fmt.Errorf("the API server does not know the token for audience %q", k.audience)
 	}
 	u := tr.Status.User
 	id := &Identity{User: u.Username, Via: "kubernetes token"}
@@ -90,4 +127,59 @@ func (k *KubeReview) allowed(ctx context.Context, u authnv1.UserInfo, verb strin
 		return false, fmt.Errorf("access review: %w", err)
 	}
 	return sar.Status.Allowed, nil
+}
+
+// reviewCache remembers reviewed tokens for a short while: a controller
+// polling an operation would otherwise cost three API requests a call. A
+// token is kept by its hash only, and only a review that succeeded is
+// kept, so a token the API server has not yet seen is asked about again.
+// A revoked token or a changed role takes effect within ttl.
+type reviewCache struct {
+	mu      sync.Mutex
+	ttl     time.Duration
+	max     int
+	entries map[[sha256.Size]byte]cached
+}
+
+type cached struct {
+	id      Identity
+	expires time.Time
+}
+
+func newReviewCache(ttl time.Duration, max int) *reviewCache {
+	return &reviewCache{ttl: ttl, max: max, entries: map[[sha256.Size]byte]cached{}}
+}
+
+func (c *reviewCache) get(key [sha256.Size]byte) (Identity, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.entries[key]
+	if !ok || time.Now().After(e.expires) {
+		delete(c.entries, key)
+		return Identity{}, false
+	}
+	return e.id, true
+}
+
+// put keeps id for key; when full it drops the expired entries, then the
+// oldest, so a flood of valid tokens cannot grow the agent.
+func (c *reviewCache) put(key [sha256.Size]byte, id Identity) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	if len(c.entries) >= c.max {
+		var oldest [sha256.Size]byte
+		var oldestExpires time.Time
+		for k, e := range c.entries {
+			if now.After(e.expires) {
+				delete(c.entries, k)
+			} else if oldestExpires.IsZero() || e.expires.Before(oldestExpires) {
+				oldest, oldestExpires = k, e.expires
+			}
+		}
+		if len(c.entries) >= c.max {
+			delete(c.entries, oldest)
+		}
+	}
+	c.entries[key] = cached{id: id, expires: now.Add(c.ttl)}
 }

@@ -5,31 +5,39 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 )
 
-// errNoKubelet: the agent was started without a kubelet to checkpoint
-// pods through.
-var errNoKubelet = errors.New("this agent has no kubelet: start it with --kubelet-url")
+// errNoPods: the agent was started without what pod checkpoints need.
+var errNoPods = errors.New("this agent does not checkpoint pods: start it with --cri-runc-root and --kubeconfig or --in-cluster")
 
 // podCheckpoint checkpoints a Kubernetes pod's containers on this node
 // (podcheckpoint): what the stasis controller asks of a node.
-func (s *Server) podCheckpoint(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
+func (s *Server) podCheckpoint(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 	ns, pod := r.PathValue("namespace"), r.PathValue("pod")
 	target := ns + "/" + pod
-	if s.cfg.Pods == nil {
-		return target, fmt.Errorf("%w: %v", errBadRequest, errNoKubelet)
+	if s.cfg.Pods == nil || s.cfg.Kube == nil {
+		return target, fmt.Errorf("%w: %v", errBadRequest, errNoPods)
 	}
 	var req podcheckpoint.Request
 	if err := decode(r, &req); err != nil {
 		return target, err
 	}
 	req.Namespace, req.Pod = ns, pod
-	if req.Name == "" || len(req.Containers) == 0 {
-		return target, fmt.Errorf("%w: name and containers are required", errBadRequest)
+	if req.Name == "" {
+		return target, fmt.Errorf("%w: name is required", errBadRequest)
 	}
-	return target, s.run(w, r, "pod-checkpoint", target, func(ctx context.Context) (any, error) {
+	if err := s.podContainers(r.Context(), &req); err != nil {
+		return target, err
+	}
+	return target, s.run(w, r, caller, "pod-checkpoint", target, func(ctx context.Context) (any, error) {
 		res, err := s.cfg.Pods.Checkpoint(ctx, req)
 		if err == nil {
 			for _, c := range res.Containers {
@@ -38,4 +46,67 @@ func (s *Server) podCheckpoint(w http.ResponseWriter, r *http.Request, _ *Identi
 		}
 		return res, err
 	})
+}
+
+// podContainers sets req.Containers to the runtime IDs the API server
+// reports for the containers req names (all of the pod's when it names
+// none). The caller names containers but does not say what they are:
+// runc would dump any container of the node by ID, another pod's or one
+// that is no pod's, so an ID in the request must be the one the API server
+// reports. The pod's opt-outs hold here too, whoever asks.
+func (s *Server) podContainers(ctx context.Context, req *podcheckpoint.Request) error {
+	name := req.Namespace + "/" + req.Pod
+	pod, err := s.cfg.Kube.CoreV1().Pods(req.Namespace).Get(ctx, req.Pod, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return fmt.Errorf("%w: pod %s does not exist", errNotFound, name)
+	}
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", name, err)
+	}
+	if pod.Spec.NodeName != s.cfg.NodeName {
+		return fmt.Errorf("%w: pod %s runs on node %q, not on this agent's node %q", errBadRequest, name, pod.Spec.NodeName, s.cfg.NodeName)
+	}
+	if pod.Annotations[stasisv1.AnnotationCheckpoint] == stasisv1.OptOut {
+		return fmt.Errorf("pod %s: %w: it is annotated %s=%s and has opted out of checkpoints", name, engine.ErrOptedOut,
+			stasisv1.AnnotationCheckpoint, stasisv1.OptOut)
+	}
+	if req.Repository != "" && pod.Annotations[stasisv1.AnnotationMigrate] == stasisv1.OptOut {
+		return fmt.Errorf("pod %s: %w: it is annotated %s=%s and has opted out of checkpoints that leave its node (no repository)",
+			name, engine.ErrOptedOut, stasisv1.AnnotationMigrate, stasisv1.OptOut)
+	}
+	asked := req.Containers
+	if len(asked) == 0 {
+		for _, c := range pod.Spec.Containers {
+			asked = append(asked, podcheckpoint.Container{Name: c.Name})
+		}
+	}
+	declared := map[string]bool{}
+	for _, c := range pod.Spec.Containers {
+		declared[c.Name] = true
+	}
+	// "containerd://<id>", "cri-o://<id>"
+	running := map[string]string{}
+	for _, st := range pod.Status.ContainerStatuses {
+		if _, id, ok := strings.Cut(st.ContainerID, "://"); ok && id != "" && st.State.Running != nil {
+			running[st.Name] = id
+		}
+	}
+	var cs []podcheckpoint.Container
+	seen := map[string]bool{}
+	for _, c := range asked {
+		switch {
+		case !declared[c.Name]:
+			return fmt.Errorf("%w: pod %s has no container %q", errBadRequest, name, c.Name)
+		case seen[c.Name]:
+			return fmt.Errorf("%w: container %q is named twice", errBadRequest, c.Name)
+		case running[c.Name] == "":
+			return fmt.Errorf("%w: container %q of pod %s is not running", errBadRequest, c.Name, name)
+		case c.ID != "" && c.ID != running[c.Name]:
+			return fmt.Errorf("%w: container %q of pod %s is %s, not %s", errBadRequest, c.Name, name, running[c.Name], c.ID)
+		}
+		seen[c.Name] = true
+		cs = append(cs, podcheckpoint.Container{Name: c.Name, ID: running[c.Name]})
+	}
+	req.Containers = cs
+	return nil
 }

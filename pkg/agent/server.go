@@ -3,6 +3,8 @@
 // client certificate or a bearer token; an admin may checkpoint, restore,
 // delete and download, a viewer may only list and read metadata. Every
 // request is audited, every operation measured (Prometheus, /metrics).
+// Root on the node (stasis-runc) asks over a unix socket instead, which
+// serves only its own routes (socket.go).
 package agent
 
 import (
@@ -19,6 +21,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
@@ -39,9 +42,19 @@ type Config struct {
 	MaxUpload int64
 	// OpTimeout bounds an operation that names no ?timeout.
 	OpTimeout time.Duration
-	// Pods checkpoints Kubernetes pods through the node's kubelet; nil
-	// when the agent runs outside a cluster.
+	// Pods checkpoints Kubernetes pods on this node; nil when the agent
+	// runs outside a cluster.
 	Pods *podcheckpoint.Checkpointer
+	// Kube is the API server, which says what a pod is and where it runs;
+	// NodeName is this node's name there. Pod checkpoints need both.
+	Kube     kubernetes.Interface
+	NodeName string
+	// Grants answers stasis-runc's questions over the node socket; nil
+	// outside a cluster.
+	Grants *Grants
+	// NodeSocket is the unix socket node-local callers (stasis-runc) ask
+	// on, as root; "": none.
+	NodeSocket string
 }
 
 // Server is the agent's HTTP API.
@@ -52,6 +65,8 @@ type Server struct {
 	slots   chan struct{}
 	ops     *operations
 	mux     *http.ServeMux
+	// nodeMux serves the node socket: only what nodeRoute registers.
+	nodeMux *http.ServeMux
 	// background counts async operations, which shutdown lets finish.
 	background sync.WaitGroup
 }
@@ -74,7 +89,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.OpTimeout = 30 * time.Minute
 	}
 	s := &Server{cfg: cfg, audit: &Audit{w: cfg.Audit}, metrics: newMetrics(),
-		slots: make(chan struct{}, cfg.Parallel), ops: newOperations(), mux: http.NewServeMux()}
+		slots: make(chan struct{}, cfg.Parallel), ops: newOperations(), mux: http.NewServeMux(), nodeMux: http.NewServeMux()}
 	s.routes()
 	return s, nil
 }
@@ -82,31 +97,54 @@ func New(cfg Config) (*Server, error) {
 // Handler is the API, for tests and for Serve.
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Serve listens on addr with TLS until ctx ends, then shuts down
+// Serve listens on addr with TLS, and on the node socket when one is
+// configured, until ctx ends or a listener fails, then shuts down
 // gracefully: new connections are refused, running operations finish
 // (within grace).
 func (s *Server) Serve(ctx context.Context, addr string, tlsConfig *tls.Config, grace time.Duration) error {
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
-		return err
+		return fmt.Errorf("agent: %w", err)
 	}
-	srv := &http.Server{
+	defer l.Close()
+	https := &http.Server{
 		Handler: s.mux, TLSConfig: tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute,
 		ErrorLog: slog.NewLogLogger(s.cfg.Log.Handler(), slog.LevelWarn),
 	}
+	servers := []*http.Server{https}
+	serve := []func() error{func() error { return https.ServeTLS(l, "", "") }}
+	if s.cfg.NodeSocket != "" {
+		nl, err := listenNodeSocket(s.cfg.NodeSocket)
+		if err != nil {
+			return err
+		}
+		// Closing the listener removes the socket file.
+		defer nl.Close()
+		node := s.nodeServer()
+		servers = append(servers, node)
+		serve = append(serve, func() error { return node.Serve(nl) })
+		s.cfg.Log.Info("agent listening", "socket", s.cfg.NodeSocket)
+	}
 	s.cfg.Log.Info("agent listening", "addr", l.Addr().String())
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ServeTLS(l, "", "") }()
+	errc := make(chan error, len(serve))
+	for _, f := range serve {
+		go func() { errc <- f() }()
+	}
 	select {
-	case err := <-errc:
-		return err
+	case err = <-errc:
+		// One listener failed: the agent stops as a whole.
 	case <-ctx.Done():
 	}
 	s.cfg.Log.Info("agent shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), grace)
 	defer cancel()
-	err = srv.Shutdown(sctx)
+	shutdown := make([]error, len(servers))
+	var wg sync.WaitGroup
+	for i, srv := range servers {
+		wg.Go(func() { shutdown[i] = srv.Shutdown(sctx) })
+	}
+	wg.Wait()
 	done := make(chan struct{})
 	go func() { s.background.Wait(); close(done) }()
 	select {
@@ -114,7 +152,7 @@ func (s *Server) Serve(ctx context.Context, addr string, tlsConfig *tls.Config, 
 	case <-sctx.Done():
 		s.cfg.Log.Warn("agent stopped with operations still running")
 	}
-	return err
+	return errors.Join(append([]error{err}, shutdown...)...)
 }
 
 // TLSConfig is the agent's TLS: its certificate, and client certificates
@@ -136,32 +174,47 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	return c, nil
 }
 
-// route wraps a handler with authentication, authorisation (need), audit
-// and the response of errors.
-func (s *Server) route(pattern, action string, need Role, h func(w http.ResponseWriter, r *http.Request, id *Identity) (target string, err error)) {
-	s.mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+// handlerFunc answers a request of caller's; target is what the audit
+// log names.
+type handlerFunc func(w http.ResponseWriter, r *http.Request, caller *Identity) (target string, err error)
+
+// route registers a handler of the HTTPS API, behind authentication and
+// authorisation (need).
+func (s *Server) route(pattern, action string, need Role, h handlerFunc) {
+	s.mux.HandleFunc(pattern, s.audited(action, func(r *http.Request) (*Identity, int, string) {
+		id, err := s.cfg.Auth.Authenticate(r)
+		if err != nil {
+			return nil, http.StatusUnauthorized, "authentication failed: " + err.Error()
+		}
+		if id == nil {
+			return nil, http.StatusUnauthorized, "authentication required: a client certificate or a bearer token"
+		}
+		if !id.Role.allows(need) {
+			return id, http.StatusForbidden, fmt.Sprintf("role %q may not %s", id.Role, action)
+		}
+		return id, 0, ""
+	}, h))
+}
+
+// audited wraps a handler with admit (who the caller is, or the status
+// and message that refuse it), the audit, the failure metrics and the
+// response of errors.
+func (s *Server) audited(action string, admit func(r *http.Request) (*Identity, int, string), h handlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
-		rec := AuditRecord{Time: start.UTC(), Action: action}
+		rec := AuditRecord{Time: start.UTC(), Action: action, User: "anonymous"}
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {
 			rec.Status, rec.DurationMS = sw.status(), time.Since(start).Milliseconds()
 			s.audit.record(rec)
 		}()
-		id, err := s.cfg.Auth.Authenticate(r)
-		if err != nil || id == nil {
-			rec.User = "anonymous"
-			msg := "authentication required: a client certificate or a bearer token"
-			if err != nil {
-				msg = "authentication failed: " + err.Error()
-			}
-			rec.Error = msg
-			writeError(sw, http.StatusUnauthorized, msg)
-			return
+		id, code, refusal := admit(r)
+		if id != nil {
+			rec.User, rec.Role, rec.Via = id.User, id.Role, id.Via
 		}
-		rec.User, rec.Role, rec.Via = id.User, id.Role, id.Via
-		if !id.Role.allows(need) {
-			rec.Error = fmt.Sprintf("role %q may not %s", id.Role, action)
-			writeError(sw, http.StatusForbidden, rec.Error)
+		if refusal != "" {
+			rec.Error = refusal
+			writeError(sw, code, refusal)
 			return
 		}
 		target, err := h(sw, r, id)
@@ -169,18 +222,19 @@ func (s *Server) route(pattern, action string, need Role, h func(w http.Response
 		if err != nil {
 			rec.Error = err.Error()
 			code := statusOf(err)
-			s.metrics.failures.WithLabelValues(action, reason(code)).Inc()
+			s.metrics.failures.WithLabelValues(action, reason(code, err)).Inc()
 			if !sw.written {
 				writeError(sw, code, err.Error())
 			}
 		}
-	})
+	}
 }
 
 // errors a handler can return to choose the status.
 var (
 	errBadRequest = errors.New("bad request")
 	errNotFound   = errors.New("not found")
+	errForbidden  = errors.New("forbidden")
 )
 
 func statusOf(err error) int {
@@ -194,7 +248,7 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, engine.ErrBusy):
 		return http.StatusConflict
-	case errors.Is(err, engine.ErrOptedOut):
+	case errors.Is(err, engine.ErrOptedOut), errors.Is(err, errForbidden):
 		return http.StatusForbidden
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
@@ -208,12 +262,15 @@ func statusOf(err error) int {
 	return http.StatusInternalServerError
 }
 
-func reason(code int) string {
+func reason(code int, err error) string {
 	switch code {
 	case http.StatusConflict:
 		return "busy"
 	case http.StatusForbidden:
-		return "opted_out"
+		if errors.Is(err, engine.ErrOptedOut) {
+			return "opted_out"
+		}
+		return "forbidden"
 	case http.StatusNotFound:
 		return "not_found"
 	case http.StatusBadRequest, http.StatusRequestEntityTooLarge:
@@ -278,69 +335,4 @@ func (w *statusWriter) status() int {
 		return http.StatusOK
 	}
 	return w.code
-}
-
-// operations are long operations that callers can follow and cancel.
-type operations struct {
-	mu  sync.Mutex
-	ops map[string]*operation
-	n   int
-}
-
-type operation struct {
-	ID      string    `json:"id"`
-	Action  string    `json:"action"`
-	Target  string    `json:"target"`
-	State   string    `json:"state"` // running, done, failed, cancelled
-	Started time.Time `json:"started"`
-	Ended   time.Time `json:"ended,omitzero"`
-	Error   string    `json:"error,omitempty"`
-	Result  any       `json:"result,omitempty"`
-	cancel  context.CancelFunc
-}
-
-func newOperations() *operations { return &operations{ops: map[string]*operation{}} }
-
-func (o *operations) start(action, target string, cancel context.CancelFunc) *operation {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.n++
-	op := &operation{ID: strconv.Itoa(o.n), Action: action, Target: target, State: "running",
-		Started: time.Now().UTC(), cancel: cancel}
-	o.ops[op.ID] = op
-	return op
-}
-
-func (o *operations) finish(op *operation, result any, err error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	op.Ended, op.Result = time.Now().UTC(), result
-	switch {
-	case errors.Is(err, context.Canceled):
-		op.State, op.Error = "cancelled", err.Error()
-	case err != nil:
-		op.State, op.Error = "failed", err.Error()
-	default:
-		op.State = "done"
-	}
-}
-
-func (o *operations) get(id string) (operation, bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	op, ok := o.ops[id]
-	if !ok {
-		return operation{}, false
-	}
-	return *op, true
-}
-
-func (o *operations) cancel(id string) bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	op, ok := o.ops[id]
-	if ok && op.State == "running" {
-		op.cancel()
-	}
-	return ok
 }

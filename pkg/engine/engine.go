@@ -23,6 +23,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 	"github.com/stasis-dev/stasis/pkg/netns"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 	"github.com/stasis-dev/stasis/pkg/store"
@@ -43,6 +44,11 @@ type Options struct {
 	// MaxUnpack bounds what unpacking one checkpoint may write, in bytes,
 	// below the free space of the filesystem less 5 % (0: just that).
 	MaxUnpack int64
+	// Trust, when set, is the keys whose signatures admit a checkpoint
+	// image (see pkg/provenance): every checkpoint image is verified
+	// before any of its layer is fetched or unpacked, and Prepare takes
+	// only checkpoint images. Nil verifies nothing.
+	Trust *provenance.Trust
 }
 
 // Engine manages containers under one root.
@@ -51,6 +57,7 @@ type Engine struct {
 	identities     []age.Identity
 	decryptionKeys [][]byte
 	maxUnpack      int64
+	trust          *provenance.Trust
 	Images         *image.Store
 	Checkpoints    store.Store
 	rt             *runtime.Runtime
@@ -75,7 +82,7 @@ func New(o Options) (*Engine, error) {
 		return nil, fmt.Errorf("open checkpoint store: %w", err)
 	}
 	return &Engine{
-		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, decryptionKeys: o.DecryptionKeys, maxUnpack: o.MaxUnpack, Images: imgs, Checkpoints: ck,
+		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, decryptionKeys: o.DecryptionKeys, maxUnpack: o.MaxUnpack, trust: o.Trust, Images: imgs, Checkpoints: ck,
 		rt: &runtime.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
 	}, nil
 }

@@ -14,32 +14,71 @@ import (
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/progress"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 )
 
-// Pull fetches ref from its registry into the image store under that name.
+// Pull fetches ref from its registry into the image store under that
+// name; a checkpoint image comes with its signature image when the
+// registry has one.
 func (e *Engine) Pull(ctx context.Context, ref string, o registry.Options) (*image.Image, error) {
 	img, err := registry.Image(ctx, ref, o)
 	if err != nil {
 		return nil, err
 	}
-	var total int64
-	if m, err := img.Manifest(); err == nil {
-		for _, l := range m.Layers {
-			total += l.Size
+	i, _, err := e.pull(ctx, ref, img, nil, o)
+	return i, err
+}
+
+// pull stores img, which ref resolved to, and, for a checkpoint image,
+// its signature image, returned too when there is one. With trust, the
+// signature is verified (and checked against x, when set) before the
+// layer is fetched: only the manifest and the signature image have been
+// read by then. The signature names the manifest's digest, not that of
+// an index ref may name.
+func (e *Engine) pull(ctx context.Context, ref string, img v1.Image, x *provenance.Expect, o registry.Options) (i, sig *image.Image, err error) {
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	var sigImg v1.Image
+	var digest v1.Hash
+	if _, ok := checkpointimage.Read(m.Annotations); ok {
+		if digest, err = img.Digest(); err != nil {
+			return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
+		}
+		if sigImg, err = remoteSignature(ctx, ref, digest, o); err != nil {
+			return nil, nil, err
+		}
+		layer := ""
+		if len(m.Layers) == 1 {
+			layer = m.Layers[0].Digest.String()
+		}
+		if err := e.verify(ref, sigImg, digest, layer, x); err != nil {
+			return nil, nil, err
 		}
 	}
-	m := progress.New(o.Progress, "pull "+ref, total)
-	defer m.Done()
-	i, err := e.Images.Add(ref, img, m)
-	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	var total int64
+	for _, l := range m.Layers {
+		total += l.Size
 	}
-	return i, nil
+	meter := progress.New(o.Progress, "pull "+ref, total)
+	defer meter.Done()
+	if i, err = e.Images.Add(ref, img, meter); err != nil {
+		return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	if sigImg == nil {
+		return i, nil, nil
+	}
+	if sig, err = e.Images.Add(signatureName(i.Name, digest), sigImg, nil); err != nil {
+		return nil, nil, fmt.Errorf("pull %s: signature: %w", ref, err)
+	}
+	return i, sig, nil
 }
 
 // Push sends a stored image to dest (its own name when dest is empty) and
-// returns the digest it has there.
+// returns the digest it has there; a checkpoint image's stored signature
+// image goes along.
 func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Options) (digest string, err error) {
 	i, err := e.Images.Get(local)
 	if err != nil {
@@ -61,6 +100,9 @@ func (e *Engine) Push(ctx context.Context, local, dest string, o registry.Option
 			return "", err
 		}
 		if err := registry.Push(ctx, dest, idx, o); err != nil {
+			return "", err
+		}
+		if err := e.pushSignature(ctx, i, dest, o); err != nil {
 			return "", err
 		}
 		pushed = idx
@@ -187,7 +229,8 @@ func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, diges
 	return i, err
 }
 
-// RemoveImage deletes an image no container uses.
+// RemoveImage deletes an image no container uses, and its signature
+// image unless another name of the repository holds the same image.
 func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
 	i, err := e.Images.Get(ref)
 	if err != nil {
@@ -202,18 +245,37 @@ func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
 			return fmt.Errorf("image %s is used by container %s: remove the container first", i.Name, c.Name)
 		}
 	}
-	return e.Images.Remove(i.Name)
+	sig, serr := e.signatureOf(i)
+	if err := e.Images.Remove(i.Name); err != nil {
+		return err
+	}
+	if serr != nil {
+		return nil
+	}
+	all, err := e.Images.List()
+	if err != nil {
+		return err
+	}
+	for _, o := range all {
+		if o.Digest == i.Digest && image.Repository(o.Name) == image.Repository(i.Name) {
+			return nil
+		}
+	}
+	return e.Images.Remove(sig.Name)
 }
 
 // checkpointImageArchive finds a checkpoint image, locally or in its
 // registry, and returns its archive (the layer blob) and what it says. A
 // remote image is checked from its manifest before any blob is fetched.
-func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options, pulled *[]string) (*source, error) {
+// With trust, its signature is verified (and checked against x, when
+// set) before its layer is fetched or read.
+func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options, pulled *[]string, x *provenance.Expect) (*source, error) {
 	notCheckpoint := func(name string) error {
 		return fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", name)
 	}
 	i, err := e.Images.Get(ref)
-	if errors.Is(err, image.ErrNotFound) {
+	switch {
+	case errors.Is(err, image.ErrNotFound):
 		if _, perr := registry.ParseReference(ref, o); perr != nil {
 			return nil, err
 		}
@@ -228,17 +290,25 @@ func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o regis
 		if _, ok := checkpointimage.Read(m.Annotations); !ok {
 			return nil, notCheckpoint(ref)
 		}
-		if i, err = e.Pull(ctx, ref, o); err == nil {
-			*pulled = append(*pulled, i.Name)
+		var sig *image.Image
+		if i, sig, err = e.pull(ctx, ref, remote, x, o); err != nil {
+			return nil, err
+		}
+		*pulled = append(*pulled, i.Name)
+		if sig != nil {
+			*pulled = append(*pulled, sig.Name)
+		}
+	case err != nil:
+		return nil, err
+	default:
+		if _, ok := checkpointimage.Read(i.Annotations); !ok {
+			return nil, notCheckpoint(i.Name)
+		}
+		if err := e.verifyStored(i, x); err != nil {
+			return nil, err
 		}
 	}
-	if err != nil {
-		return nil, err
-	}
-	info, ok := checkpointimage.Read(i.Annotations)
-	if !ok {
-		return nil, notCheckpoint(i.Name)
-	}
+	info, _ := checkpointimage.Read(i.Annotations)
 	path, err := e.Images.LayerPath(i)
 	if err != nil {
 		return nil, err

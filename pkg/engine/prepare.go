@@ -8,8 +8,10 @@ import (
 	"os"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
+	"github.com/stasis-dev/stasis/pkg/store"
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
@@ -29,16 +31,32 @@ type Prepared struct {
 	lock *os.File
 }
 
+// PrepareOptions say how Prepare finds a checkpoint.
+type PrepareOptions struct {
+	// Registry is how to pull a checkpoint image.
+	Registry registry.Options
+	// Expect is what the checkpoint image's signature must say of it when
+	// the engine verifies signatures (Options.Trust): the namespace the
+	// pod is restored into, and its container.
+	Expect provenance.Expect
+}
+
 // Prepare finds ref as Restore does (a stored checkpoint by ID, the latest
 // of a container name, a checkpoint image in the store, or one to pull) and
 // unpacks it into a new work directory under the engine's root (on disk:
 // a checkpoint may be larger than the tmpfs a bundle lives on), checking
 // its digest and decrypting it with the engine's keys. A pulled image stays
 // in the store, so the next replica restored from it does not pull again.
+// With trust, ref must be a checkpoint image, signed and as o.Expect says.
 // Close removes the work directory.
-func (e *Engine) Prepare(ctx context.Context, ref string, reg registry.Options) (_ *Prepared, err error) {
+func (e *Engine) Prepare(ctx context.Context, ref string, o PrepareOptions) (_ *Prepared, err error) {
 	var pulled []string
-	src, err := e.restoreSource(ctx, RestoreOptions{Container: ref, Registry: reg}, &pulled)
+	var src *source
+	if e.trust != nil {
+		src, err = e.signedSource(ctx, ref, o, &pulled)
+	} else {
+		src, err = e.restoreSource(ctx, RestoreOptions{Container: ref, Registry: o.Registry}, &pulled)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -65,6 +83,28 @@ func (e *Engine) Prepare(ctx context.Context, ref string, reg registry.Options) 
 	}
 	p.Deleted = deleted
 	return p, nil
+}
+
+// signedSource finds checkpoint image ref for a Prepare with trust. The
+// archive of a container or of a stored checkpoint carries no signature,
+// so a name that finds one is refused, not looked up as an image.
+func (e *Engine) signedSource(ctx context.Context, ref string, o PrepareOptions, pulled *[]string) (*source, error) {
+	what := ""
+	if _, err := e.Checkpoints.Get(ref); err == nil {
+		what = "a stored checkpoint"
+	} else if _, err := e.Get(ctx, ref); err == nil {
+		what = "a container"
+	} else if _, err := store.Latest(e.Checkpoints, ref); err == nil {
+		what = "a container's stored checkpoints"
+	}
+	if what != "" {
+		return nil, fmt.Errorf("prepare %s: it names %s, and with trusted keys only signed checkpoint images are restored", ref, what)
+	}
+	src, err := e.checkpointImageArchive(ctx, ref, o.Registry, pulled, &o.Expect)
+	if err != nil {
+		return nil, fmt.Errorf("prepare %s (with trusted keys, only as a signed checkpoint image): %w", ref, err)
+	}
+	return src, nil
 }
 
 // Lock is the work directory's lock, for a process that takes the

@@ -324,7 +324,7 @@ func (e *Engine) restoreSource(ctx context.Context, o RestoreOptions, pulled *[]
 		if c != nil {
 			return nil, fmt.Errorf("restore %s: %w", o.Container, serr)
 		}
-		src, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry, pulled)
+		src, ierr := e.checkpointImageArchive(ctx, o.Container, o.Registry, pulled, nil)
 		if ierr != nil {
 			return nil, fmt.Errorf("restore %s: no container or stored checkpoint of that name, and as a checkpoint image: %w", o.Container, ierr)
 		}

@@ -31,7 +31,7 @@ func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Option
 		}
 	}
 	var pulled []string
-	src, err := e.checkpointImageArchive(ctx, ref, o, &pulled)
+	src, err := e.checkpointImageArchive(ctx, ref, o, &pulled, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s is no archive file, stored checkpoint or container with one, nor a checkpoint image: %w", ref, err)
 	}

@@ -107,6 +107,18 @@ func NormalizeName(name string) string {
 	return name
 }
 
+// Repository is an image name, normalised, without its tag or digest.
+func Repository(name string) string {
+	name = NormalizeName(name)
+	if i := strings.Index(name, "@"); i >= 0 {
+		name = name[:i]
+	}
+	if i := strings.LastIndex(name, ":"); i > strings.LastIndex(name, "/") {
+		name = name[:i]
+	}
+	return name
+}
+
 // Add stores img under name, replacing any image of that name. Every blob
 // is written to a temporary file, checked against its digest and renamed,
 // so an interrupted or corrupt pull leaves nothing behind, and blobs the

@@ -90,3 +90,19 @@ func TestAddRefusesAndForgetsACorruptLayer(t *testing.T) {
 		t.Fatalf("a failed Add listed %v", list)
 	}
 }
+
+func TestRepository(t *testing.T) {
+	for in, want := range map[string]string{
+		"busybox":                        "localhost/busybox",
+		"127.0.0.1:5000/ckpt/web:v1":     "127.0.0.1:5000/ckpt/web",
+		"127.0.0.1:5000/ckpt/web":        "127.0.0.1:5000/ckpt/web",
+		"r.example/a/b@sha256:00":        "r.example/a/b",
+		"r.example/a/b:t@sha256:00":      "r.example/a/b",
+		"localhost/stasis/ns/n-1234:app": "localhost/stasis/ns/n-1234",
+		"r.example/c:sha256-abcd.sig":    "r.example/c",
+	} {
+		if got := Repository(in); got != want {
+			t.Errorf("Repository(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -1,9 +1,12 @@
 // Package ociwrap is the OCI runtime that the RuntimeClass "stasis" selects
-// on a node: a thin wrapper around runc. For a container whose pod asks for
-// a restore (the annotation RestoreAnnotationPrefix+<container name>), it
-// turns `create` into a CRIU restore of that checkpoint into the bundle the
-// shim (containerd) or conmon (CRI-O) prepared, and makes the `start` that
-// follows a no-op. Every other call goes to runc untouched, by exec.
+// on a node: a thin wrapper around runc. For a container whose pod names a
+// grant (the annotation restore.stasis.dev/from: Restore/<name> or
+// WarmStart/<name>), it asks the node's agent which checkpoint that grant
+// gives the container (the agent checks the grant with the API server),
+// verifies the checkpoint's signature against the keys this node trusts,
+// and only then turns `create` into a CRIU restore of it into the bundle
+// the shim (containerd) or conmon (CRI-O) prepared; the `start` that
+// follows is a no-op. Every other call goes to runc untouched, by exec.
 //
 // Doing the restore here, not in the container runtime, is what makes it
 // work the same on containerd 2.2 to 2.4 (2.4 removed its own restore path)
@@ -27,27 +30,18 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	ocirt "github.com/stasis-dev/stasis/pkg/runtime"
 )
 
-// RestoreAnnotationPrefix, followed by a container's name, is the pod
-// annotation naming the checkpoint that container is restored from: a
-// checkpoint image reference, or a checkpoint in the node's stasis store.
-// The runtime passes pod annotations into the container's OCI spec
-// (containerd: the runtime's pod_annotations; CRI-O: allowed_annotations).
-const RestoreAnnotationPrefix = "restore.stasis.dev/"
-
 // RecordFile, in a restored container's bundle, holds its Record.
 const RecordFile = "stasis-restore.json"
-
-// LazyPagesAnnotation "true" on the pod restores its containers with lazy
-// pages: they run before their memory is back, which a userfaultfd server
-// fills in on first touch and in the background (criu.LazyPages).
-const LazyPagesAnnotation = "stasis.dev/lazy-pages"
 
 // Annotations the CRI runtimes put on a container's spec naming it.
 var containerNameAnnotations = []string{
@@ -85,9 +79,18 @@ type Config struct {
 	// encrypted checkpoints and checkpoint images.
 	Identities     []string `json:"identities,omitempty"`
 	DecryptionKeys []string `json:"decryptionKeys,omitempty"`
-	// LazyPages restores every container with lazy pages, as the pod
-	// annotation LazyPagesAnnotation does for one pod.
+	// LazyPages restores every container with lazy pages, as a grant's
+	// lazyPages or the pod annotation stasis.dev/lazy-pages does for one pod.
 	LazyPages bool `json:"lazyPages,omitempty"`
+	// AgentSocket is the node agent's socket, which resolves grants
+	// (default: RunRoot/agent.sock).
+	AgentSocket string `json:"agentSocket,omitempty"`
+	// ClusterKey is the public half of the cluster's checkpoint key (PEM):
+	// what the agents sign checkpoints with. TrustedKeys are public keys
+	// whose signed checkpoints (made by Podman, CRI-O, another cluster)
+	// are restored too. With neither, nothing is restored.
+	ClusterKey  string   `json:"clusterKey,omitempty"`
+	TrustedKeys []string `json:"trustedKeys,omitempty"`
 	// MaxUnpack bounds what unpacking one checkpoint may write, in bytes
 	// (default and upper bound: the free space under Root less 5 %).
 	MaxUnpack int64 `json:"maxUnpack,omitempty"`
@@ -121,6 +124,9 @@ func LoadConfig() (Config, error) {
 	}
 	if c.RunRoot == "" {
 		c.RunRoot = "/run/stasis"
+	}
+	if c.AgentSocket == "" {
+		c.AgentSocket = filepath.Join(c.RunRoot, "agent.sock")
 	}
 	return c, nil
 }
@@ -176,9 +182,12 @@ func (w *wrapper) exec(argv []string) int {
 }
 
 func (w *wrapper) create(inv invocation) int {
+	passThrough := func() int {
+		return w.exec(append(append([]string{}, inv.globals...), append([]string{"create"}, inv.args...)...))
+	}
 	c, err := parseCreate(inv.args)
 	if err != nil {
-		return w.exec(append(append([]string{}, inv.globals...), append([]string{"create"}, inv.args...)...))
+		return passThrough()
 	}
 	bundle, err := filepath.Abs(c.bundle)
 	if err != nil {
@@ -188,23 +197,33 @@ func (w *wrapper) create(inv invocation) int {
 	if err != nil {
 		return w.fail(inv, err)
 	}
-	ref := checkpointRef(spec)
-	if ref == "" {
-		return w.exec(append(append([]string{}, inv.globals...), append([]string{"create"}, inv.args...)...))
+	pod := podOf(spec)
+	if pod.Container == "" {
+		return passThrough() // the pod's sandbox, or not a Kubernetes container
 	}
-	if err := w.restore(inv, c, bundle, spec, ref); err != nil {
-		return w.fail(inv, fmt.Errorf("stasis: restore container %s from %s: %w", c.id, ref, err))
+	if legacy := legacyRestoreAnnotations(spec); len(legacy) > 0 {
+		return w.fail(inv, fmt.Errorf("stasis: container %s: pod annotation %s names a checkpoint directly, which is never honoured: "+
+			"a pod restores only through a grant, %s: Restore/<name> or WarmStart/<name> (docs/kubernetes.md)",
+			pod.Container, legacy[0], stasisv1.AnnotationRestoreFrom))
+	}
+	if pod.Grant == "" {
+		return passThrough()
+	}
+	// The shim or conmon kills a create that takes too long: stop then,
+	// leaving no work directory behind.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ans, err := w.resolveGrant(ctx, pod)
+	if err != nil {
+		return w.fail(inv, fmt.Errorf("stasis: restore container %s: %w", pod.Container, err))
+	}
+	if !ans.Restore {
+		return passThrough() // the grant covers the pod's other containers
+	}
+	if err := w.restore(ctx, inv, c, bundle, spec, ans); err != nil {
+		return w.fail(inv, fmt.Errorf("stasis: restore container %s from %s (%s): %w", pod.Container, ans.Image, pod.Grant, err))
 	}
 	return 0
-}
-
-// checkpointRef is the checkpoint the spec's annotations ask this
-// container to be restored from, or "".
-func checkpointRef(spec *ociSpec) string {
-	if name := containerName(spec); name != "" {
-		return strings.TrimSpace(spec.Annotations[RestoreAnnotationPrefix+name])
-	}
-	return ""
 }
 
 // containerName is the container's name in its pod, as the CRI runtime
@@ -229,19 +248,19 @@ func containerName(spec *ociSpec) string {
 	return ""
 }
 
-func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *ociSpec, ref string) error {
-	// The shim or conmon kills a create that takes too long: stop unpacking
-	// then, leaving no work directory behind.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bundle string, spec *ociSpec, ans *agent.GrantAnswer) error {
 	start := time.Now()
+	ref := ans.Image
 	rec := Record{Checkpoint: ref, Phases: map[string]int64{}}
 	eng, err := w.engine()
 	if err != nil {
 		return err
 	}
 	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
-	p, err := eng.Prepare(ctx, ref, registry.Options{TLSVerify: tlsVerify})
+	// The grant says whose checkpoint this must be; the signature, checked
+	// before anything is unpacked, says whose it is.
+	p, err := eng.Prepare(ctx, ref, engine.PrepareOptions{Registry: registry.Options{TLSVerify: tlsVerify},
+		Expect: provenance.Expect{Namespace: ans.Namespace, Container: ans.Container, Archive: ans.Archive}})
 	if err != nil {
 		return err
 	}
@@ -272,7 +291,7 @@ func (w *wrapper) restore(inv invocation, c createFlags, bundle string, spec *oc
 	args := append([]string{}, inv.globals...)
 	args = append(args, "restore", "--detach", "--bundle", bundle, "--image-path", p.Images(), "--work-path", string(p.Dir))
 	var lazy *criu.LazyPagesServer
-	if spec.Annotations[LazyPagesAnnotation] == "true" || w.cfg.LazyPages {
+	if ans.LazyPages || spec.Annotations[stasisv1.AnnotationLazyPages] == "true" || w.cfg.LazyPages {
 		if lazy, err = criu.StartLazyPages(criu.LazyPages{Images: p.Images(), Work: string(p.Dir),
 			LogDir: filepath.Join(w.cfg.Root, "logs")}, p.Lock()); err != nil {
 			return err
@@ -340,8 +359,15 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 		}
 		keys = append(keys, b)
 	}
+	if w.cfg.ClusterKey == "" && len(w.cfg.TrustedKeys) == 0 {
+		return nil, errors.New("no key to verify checkpoints with: set clusterKey (the cluster's checkpoint key, public half) in the runtime config")
+	}
+	trust, err := provenance.LoadTrust(w.cfg.ClusterKey, w.cfg.TrustedKeys)
+	if err != nil {
+		return nil, err
+	}
 	return engine.New(engine.Options{Root: w.cfg.Root, RunRoot: w.cfg.RunRoot, Runtime: w.runc, Identities: ids, DecryptionKeys: keys,
-		MaxUnpack: w.cfg.MaxUnpack})
+		MaxUnpack: w.cfg.MaxUnpack, Trust: trust})
 }
 
 // runcState is `runc state`'s answer, kept whole to be printed again.

@@ -32,21 +32,34 @@ func TestParseRuncCommandLines(t *testing.T) {
 	}
 }
 
-func TestCheckpointRefFromEitherRuntime(t *testing.T) {
+// The pod, container and grant of a container, as containerd and CRI-O
+// record them; a sandbox is no container to restore; any other
+// restore.stasis.dev/ annotation is what a pod must never use.
+func TestPodOfEitherRuntime(t *testing.T) {
 	for _, tc := range []struct {
-		ann  map[string]string
-		want string
+		ann    map[string]string
+		want   podRef
+		legacy int
 	}{
-		{map[string]string{"io.kubernetes.cri.container-name": "app", RestoreAnnotationPrefix + "app": " reg/ck@sha256:1 "}, "reg/ck@sha256:1"},
-		{map[string]string{"io.kubernetes.cri-o.Metadata": `{"name":"app","attempt":0}`, RestoreAnnotationPrefix + "app": "img"}, "img"},
-		{map[string]string{"io.kubernetes.cri.container-name": "other", RestoreAnnotationPrefix + "app": "img"}, ""},
+		{map[string]string{"io.kubernetes.cri.container-name": "app", "io.kubernetes.cri.sandbox-namespace": "a",
+			"io.kubernetes.cri.sandbox-name": "web", "io.kubernetes.cri.sandbox-uid": "u1", "restore.stasis.dev/from": " Restore/r "},
+			podRef{Namespace: "a", Name: "web", UID: "u1", Container: "app", Grant: "Restore/r"}, 0},
+		{map[string]string{"io.kubernetes.cri-o.Metadata": `{"name":"app","attempt":0}`,
+			"io.kubernetes.cri-o.Labels": `{"io.kubernetes.pod.namespace":"b","io.kubernetes.pod.name":"w","io.kubernetes.pod.uid":"u2"}`,
+			"restore.stasis.dev/from":    "WarmStart/jvm"},
+			podRef{Namespace: "b", Name: "w", UID: "u2", Container: "app", Grant: "WarmStart/jvm"}, 0},
+		{map[string]string{"io.kubernetes.cri.container-name": "app", "restore.stasis.dev/app": "reg/ck@sha256:1"},
+			podRef{Container: "app"}, 1},
 		// The pod's pause container is never restored, whatever it is called.
-		{map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.container-name": "app",
-			RestoreAnnotationPrefix + "app": "img"}, ""},
-		{nil, ""},
+		{map[string]string{"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.container-name": "app"}, podRef{}, 0},
+		{nil, podRef{}, 0},
 	} {
-		if got := checkpointRef(&ociSpec{Annotations: tc.ann}); got != tc.want {
-			t.Errorf("%v: got %q, want %q", tc.ann, got, tc.want)
+		spec := &ociSpec{Annotations: tc.ann}
+		if got := podOf(spec); got != tc.want {
+			t.Errorf("%v: got %+v, want %+v", tc.ann, got, tc.want)
+		}
+		if got := legacyRestoreAnnotations(spec); len(got) != tc.legacy {
+			t.Errorf("%v: legacy annotations %v", tc.ann, got)
 		}
 	}
 }

@@ -10,7 +10,8 @@
 //
 // Each container's archive is written in the format every engine reads
 // (pkg/archive) and stored as a checkpoint image in the node's stasis
-// store, pushed to a registry when asked.
+// store, signed with the cluster's checkpoint key when there is one, and
+// pushed to a registry when asked.
 package podcheckpoint
 
 import (
@@ -25,11 +26,13 @@ import (
 
 	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sigstore/sigstore/pkg/signature"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/image"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
@@ -87,6 +90,14 @@ type Checkpointer struct {
 	// /host in the agent's DaemonSet): the paths runc and mountinfo give
 	// are the host's.
 	HostRoot string
+	// Signer, when set, is the cluster's checkpoint key: each container's
+	// checkpoint image is signed (see pkg/provenance) before it is
+	// pushed, so the signature travels with it, naming Cluster, the pod,
+	// the container and Node.
+	Signer  signature.Signer
+	Cluster string
+	// Node is this node's name.
+	Node string
 }
 
 // LocalImage is the name a container's checkpoint has in the node store.
@@ -125,6 +136,13 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, erro
 		}
 		res.Containers = append(res.Containers, done...)
 	}
+	if c.Signer != nil {
+		for _, cr := range res.Containers {
+			if err := c.sign(r, cr.Name); err != nil {
+				return nil, fmt.Errorf("pod checkpoint %s/%s: %w", r.Namespace, r.Pod, err)
+			}
+		}
+	}
 	if r.Repository != "" {
 		for i := range res.Containers {
 			cr := &res.Containers[i]
@@ -137,6 +155,19 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, erro
 		}
 	}
 	return res, nil
+}
+
+// sign signs a container's checkpoint image unless it has a signature
+// already (a repeated request finds the first one's).
+func (c *Checkpointer) sign(r Request, container string) error {
+	name := LocalImage(r, container)
+	_, err := c.Engine.Signature(name)
+	if err == nil || !errors.Is(err, image.ErrNotFound) {
+		return err
+	}
+	return c.Engine.SignImage(name, c.Signer, provenance.Claims{
+		Cluster: c.Cluster, Namespace: r.Namespace, Pod: r.Pod, Container: container, Node: c.Node, Time: time.Now(),
+	})
 }
 
 func (c *Checkpointer) describe(name string, img *image.Image) ContainerResult {

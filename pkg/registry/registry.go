@@ -21,6 +21,9 @@ import (
 	"github.com/stasis-dev/stasis/pkg/progress"
 )
 
+// ErrNotFound is a reference the registry does not have.
+var ErrNotFound = errors.New("not found in the registry")
+
 // Options are how to reach a registry.
 type Options struct {
 	// TLSVerify false allows plain HTTP and certificates nobody signed.
@@ -134,7 +137,7 @@ func explain(op, ref string, err error) error {
 		case te.StatusCode == http.StatusUnauthorized || te.StatusCode == http.StatusForbidden:
 			return fmt.Errorf("%s %s: the registry refused the credentials (%d): give --creds USER:PASSWORD or log in: %w", op, ref, te.StatusCode, err)
 		case te.StatusCode == http.StatusNotFound:
-			return fmt.Errorf("%s %s: not found in the registry: %w", op, ref, err)
+			return fmt.Errorf("%s %s: %w: %w", op, ref, ErrNotFound, err)
 		case te.StatusCode >= 500:
 			return fmt.Errorf("%s %s: the registry failed (%d); nothing was changed here: %w", op, ref, te.StatusCode, err)
 		}

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -48,6 +49,9 @@ func TestErrorsSayWhatToDo(t *testing.T) {
 		srv.Close()
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("HTTP %d: %v, want it to say %q", code, err, want)
+		}
+		if errors.Is(err, ErrNotFound) != (code == http.StatusNotFound) {
+			t.Errorf("HTTP %d: errors.Is(%v, ErrNotFound) wrong", code, err)
 		}
 	}
 	if _, err := Image(context.Background(), "127.0.0.1:1/a/b:1", Options{Creds: "nocolon"}); err == nil || !strings.Contains(err.Error(), "USER:PASSWORD") {

@@ -17,7 +17,9 @@ import (
 // (TokenReview) and what RBAC lets it do (SubjectAccessReview), with the
 // ClusterRoles of config/rbac: a ServiceAccount bound to stasis-admin
 // checkpoints, one bound to stasis-viewer lists but gets 403 on
-// checkpoint, one bound to nothing gets 403 everywhere, a made-up token 401.
+// checkpoint, one bound to nothing gets 403 everywhere, a made-up token 401,
+// and so does an admin's token issued for the API server rather than for
+// the agent's audience.
 func TestAgentAsksTheAPIServer(t *testing.T) {
 	api := startAPIServer(t)
 	ctx := context.Background()
@@ -34,7 +36,7 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 			t.Fatalf("cluster role %s: %v", role.Name, err)
 		}
 	}
-	token := func(sa, role string) string {
+	token := func(sa, role string, audiences ...string) string {
 		if _, err := api.Client.CoreV1().ServiceAccounts("default").Create(ctx,
 			&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: sa}}, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -48,13 +50,21 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		tr, err := api.Client.CoreV1().ServiceAccounts("default").CreateToken(ctx, sa, &authnv1.TokenRequest{}, metav1.CreateOptions{})
+		tr, err := api.Client.CoreV1().ServiceAccounts("default").CreateToken(ctx, sa,
+			&authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: audiences}}, metav1.CreateOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return tr.Status.Token
 	}
-	ops, watcher, nobody := token("ops", "stasis-admin"), token("watcher", "stasis-viewer"), token("nobody", "")
+	ops, watcher, nobody := token("ops", "stasis-admin", "stasis-agent"), token("watcher", "stasis-viewer", "stasis-agent"),
+		token("nobody", "", "stasis-agent")
+	// No audience: the API server's own.
+	tr, err := api.Client.CoreV1().ServiceAccounts("default").CreateToken(ctx, "ops", &authnv1.TokenRequest{}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opsForTheAPIServer := tr.Status.Token
 
 	e := newEnv(t)
 	e.importBusybox()
@@ -73,6 +83,9 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 	}
 	if code, _ := call(t, c, "GET", a.url+"/v1/containers", "made-up-token-000000", nil); code != 401 {
 		t.Errorf("unknown token: %d, want 401", code)
+	}
+	if code, _ := call(t, c, "GET", a.url+"/v1/containers", opsForTheAPIServer, nil); code != 401 {
+		t.Errorf("a token for the API server: %d, want 401", code)
 	}
 	if code, b := call(t, c, "POST", a.url+"/v1/containers/kweb/checkpoint", ops, CheckpointBody{LeaveRunning: true}); code != 200 {
 		t.Fatalf("admin checkpoint: %d %s", code, b)

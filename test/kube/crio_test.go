@@ -1,16 +1,19 @@
 package kube
 
 import (
+	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/stasis-dev/stasis/pkg/ociwrap"
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
@@ -24,8 +27,12 @@ func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
 	if _, err := os.Stat(crioBin); err != nil {
 		t.Fatalf("CRI-O is needed (hack/crio/build.sh builds it): %v", err)
 	}
+	// CRI-O here is a node of its own, "crio-node", which no kubelet runs:
+	// its agent answers for the pods bound to it.
+	sock := startNodeAgent(t, "crio-node")
 	crio, err := kubenode.StartCRIO(ctx, kubenode.Options{StasisRunc: filepath.Join(filepath.Dir(stasisBin), "stasis-runc"),
-		StasisRoot: stasisRoot, StasisRunRoot: stasisRunRoot}, crioBin)
+		StasisRoot: stasisRoot, StasisRunRoot: stasisRunRoot, StasisAgentSocket: sock,
+		StasisClusterKey: clusterKey + ".pub"}, crioBin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,13 +47,28 @@ func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
 	waitCount(t, ns, "web", "counter", 3)
 	ck := checkpointPod(t, ns, "web-1", "web", nil)
 	at, _ := counts(t, ns, "web", "counter")
+	// The pod CRI-O runs, as the API server knows it: bound to crio-node,
+	// naming its grant.
+	warmStart(t, ns, "crio", stasisv1.WarmStartSpec{CheckpointRef: &stasisv1.CheckpointReference{Name: ck.Name}})
+	apiPod := counterPod(ns, "web-crio")
+	apiPod.Spec.NodeName = "crio-node"
+	apiPod.Annotations = map[string]string{stasisv1.AnnotationRestoreFrom: "WarmStart/crio"}
+	apiPod, err = node.Client.CoreV1().Pods(ns).Create(ctx, apiPod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		// No kubelet confirms its end: gone at once.
+		zero := int64(0)
+		node.Client.CoreV1().Pods(ns).Delete(ctx, "web-crio", metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	})
 
 	hosts := filepath.Join(crio.Dir, "hosts")
 	term := filepath.Join(crio.Dir, "termination-log")
 	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644)
 	os.WriteFile(term, nil, 0o644)
 	podCfg, _ := crio.WriteJSON("pod.json", map[string]any{
-		"metadata": map[string]any{"name": "web-crio", "namespace": "default", "uid": "web-crio-uid"},
+		"metadata": map[string]any{"name": "web-crio", "namespace": ns, "uid": string(apiPod.UID)},
 		"hostname": "web-crio", "log_directory": filepath.Join(crio.Dir, "pod-logs", "web-crio"),
 		"linux": map[string]any{"cgroup_parent": kubenode.CgroupParent,
 			"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}}},
@@ -60,7 +82,11 @@ func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
 		// checkpoint has these mounts and CRIU wants them back.
 		"mounts": []map[string]any{{"container_path": "/etc/hosts", "host_path": hosts},
 			{"container_path": "/dev/termination-log", "host_path": term}},
-		"annotations": map[string]string{ociwrap.RestoreAnnotationPrefix + "counter": ck.Status.Containers[0].Image},
+		// What the kubelet labels every container with, and the pod's
+		// annotation that CRI-O's allowed_annotations passes on.
+		"labels": map[string]string{"io.kubernetes.pod.namespace": ns, "io.kubernetes.pod.name": "web-crio",
+			"io.kubernetes.pod.uid": string(apiPod.UID)},
+		"annotations": map[string]string{stasisv1.AnnotationRestoreFrom: "WarmStart/crio"},
 		"linux":       map[string]any{"security_context": map[string]any{"namespace_options": map[string]any{"pid": 1}}},
 	})
 	sandbox, err := crio.Crictl("runp", "--runtime", "stasis", podCfg)
@@ -98,4 +124,37 @@ func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
 	}
 	t.Logf("containerd pod checkpointed at %d, CRI-O container went on from %d", last, got[0])
 	node.Client.CoreV1().Pods(ns).Delete(ctx, "web", metav1.DeleteOptions{})
+}
+
+// startNodeAgent starts an agent for another node of this machine
+// (nodeName), with its own node socket, and returns the socket.
+func startNodeAgent(t *testing.T, nodeName string) string {
+	t.Helper()
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "agent.sock")
+	cert, key := node.KubeletServing()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cmd := exec.Command(stasisBin, "--root", stasisRoot, "--runroot", stasisRunRoot, "agent", "--listen", addr,
+		"--tls-cert", cert, "--tls-key", key, "--kubeconfig", node.Kubeconfig, "--node-name", nodeName,
+		"--node-socket", sock, "--signing-key", clusterKey+".key", "--audit-log", filepath.Join(dir, "audit.log"))
+	logf, _ := os.Create(filepath.Join(dir, "agent.log"))
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		cmd.Wait()
+		if t.Failed() {
+			b, _ := os.ReadFile(filepath.Join(dir, "agent.log"))
+			t.Logf("agent of %s: %s", nodeName, tail(string(b), 15))
+		}
+	})
+	poll(t, 20*time.Second, "agent socket", func() bool { _, err := os.Stat(sock); return err == nil })
+	return sock
 }

@@ -12,7 +12,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/ociwrap"
 )
 
 // TestFigures prints the figures, all from one run on one node:
@@ -84,10 +83,8 @@ func TestFigures(t *testing.T) {
 		if mode != "cold" {
 			rc := "stasis"
 			d.Spec.Template.Spec.RuntimeClassName = &rc
-			d.Spec.Template.Annotations = map[string]string{ociwrap.RestoreAnnotationPrefix + "jvm": jvmCk.Status.Containers[0].Image}
-			if mode == "lazy" {
-				d.Spec.Template.Annotations[ociwrap.LazyPagesAnnotation] = "true"
-			}
+			warmStart(t, ns, name, stasisv1.WarmStartSpec{CheckpointRef: &stasisv1.CheckpointReference{Name: jvmCk.Name}, LazyPages: mode == "lazy"})
+			d.Spec.Template.Annotations = map[string]string{stasisv1.AnnotationRestoreFrom: "WarmStart/" + name}
 		}
 		if _, err := node.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)

@@ -36,12 +36,10 @@ func TestInstalledStackCheckpointsAndRestores(t *testing.T) {
 	if err := node.ImportRootfs(image, tarball, []string{"/stasis"}); err != nil {
 		t.Fatal(err)
 	}
-	cert, key, err := node.IssueServing("stasis-agent-incluster")
-	if err != nil {
-		t.Fatal(err)
-	}
-	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "stasis-system", Name: "stasis-agent-tls"}, Data: map[string][]byte{}}
-	for k, f := range map[string]string{"tls.crt": cert, "tls.key": key, "ca.crt": node.CA} {
+	// The install's one secret: the cluster's checkpoint key.
+	secret := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: "stasis-system", Name: "stasis-checkpoint-key"}, Data: map[string][]byte{}}
+	var err error
+	for k, f := range map[string]string{"cosign.key": clusterKey + ".key", "cosign.pub": clusterKey + ".pub"} {
 		if secret.Data[k], err = os.ReadFile(f); err != nil {
 			t.Fatal(err)
 		}
@@ -77,8 +75,13 @@ func TestInstalledStackCheckpointsAndRestores(t *testing.T) {
 			// This host forbids entering its PID 1 (it has capabilities
 			// root here lacks); containerd is in the same mount namespace.
 			c.Env = append(c.Env, corev1.EnvVar{Name: "STASIS_HOST_PID", Value: strconv.Itoa(node.ContainerdPid())})
+			// The kubelet's serving certificate is where the test node
+			// keeps it; the node socket is the host-process agent's.
+			cert, key := node.KubeletServing()
 			c.Args = []string{"--root=" + stasisRoot, "--runroot=" + stasisRunRoot, "agent", "--listen=$(NODE_IP):7443",
-				"--tls-cert=/etc/stasis/tls/tls.crt", "--tls-key=/etc/stasis/tls/tls.key", "--in-cluster",
+				"--tls-cert=/host" + cert, "--tls-key=/host" + key, "--in-cluster", "--node-name=$(NODE_NAME)",
+				"--node-socket=" + filepath.Join(stasisRunRoot, "agent-incluster.sock"),
+				"--signing-key=/etc/stasis/checkpoint-key/cosign.key",
 				"--cri-runc-root=" + filepath.Join(node.RuncRoot(), "k8s.io"), "--host-root=/host", "--mountinfo=/proc/1/mountinfo"}
 			c.VolumeMounts = append(c.VolumeMounts, corev1.VolumeMount{Name: "test-store", MountPath: stasisRoot},
 				corev1.VolumeMount{Name: "test-run", MountPath: stasisRunRoot})

@@ -21,6 +21,10 @@ var (
 	// stasisRoot is the node's stasis store, shared by the CLI the tests
 	// run and the stasis-runc the RuntimeClass runs.
 	stasisRoot, stasisRunRoot string
+	// clusterKey signs what the agent checkpoints (the nodes verify with
+	// clusterKey.pub); trustedKey is an administrator's own key, whose
+	// signatures the nodes accept on checkpoints made elsewhere.
+	clusterKey, trustedKey string
 )
 
 // notRoot, when set, is why every test skips: they run a whole node.
@@ -59,6 +63,13 @@ func run(m *testing.M) int {
 	}
 	stasisBin = filepath.Join(bin, "stasis")
 	pluginBin = filepath.Join(bin, "kubectl-stasis")
+	clusterKey, trustedKey = filepath.Join(bin, "cluster"), filepath.Join(bin, "trusted")
+	for _, k := range []string{clusterKey, trustedKey} {
+		if out, err := exec.Command(stasisBin, "key", "generate", k).CombinedOutput(); err != nil {
+			fmt.Printf("stasis key generate: %v\n%s", err, out)
+			return 1
+		}
+	}
 	stasisRoot, _ = os.MkdirTemp("/var/tmp", "stasis-kube-store-")
 	stasisRunRoot, _ = os.MkdirTemp("/run", "stasis-kube-store-")
 	defer os.RemoveAll(stasisRoot)
@@ -68,6 +79,7 @@ func run(m *testing.M) int {
 		ContainerdBin: envOr("STASIS_CONTAINERD_BIN", "/var/cache/stasis/containerd/bin"),
 		StasisRunc:    filepath.Join(bin, "stasis-runc"),
 		StasisRoot:    stasisRoot, StasisRunRoot: stasisRunRoot,
+		StasisClusterKey: clusterKey + ".pub", StasisTrustedKeys: []string{trustedKey + ".pub"},
 		Log: os.Stdout,
 	})
 	if err != nil {

@@ -36,6 +36,7 @@ var (
 	controllerArgs []string
 	controllerBin  string
 	stackDir       string
+	agentTokenFile string // the controller's token for agents
 )
 
 func startStasis(bin string) (func(), error) {
@@ -72,12 +73,10 @@ func startStasis(bin string) (func(), error) {
 		os.RemoveAll(stackDir)
 	}
 
-	// The agent: serving on the node's InternalIP, reviewing tokens as
-	// the admin, checkpointing containerd's runc containers.
-	cert, key, err := node.IssueServing("stasis-agent")
-	if err != nil {
-		return nil, err
-	}
+	// The agent: serving on the node's InternalIP with the kubelet's
+	// serving certificate, reviewing tokens as the admin, checkpointing
+	// containerd's runc containers and signing them with the cluster key.
+	cert, key := node.KubeletServing()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
@@ -86,7 +85,8 @@ func startStasis(bin string) (func(), error) {
 	l.Close()
 	agent := exec.Command(stasisBin, "--root", stasisRoot, "--runroot", stasisRunRoot, "agent",
 		"--listen", net.JoinHostPort(node.IP, strconv.Itoa(agentPort)), "--tls-cert", cert, "--tls-key", key,
-		"--kubeconfig", node.Kubeconfig, "--cri-runc-root", filepath.Join(node.RuncRoot(), "k8s.io"))
+		"--kubeconfig", node.Kubeconfig, "--cri-runc-root", filepath.Join(node.RuncRoot(), "k8s.io"),
+		"--node-name", node.Name, "--signing-key", clusterKey+".key")
 	agentLog, _ := os.Create(filepath.Join(stackDir, "agent.log"))
 	agent.Stdout, agent.Stderr = agentLog, agentLog
 	if err := agent.Start(); err != nil {
@@ -95,7 +95,9 @@ func startStasis(bin string) (func(), error) {
 	}
 	procs = append(procs, agent)
 
-	// The controller: its own ServiceAccount, bound to its generated role.
+	// The controller: its own ServiceAccount, bound to its generated role,
+	// and a token of it for the agents only (audience stasis-agent), as
+	// the projected volume of config/manager gives it.
 	token, err := serviceAccountToken(ctx, "stasis-system", "stasis-controller", "stasis-controller")
 	if err != nil {
 		stop()
@@ -103,6 +105,13 @@ func startStasis(bin string) (func(), error) {
 	}
 	tokenFile := filepath.Join(stackDir, "controller.token")
 	os.WriteFile(tokenFile, []byte(token), 0o600)
+	agentToken, err := audienceToken(ctx, "stasis-system", "stasis-controller", "stasis-agent")
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	agentTokenFile = filepath.Join(stackDir, "controller-agent.token")
+	os.WriteFile(agentTokenFile, []byte(agentToken), 0o600)
 	kubeconfig := filepath.Join(stackDir, "controller.kubeconfig")
 	os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -112,7 +121,7 @@ contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
 `, node.Config.Host, node.CA, tokenFile)), 0o600)
 	controllerArgs = []string{"--kubeconfig", kubeconfig, "--agent-port", strconv.Itoa(agentPort),
-		"--agent-ca", node.CA, "--agent-token-file", tokenFile, "--health-probe-bind-address", "0"}
+		"--agent-ca", node.CA, "--agent-token-file", agentTokenFile, "--health-probe-bind-address", "0"}
 	if err := startController(bin); err != nil {
 		stop()
 		return nil, err
@@ -151,6 +160,17 @@ func serviceAccountToken(ctx context.Context, ns, name, clusterRole string) (str
 	exp := int64(3600)
 	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authv1.TokenRequest{
 		Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp}}, metav1.CreateOptions{})
+	if err != nil {
+		return "", err
+	}
+	return tr.Status.Token, nil
+}
+
+// audienceToken is a token of a ServiceAccount for one audience.
+func audienceToken(ctx context.Context, ns, name, audience string) (string, error) {
+	exp := int64(3600)
+	tr, err := node.Client.CoreV1().ServiceAccounts(ns).CreateToken(ctx, name, &authv1.TokenRequest{
+		Spec: authv1.TokenRequestSpec{ExpirationSeconds: &exp, Audiences: []string{audience}}}, metav1.CreateOptions{})
 	if err != nil {
 		return "", err
 	}

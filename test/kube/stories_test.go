@@ -89,8 +89,8 @@ func TestTwoContainerPodRestoresToOneMoment(t *testing.T) {
 	t.Logf("containers restored to moments %.2f s apart", a-b)
 }
 
-// A Deployment whose template names a checkpoint image starts every
-// replica by restoring it, each with its own identity.
+// A Deployment whose template names a WarmStart starts every replica by
+// restoring its checkpoint, each with its own identity.
 func TestDeploymentWarmStartsEveryReplica(t *testing.T) {
 	ns := namespace(t, "warm")
 	createPod(t, counterPod(ns, "seed"))
@@ -99,7 +99,8 @@ func TestDeploymentWarmStartsEveryReplica(t *testing.T) {
 	ck := checkpointPod(t, ns, "seed-1", "seed", nil)
 	seedAt, _ := counts(t, ns, "seed", "counter")
 
-	d := warmDeployment(ns, "web", ck.Status.Containers[0].Image)
+	warmStart(t, ns, "seed", stasisv1.WarmStartSpec{CheckpointRef: &stasisv1.CheckpointReference{Name: ck.Name}})
+	d := warmDeployment(ns, "web", "seed")
 	if _, err := node.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -118,7 +119,17 @@ func TestDeploymentWarmStartsEveryReplica(t *testing.T) {
 	}
 }
 
-func warmDeployment(ns, name, image string) *appsv1.Deployment {
+// warmStart grants namespace ns a checkpoint for its pods' warm starts.
+func warmStart(t *testing.T, ns, name string, spec stasisv1.WarmStartSpec) {
+	t.Helper()
+	if err := kc.Create(ctx, &stasisv1.WarmStart{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// warmDeployment is a Deployment of the counter whose pods start from the
+// WarmStart grant.
+func warmDeployment(ns, name, grant string) *appsv1.Deployment {
 	one := int32(1)
 	rc := "stasis"
 	grace := int64(1)
@@ -127,7 +138,7 @@ func warmDeployment(ns, name, image string) *appsv1.Deployment {
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": name}},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": name},
-					Annotations: map[string]string{ociwrap.RestoreAnnotationPrefix + "counter": image}},
+					Annotations: map[string]string{stasisv1.AnnotationRestoreFrom: "WarmStart/" + grant}},
 				Spec: corev1.PodSpec{RuntimeClassName: &rc, TerminationGracePeriodSeconds: &grace,
 					Containers: []corev1.Container{counterContainer("counter")}}}}}
 }
@@ -230,15 +241,17 @@ func TestCheckpointThroughRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustRestore(t, ns, "copy")
-	if p, _ := node.Client.CoreV1().Pods(ns).Get(ctx, "copy", metav1.GetOptions{}); p.Annotations[ociwrap.RestoreAnnotationPrefix+"counter"] != ref {
-		t.Fatalf("restored pod restores from %q, want %q", p.Annotations[ociwrap.RestoreAnnotationPrefix+"counter"], ref)
+	if p, _ := node.Client.CoreV1().Pods(ns).Get(ctx, "copy", metav1.GetOptions{}); p.Annotations[stasisv1.AnnotationRestoreFrom] != "Restore/copy" {
+		t.Fatalf("restored pod's grant is %q, want Restore/copy", p.Annotations[stasisv1.AnnotationRestoreFrom])
 	}
 	waitCount(t, ns, "copy", "counter", 1)
 	got, _ := counts(t, ns, "copy", "counter")
 	if len(got) == 0 || got[0] < at[len(at)-1]-2 {
 		t.Fatalf("restored counter started at %v, checkpoint at %d", got, at[len(at)-1])
 	}
-	if _, err := node.Client.AppsV1().Deployments(ns).Create(ctx, warmDeployment(ns, "warm", ref), metav1.CreateOptions{}); err != nil {
+	// The image by reference, signed by this cluster for this namespace.
+	warmStart(t, ns, "pushed", stasisv1.WarmStartSpec{Images: map[string]string{"counter": ref}})
+	if _, err := node.Client.AppsV1().Deployments(ns).Create(ctx, warmDeployment(ns, "warm", "pushed"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	scale(t, ns, "warm", 2)
@@ -247,7 +260,7 @@ func TestCheckpointThroughRegistry(t *testing.T) {
 
 // Only administrators: a ServiceAccount with the built-in "edit" role in
 // its namespace can run pods there, but neither checkpoint, nor restore,
-// nor set the restore annotation, nor call an agent.
+// nor grant a warm start, nor name a checkpoint in a pod, nor call an agent.
 func TestNonAdminIsRefused(t *testing.T) {
 	ns := namespace(t, "dev")
 	token, err := serviceAccountToken(ctx, ns, "dev", "")
@@ -277,14 +290,14 @@ func TestNonAdminIsRefused(t *testing.T) {
 		return dev.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "x"},
 			Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "x"}, PodName: "x"}}, client.DryRunAll)
 	})
-	p := counterPod(ns, "sneaky")
-	p.Annotations = map[string]string{ociwrap.RestoreAnnotationPrefix + "counter": "localhost/stasis/other/secret:counter"}
-	forbidden(t, "a developer's pod with a restore annotation", "restore.stasis.dev", func() error {
-		_, err := devCS.CoreV1().Pods(ns).Create(ctx, p, dry)
-		return err
+	forbidden(t, "a developer creating a WarmStart", "", func() error {
+		return dev.Create(ctx, &stasisv1.WarmStart{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "x"},
+			Spec: stasisv1.WarmStartSpec{Images: map[string]string{"counter": "localhost/stasis/other/secret:counter"}}}, client.DryRunAll)
 	})
-	forbidden(t, "a developer's Deployment with a restore annotation", "restore.stasis.dev", func() error {
-		_, err := devCS.AppsV1().Deployments(ns).Create(ctx, warmDeployment(ns, "sneaky", "localhost/stasis/other/secret:counter"), dry)
+	p := counterPod(ns, "sneaky")
+	p.Annotations = map[string]string{"restore.stasis.dev/counter": "localhost/stasis/other/secret:counter"}
+	forbidden(t, "a developer's pod naming a checkpoint", "restore.stasis.dev/counter is not allowed", func() error {
+		_, err := devCS.CoreV1().Pods(ns).Create(ctx, p, dry)
 		return err
 	})
 	req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("https://%s/v1/pods/%s/web/checkpoint", net.JoinHostPort(node.IP, strconv.Itoa(agentPort)), ns),
@@ -301,37 +314,62 @@ func TestNonAdminIsRefused(t *testing.T) {
 	}
 }
 
-// A Restore that reads a Checkpoint of another namespace needs its
-// creator to be allowed to read Checkpoints there.
-func TestCrossNamespaceRestoreNeedsReadAccess(t *testing.T) {
-	a, b := namespace(t, "xa"), namespace(t, "xb")
-	token, err := serviceAccountToken(ctx, b, "ops", "")
-	if err != nil {
-		t.Fatal(err)
+// A Restore of another namespace's Checkpoint needs the verb "restore" on
+// checkpoints there, which only stasis-admin has: a viewer of the source
+// namespace (who may read the Checkpoint) is refused, an admin of both
+// restores, and the pod runs as the target namespace's default service
+// account.
+func TestCrossNamespaceRestoreNeedsRestoreVerb(t *testing.T) {
+	src, dst := namespace(t, "xsrc"), namespace(t, "xdst")
+	createPod(t, counterPod(src, "web"))
+	waitReady(t, src, "web")
+	at := waitCount(t, src, "web", "counter", 2)
+	checkpointPod(t, src, "web-1", "web", nil)
+	as := func(name, srcRole string) client.Client {
+		token, err := serviceAccountToken(ctx, dst, name, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range []struct{ ns, role string }{{dst, "stasis-admin"}, {src, srcRole}} {
+			rb := roleBindingKind(b.ns, name, "ClusterRole", b.role)
+			rb.Subjects[0].Namespace = dst
+			if _, err := node.Client.RbacV1().RoleBindings(b.ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		cfg := rest.AnonymousClientConfig(node.Config)
+		cfg.BearerToken = token
+		c, _ := client.New(cfg, client.Options{Scheme: kc.Scheme()})
+		return c
 	}
-	// ops may restore in b (stasis-admin there), not read Checkpoints in a.
-	if _, err := node.Client.RbacV1().RoleBindings(b).Create(ctx, roleBindingKind(b, "ops", "ClusterRole", "stasis-admin"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := rest.AnonymousClientConfig(node.Config)
-	cfg.BearerToken = token
-	ops, _ := client.New(cfg, client.Options{Scheme: kc.Scheme()})
-	rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: b, Name: "steal"},
-		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: a, Name: "any"}, PodName: "steal"}}
+	viewer, admin := as("viewer", "stasis-viewer"), as("admin", "stasis-admin")
+	rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: dst, Name: "copy"},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: src, Name: "web-1"}, PodName: "copy"}}
 	var last error
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		last = ops.Create(ctx, rs.DeepCopy())
-		if last != nil && strings.Contains(last.Error(), "may not read checkpoints in namespace "+a) {
+		last = viewer.Create(ctx, rs.DeepCopy())
+		if last != nil && strings.Contains(last.Error(), "may not restore checkpoints of namespace "+src) {
 			break
 		}
 		if time.Now().After(deadline) {
 			vap, _ := node.Client.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, "stasis-restore-checkpoint-access", metav1.GetOptions{})
-			t.Fatalf("a Restore of a Checkpoint in a namespace its creator may not read: %v\npolicy status: %+v", last, vap.Status)
+			t.Fatalf("a viewer's Restore of another namespace's Checkpoint: %v\npolicy status: %+v", last, vap.Status)
 		}
 	}
-	rs.Spec.CheckpointRef.Namespace = b
-	if err := ops.Create(ctx, rs); err != nil {
-		t.Fatalf("a Restore in ops' own namespace: %v", err)
+	forbidden(t, "a viewer's WarmStart of another namespace's Checkpoint", "may not restore checkpoints of namespace "+src, func() error {
+		return viewer.Create(ctx, &stasisv1.WarmStart{ObjectMeta: metav1.ObjectMeta{Namespace: dst, Name: "steal"},
+			Spec: stasisv1.WarmStartSpec{CheckpointRef: &stasisv1.CheckpointReference{Namespace: src, Name: "web-1"}}}, client.DryRunAll)
+	})
+	if err := admin.Create(ctx, rs); err != nil {
+		t.Fatalf("an admin of both namespaces: %v", err)
+	}
+	mustRestore(t, dst, "copy")
+	if got := waitCount(t, dst, "copy", "counter", at+1); got < at {
+		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
+	}
+	p, err := node.Client.CoreV1().Pods(dst).Get(ctx, "copy", metav1.GetOptions{})
+	if err != nil || p.Spec.ServiceAccountName != "default" {
+		t.Fatalf("restored pod's service account: %v %q", err, p.Spec.ServiceAccountName)
 	}
 }
 

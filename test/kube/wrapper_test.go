@@ -3,13 +3,16 @@ package kube
 import (
 	"testing"
 
-	"github.com/stasis-dev/stasis/pkg/ociwrap"
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 )
 
 // A container checkpointed through the kubelet is restored, by the
 // RuntimeClass "stasis", in a new pod of another namespace: the counter
 // goes on from where it was, under the new pod's hostname. containerd 2.4
-// has no restore of its own, so this is stasis-runc's doing.
+// has no restore of its own, so this is stasis-runc's doing. The
+// kubelet's archive is signed by no one: it restores because an
+// administrator signed it with a key the node trusts, and a WarmStart of
+// the pod's namespace names it.
 func TestRuntimeClassRestoresKubeletCheckpoint(t *testing.T) {
 	shop, qa := namespace(t, "shop"), namespace(t, "qa")
 	createPod(t, counterPod(shop, "web"))
@@ -19,9 +22,11 @@ func TestRuntimeClassRestoresKubeletCheckpoint(t *testing.T) {
 	archive := kubeletCheckpoint(t, shop, "web", "counter")
 	before, _ := counts(t, shop, "web", "counter")
 	stasis(t, "image", "build", archive, "localhost/ckpt/web:1")
+	stasis(t, "image", "sign", "localhost/ckpt/web:1", "--key", trustedKey+".key")
+	warmStart(t, qa, "kubelet", stasisv1.WarmStartSpec{Images: map[string]string{"counter": "localhost/ckpt/web:1"}})
 
 	p := counterPod(qa, "web-copy")
-	p.Annotations = map[string]string{ociwrap.RestoreAnnotationPrefix + "counter": "localhost/ckpt/web:1"}
+	p.Annotations = map[string]string{stasisv1.AnnotationRestoreFrom: "WarmStart/kubelet"}
 	rc := "stasis"
 	p.Spec.RuntimeClassName = &rc
 	createPod(t, p)

@@ -59,3 +59,10 @@ func (n *Node) Apply(ctx context.Context, files ...string) error {
 func (n *Node) IssueServing(name string) (cert, key string, err error) {
 	return n.pki.issue(name, name, "", []net.IP{net.ParseIP(n.IP), net.ParseIP("127.0.0.1")}, []string{n.Name})
 }
+
+// KubeletServing is the kubelet's serving certificate and key: the
+// cluster CA's, for system:node:<name>, as a kubelet with
+// serverTLSBootstrap holds. A node's agent serves with it.
+func (n *Node) KubeletServing() (cert, key string) {
+	return n.pki.path("kubelet-serving.pem"), n.pki.path("kubelet-serving-key.pem")
+}

@@ -59,8 +59,7 @@ func StartCRIO(ctx context.Context, o Options, crioBin string) (_ *CRIO, err err
 		return nil, err
 	}
 	runtimeCfg := filepath.Join(c.Dir, "stasis-runtime.json")
-	if err := os.WriteFile(runtimeCfg, []byte(fmt.Sprintf(`{"runtime": "/usr/sbin/runc", "root": %q, "runRoot": %q, "tlsVerify": false}`,
-		o.StasisRoot, o.StasisRunRoot)), 0o600); err != nil {
+	if err := writeRuntimeConfig(runtimeCfg, o); err != nil {
 		return nil, err
 	}
 	path := "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -9,6 +9,7 @@ package kubenode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,7 +38,15 @@ type Options struct {
 	// StasisRoot and StasisRunRoot are the node's stasis store, which
 	// stasis-runc restores from.
 	StasisRoot, StasisRunRoot string
-	Log                       io.Writer // progress lines; nil for none
+	// StasisClusterKey is the public key stasis-runc verifies checkpoints
+	// with (the agents' signing key's); StasisTrustedKeys more keys whose
+	// checkpoints it restores.
+	StasisClusterKey  string
+	StasisTrustedKeys []string
+	// StasisAgentSocket is the agent stasis-runc asks about grants
+	// (default: its own, under StasisRunRoot).
+	StasisAgentSocket string
+	Log               io.Writer // progress lines; nil for none
 	// ControlPlaneOnly starts etcd and kube-apiserver alone: the
 	// envtest-style setup controller tests need, without a node.
 	ControlPlaneOnly bool
@@ -166,7 +175,7 @@ func (n *Node) writePKI(context.Context) error {
 	}{
 		{"apiserver", "kube-apiserver", "", []net.IP{loop, ip, net.ParseIP("10.96.0.1")},
 			[]string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"}},
-		{"kubelet-serving", n.Name, "", []net.IP{loop, ip}, []string{n.Name, "localhost"}},
+		{"kubelet-serving", "system:node:" + n.Name, "system:nodes", []net.IP{loop, ip}, []string{n.Name, "localhost"}},
 		{"admin", "admin", "system:masters", nil, nil},
 		{"apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", nil, nil},
 		{"kubelet", "system:node:" + n.Name, "system:nodes", nil, nil},
@@ -340,8 +349,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 		return err
 	}
 	runtimeCfg := filepath.Join(n.Dir, "stasis-runtime.json")
-	if err := os.WriteFile(runtimeCfg, []byte(fmt.Sprintf(`{"runtime": "/usr/sbin/runc", "root": %q, "runRoot": %q, "tlsVerify": false}`,
-		n.opts.StasisRoot, n.opts.StasisRunRoot)), 0o600); err != nil {
+	if err := writeRuntimeConfig(runtimeCfg, n.opts); err != nil {
 		return err
 	}
 	cfg := fmt.Sprintf(`version = 3
@@ -536,4 +544,15 @@ func (n *Node) KubeletClient() (*http.Client, error) {
 	cfg := rest.CopyConfig(n.Config)
 	cfg.Timeout = 5 * time.Minute
 	return rest.HTTPClientFor(cfg)
+}
+
+// writeRuntimeConfig writes stasis-runc's config (pkg/ociwrap.Config) for
+// the node's store and keys.
+func writeRuntimeConfig(path string, o Options) error {
+	b, err := json.Marshal(map[string]any{"runtime": "/usr/sbin/runc", "root": o.StasisRoot, "runRoot": o.StasisRunRoot,
+		"tlsVerify": false, "clusterKey": o.StasisClusterKey, "trustedKeys": o.StasisTrustedKeys, "agentSocket": o.StasisAgentSocket})
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o600)
 }

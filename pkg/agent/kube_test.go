@@ -1,0 +1,124 @@
+package agent
+
+import (
+	"crypto/sha256"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	authnv1 "k8s.io/api/authentication/v1"
+	authzv1 "k8s.io/api/authorization/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// fakeAPIServer knows tokens by the audiences they were issued for, and
+// lets "admin" create checkpoints; it counts the token reviews it answers.
+func fakeAPIServer(tokens map[string][]string) (*fake.Clientset, *int) {
+	c := fake.NewClientset()
+	reviews := new(int)
+	c.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		*reviews++
+		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		for _, aud := range tr.Spec.Audiences {
+			if slices.Contains(tokens[tr.Spec.Token], aud) {
+				tr.Status.Audiences = append(tr.Status.Audiences, aud)
+			}
+		}
+		tr.Status.Authenticated = len(tr.Status.Audiences) > 0
+		tr.Status.User.Username, _, _ = strings.Cut(tr.Spec.Token, "-")
+		return true, tr, nil
+	})
+	c.PrependReactor("create", "subjectaccessreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+		sar := a.(k8stesting.CreateAction).GetObject().(*authzv1.SubjectAccessReview).DeepCopy()
+		sar.Status.Allowed = sar.Spec.User == "admin" && sar.Spec.ResourceAttributes.Verb == "create"
+		return true, sar, nil
+	})
+	return c, reviews
+}
+
+func bearer(tok string) *http.Request {
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Header.Set("Authorization", "Bearer "+tok)
+	return r
+}
+
+func TestKubeReviewWantsTheAgentsAudience(t *testing.T) {
+	c, _ := fakeAPIServer(map[string][]string{
+		"admin-agent":     {"stasis-agent"},
+		"admin-apiserver": {"https://kubernetes.default.svc"},
+	})
+	k, err := NewKubeReview(c, "stasis-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := k.Authenticate(bearer("admin-agent"))
+	if err != nil || id.User != "admin" || id.Role != Admin {
+		t.Fatalf("a token for the agent: %+v %v", id, err)
+	}
+	if id, err := k.Authenticate(bearer("admin-apiserver")); err == nil {
+		t.Fatalf("a token for the API server was accepted: %+v", id)
+	}
+	if _, err := NewKubeReview(c, ""); err == nil {
+		t.Fatal("a review without an audience was made")
+	}
+}
+
+func TestKubeReviewCachesSuccessesOnly(t *testing.T) {
+	c, reviews := fakeAPIServer(map[string][]string{"admin-1": {"stasis-agent"}, "viewer-1": {"stasis-agent"}})
+	k, err := NewKubeReview(c, "stasis-agent")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if id, err := k.Authenticate(bearer("admin-1")); err != nil || id.Role != Admin {
+			t.Fatalf("admin: %+v %v", id, err)
+		}
+	}
+	if *reviews != 1 {
+		t.Fatalf("%d token reviews for one token, want 1", *reviews)
+	}
+	for range 2 {
+		if _, err := k.Authenticate(bearer("unknown-1")); err == nil {
+			t.Fatal("an unknown token was accepted")
+		}
+	}
+	if *reviews != 3 {
+		t.Fatalf("%d token reviews, want a failed review asked again", *reviews)
+	}
+	// An authenticated caller without rights is remembered without them.
+	if id, err := k.Authenticate(bearer("viewer-1")); err != nil || id.Role != "" {
+		t.Fatalf("viewer-1 without rights: %+v %v", id, err)
+	}
+	k.cache.ttl = 0
+	k.cache.entries = map[[sha256.Size]byte]cached{}
+	k.Authenticate(bearer("admin-1"))
+	time.Sleep(time.Millisecond)
+	k.Authenticate(bearer("admin-1"))
+	if *reviews != 6 {
+		t.Fatalf("%d token reviews, want an expired review asked again", *reviews)
+	}
+}
+
+func TestReviewCacheIsBounded(t *testing.T) {
+	c := newReviewCache(time.Minute, 2)
+	for _, tok := range []string{"a", "b", "c"} {
+		c.put(sha256.Sum256([]byte(tok)), Identity{User: tok})
+		time.Sleep(time.Millisecond) // distinct expiry times
+	}
+	if len(c.entries) != 2 {
+		t.Fatalf("%d entries, want 2", len(c.entries))
+	}
+	if _, ok := c.get(sha256.Sum256([]byte("a"))); ok {
+		t.Fatal("the oldest entry was kept")
+	}
+	for _, tok := range []string{"b", "c"} {
+		if id, ok := c.get(sha256.Sum256([]byte(tok))); !ok || id.User != tok {
+			t.Fatalf("%s: %+v %v", tok, id, ok)
+		}
+	}
+}

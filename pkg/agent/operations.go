@@ -1,0 +1,113 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// operations are long operations that callers can follow and cancel. An
+// operation belongs to the user who started it: its target and result
+// (image names, digests, errors) are that user's business, and only an
+// admin may see or cancel another's.
+type operations struct {
+	mu  sync.Mutex
+	ops map[string]*operation
+	n   int
+	// keep is how long a finished operation can still be read; without a
+	// bound a busy agent would hold every result it ever produced.
+	keep time.Duration
+}
+
+type operation struct {
+	ID      string    `json:"id"`
+	Action  string    `json:"action"`
+	Target  string    `json:"target"`
+	User    string    `json:"user"`
+	State   string    `json:"state"` // running, done, failed, cancelled
+	Started time.Time `json:"started"`
+	Ended   time.Time `json:"ended,omitzero"`
+	Error   string    `json:"error,omitempty"`
+	Result  any       `json:"result,omitempty"`
+	cancel  context.CancelFunc
+}
+
+func newOperations() *operations {
+	return &operations{ops: map[string]*operation{}, keep: time.Hour}
+}
+
+// start records an operation of user's.
+func (o *operations) start(action, target, user string, cancel context.CancelFunc) *operation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.prune()
+	o.n++
+	op := &operation{ID: strconv.Itoa(o.n), Action: action, Target: target, User: user, State: "running",
+		Started: time.Now().UTC(), cancel: cancel}
+	o.ops[op.ID] = op
+	return op
+}
+
+func (o *operations) finish(op *operation, result any, err error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	op.Ended, op.Result = time.Now().UTC(), result
+	switch {
+	case errors.Is(err, context.Canceled):
+		op.State, op.Error = "cancelled", err.Error()
+	case err != nil:
+		op.State, op.Error = "failed", err.Error()
+	default:
+		op.State = "done"
+	}
+}
+
+// snapshot is op as it is now, for the answer that starts it.
+func (o *operations) snapshot(op *operation) operation {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return *op
+}
+
+// get is operation id as caller may see it; false also when it is
+// someone else's, so that callers cannot learn what others run.
+func (o *operations) get(id string, caller *Identity) (operation, bool) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.prune()
+	op, ok := o.ops[id]
+	if !ok || !op.visibleTo(caller) {
+		return operation{}, false
+	}
+	return *op, true
+}
+
+// cancel cancels operation id if caller may see it (see get); a finished
+// operation is left as it ended.
+func (o *operations) cancel(id string, caller *Identity) bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	op, ok := o.ops[id]
+	if !ok || !op.visibleTo(caller) {
+		return false
+	}
+	if op.State == "running" {
+		op.cancel()
+	}
+	return true
+}
+
+func (op *operation) visibleTo(caller *Identity) bool {
+	return caller.Role == Admin || caller.User == op.User
+}
+
+// prune drops operations that ended more than keep ago; o.mu is held.
+func (o *operations) prune() {
+	for id, op := range o.ops {
+		if !op.Ended.IsZero() && time.Since(op.Ended) > o.keep {
+			delete(o.ops, id)
+		}
+	}
+}

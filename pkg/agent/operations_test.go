@@ -1,0 +1,102 @@
+package agent
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stasis-dev/stasis/pkg/engine"
+)
+
+// testServer is an agent whose tokens are alice (admin), bob (admin) and
+// vera (viewer); nothing it is asked may reach the engine.
+func testServer(t *testing.T, cfg Config) *Server {
+	t.Helper()
+	cfg.Engine = &engine.Engine{}
+	cfg.Auth = &CertOrToken{tokens: map[string]Identity{
+		"alice-0123456789": {User: "alice", Role: Admin, Via: "token"},
+		"bob-0123456789ab": {User: "bob", Role: Admin, Via: "token"},
+		"vera-0123456789a": {User: "vera", Role: Viewer, Via: "token"},
+	}}
+	s, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func do(h http.Handler, method, path, token, body string) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.Header.Set("Authorization", "Bearer "+token)
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+func call(t *testing.T, h http.Handler, method, path, token string) int {
+	t.Helper()
+	return do(h, method, path, token, "").Code
+}
+
+func TestOperationsBelongToTheirCaller(t *testing.T) {
+	ops := newOperations()
+	cancelled := false
+	op := ops.start("checkpoint", "web", "vera", func() { cancelled = true })
+	for _, c := range []struct {
+		caller Identity
+		sees   bool
+	}{
+		{Identity{User: "vera", Role: Viewer}, true},
+		{Identity{User: "walt", Role: Viewer}, false},
+		{Identity{User: "alice", Role: Admin}, true},
+	} {
+		if _, ok := ops.get(op.ID, &c.caller); ok != c.sees {
+			t.Errorf("%s sees %s's operation: %v, want %v", c.caller.User, op.User, ok, c.sees)
+		}
+	}
+	if ops.cancel(op.ID, &Identity{User: "walt", Role: Viewer}) || cancelled {
+		t.Fatal("another user cancelled the operation")
+	}
+	if !ops.cancel(op.ID, &Identity{User: "vera", Role: Viewer}) || !cancelled {
+		t.Fatal("its starter could not cancel the operation")
+	}
+
+	// Over HTTP: another user's operation does not exist.
+	s := testServer(t, Config{})
+	mine := s.ops.start("checkpoint", "web", "vera", func() {})
+	path := "/v1/operations/" + mine.ID
+	if code := call(t, s.Handler(), "GET", path, "vera-0123456789a"); code != http.StatusOK {
+		t.Errorf("its starter: %d", code)
+	}
+	if code := call(t, s.Handler(), "GET", path, "alice-0123456789"); code != http.StatusOK {
+		t.Errorf("an admin: %d", code)
+	}
+	bobs := s.ops.start("checkpoint", "db", "bob", func() {})
+	if code := call(t, s.Handler(), "GET", "/v1/operations/"+bobs.ID, "vera-0123456789a"); code != http.StatusNotFound {
+		t.Errorf("a viewer reading bob's operation: %d, want 404", code)
+	}
+}
+
+func TestFinishedOperationsArePruned(t *testing.T) {
+	ops := newOperations()
+	ops.keep = 10 * time.Millisecond
+	admin := &Identity{User: "alice", Role: Admin}
+	done := ops.start("checkpoint", "a", "alice", func() {})
+	running := ops.start("checkpoint", "b", "alice", func() {})
+	ops.finish(done, nil, nil)
+	if _, ok := ops.get(done.ID, admin); !ok {
+		t.Fatal("a just finished operation is gone")
+	}
+	time.Sleep(30 * time.Millisecond)
+	if _, ok := ops.get(done.ID, admin); ok {
+		t.Fatal("a finished operation outlived keep")
+	}
+	if _, ok := ops.get(running.ID, admin); !ok {
+		t.Fatal("a running operation was pruned")
+	}
+	if len(ops.ops) != 1 {
+		t.Fatalf("%d operations kept, want 1", len(ops.ops))
+	}
+}

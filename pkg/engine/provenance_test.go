@@ -1,0 +1,227 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
+	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+	"github.com/sigstore/sigstore/pkg/signature"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/image"
+	"github.com/stasis-dev/stasis/pkg/provenance"
+	"github.com/stasis-dev/stasis/pkg/registry"
+	"github.com/stasis-dev/stasis/pkg/store"
+)
+
+// writeArchive writes a small checkpoint archive (no CRIU needed: Prepare
+// only unpacks it).
+func writeArchive(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := archive.Config{ContainerConfig: metadata.ContainerConfig{Name: "web", RootfsImageName: "reg.example/app:1", OCIRuntime: "runc"}}
+	if err := archive.WriteJSON(dir, archive.ConfigDump, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	spec := specs.Spec{Process: &specs.Process{Args: []string{"/app"}}, Annotations: map[string]string{metadata.CheckpointAnnotationEngine: "stasis"}}
+	if err := archive.WriteJSON(dir, archive.SpecDump, &spec); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(dir, archive.CheckpointDir), 0o700)
+	for _, f := range []string{"inventory.img", "pages-1.img"} {
+		os.WriteFile(filepath.Join(dir, archive.CheckpointDir, f), make([]byte, 4096), 0o600)
+	}
+	out := filepath.Join(t.TempDir(), "a.tar.zst")
+	if _, err := archive.WriteFile(out, archive.Contents{Dir: dir, Members: archive.Members}, archive.WriteOptions{Compression: archive.Zstd}); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+type keys struct {
+	signer signature.Signer
+	trust  *provenance.Trust
+}
+
+func newKeys(t *testing.T) keys {
+	t.Helper()
+	priv, pub, err := provenance.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "k.key"), priv, 0o600)
+	os.WriteFile(filepath.Join(dir, "k.pub"), pub, 0o600)
+	s, err := provenance.LoadSigner(filepath.Join(dir, "k.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr, err := provenance.LoadTrust(filepath.Join(dir, "k.pub"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys{s, tr}
+}
+
+// engines are two engines on one root: one that verifies nothing (the
+// CLI's), one with trust (a node's).
+func engines(t *testing.T, trust *provenance.Trust) (plain, trusting *Engine) {
+	t.Helper()
+	root, run := t.TempDir(), t.TempDir()
+	var err error
+	if plain, err = New(Options{Root: root, RunRoot: run}); err != nil {
+		t.Fatal(err)
+	}
+	if trusting, err = New(Options{Root: root, RunRoot: run, Trust: trust}); err != nil {
+		t.Fatal(err)
+	}
+	return plain, trusting
+}
+
+func TestPrepareVerifies(t *testing.T) {
+	k := newKeys(t)
+	plain, trusting := engines(t, k.trust)
+	ctx := context.Background()
+	path := writeArchive(t)
+	const signed, unsigned = "reg.example/ckpt/web:signed", "reg.example/ckpt/web:unsigned"
+	for _, ref := range []string{signed, unsigned} {
+		if _, err := plain.BuildCheckpointImage(path, ref, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := plain.SignImage(signed, k.signer, provenance.Claims{Namespace: "shop", Container: "app", Time: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	ent, err := plain.Checkpoints.Put(store.Entry{ContainerID: "c1", ContainerName: "web", Created: time.Now()}, "checkpoint.tar.zst",
+		func(dest string) (int64, string, error) {
+			b, err := os.ReadFile(path)
+			return int64(len(b)), "", errors.Join(err, os.WriteFile(dest, b, 0o600))
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		name string
+		e    *Engine
+		ref  string
+		x    provenance.Expect
+		want error
+		msg  string
+	}{
+		{"signed", trusting, signed, provenance.Expect{Namespace: "shop", Container: "app"}, nil, ""},
+		{"no trust, unsigned", plain, unsigned, provenance.Expect{}, nil, ""},
+		{"no trust, a container's stored checkpoint", plain, "web", provenance.Expect{}, nil, ""},
+		{"unsigned", trusting, unsigned, provenance.Expect{Namespace: "shop"}, provenance.ErrUnsigned, ""},
+		{"another namespace", trusting, signed, provenance.Expect{Namespace: "other"}, provenance.ErrMismatch, "namespace"},
+		{"another container", trusting, signed, provenance.Expect{Namespace: "shop", Container: "db"}, provenance.ErrMismatch, "container"},
+		{"stored checkpoint", trusting, ent.ID, provenance.Expect{Namespace: "shop"}, nil, "names a stored checkpoint"},
+		{"container name", trusting, "web", provenance.Expect{Namespace: "shop"}, nil, "names a container's stored checkpoints"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p, err := c.e.Prepare(ctx, c.ref, PrepareOptions{Expect: c.x})
+			if c.want == nil && c.msg == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				p.Close()
+				return
+			}
+			if err == nil {
+				p.Close()
+				t.Fatal("prepared")
+			}
+			if c.want != nil && !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
+				t.Fatalf("error %v, want %v %q", err, c.want, c.msg)
+			}
+		})
+	}
+}
+
+// The signature goes up with Push beside the index Push wraps around the
+// manifest, and comes back with Pull, still naming the manifest; a
+// restore with trust pulls a signed image and refuses an unsigned one
+// before its layer is fetched.
+func TestSignatureRegistryRoundTrip(t *testing.T) {
+	k := newKeys(t)
+	plain, trusting := engines(t, k.trust)
+	ctx := context.Background()
+	srv := httptest.NewServer(ggcrregistry.New(ggcrregistry.Logger(log.New(io.Discard, "", 0))))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	o := registry.Options{}
+	path := writeArchive(t)
+	local, unsigned := "localhost/ckpt/web:1", "localhost/ckpt/unsigned:1"
+	for _, ref := range []string{local, unsigned} {
+		if _, err := plain.BuildCheckpointImage(path, ref, false, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := plain.SignImage(local, k.signer, provenance.Claims{Namespace: "shop"}); err != nil {
+		t.Fatal(err)
+	}
+	dest, destUnsigned := host+"/team/ckpt:v1", host+"/team/unsigned:v1"
+	index, err := plain.Push(ctx, local, dest, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.Push(ctx, unsigned, destUnsigned, o); err != nil {
+		t.Fatal(err)
+	}
+	for _, ref := range []string{local, unsigned} {
+		if err := plain.RemoveImage(ctx, ref); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if all, _ := plain.Images.List(); len(all) != 0 {
+		t.Fatalf("left in the store: %v", all[0].Name)
+	}
+
+	i, err := plain.Pull(ctx, dest, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.Signature(dest); err != nil {
+		t.Fatalf("the pull brought no signature: %v", err)
+	}
+	if err := trusting.verifyStored(i, &provenance.Expect{Namespace: "shop"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.RemoveImage(ctx, dest); err != nil {
+		t.Fatal(err)
+	}
+
+	var pulled []string
+	if _, err := trusting.checkpointImageArchive(ctx, dest, o, &pulled, &provenance.Expect{Namespace: "shop"}); err != nil {
+		t.Fatal(err)
+	}
+	if len(pulled) != 2 {
+		t.Fatalf("pulled %v, want the image and its signature", pulled)
+	}
+	// By the index's digest (what a pod checkpoint reports), the
+	// signature is still the manifest's; and once stored, it is found
+	// beside the image under that name.
+	byIndex := host + "/team/ckpt@" + index
+	for range 2 {
+		if _, err := trusting.checkpointImageArchive(ctx, byIndex, o, &pulled, &provenance.Expect{Namespace: "shop"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = trusting.checkpointImageArchive(ctx, destUnsigned, o, &pulled, nil)
+	if !errors.Is(err, provenance.ErrUnsigned) {
+		t.Fatalf("an unsigned image with trust: %v", err)
+	}
+	if _, err := plain.Images.Get(destUnsigned); !errors.Is(err, image.ErrNotFound) {
+		t.Fatalf("the refused image was stored: %v", err)
+	}
+}

@@ -1,0 +1,356 @@
+package kube
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	reconcilers "github.com/stasis-dev/stasis/internal/controller"
+	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+)
+
+// asServiceAccount is a client of a new ServiceAccount of ns bound, in each
+// namespace of roles, to that ClusterRole.
+func asServiceAccount(t *testing.T, ns, name string, roles map[string]string) (client.Client, kubernetes.Interface) {
+	t.Helper()
+	token, err := serviceAccountToken(ctx, ns, name, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for where, role := range roles {
+		rb := roleBindingKind(where, name, "ClusterRole", role)
+		rb.Subjects[0].Namespace = ns
+		if _, err := node.Client.RbacV1().RoleBindings(where).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := rest.AnonymousClientConfig(node.Config)
+	cfg.BearerToken = token
+	c, err := client.New(cfg, client.Options{Scheme: kc.Scheme()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(cfg)
+	poll(t, 30*time.Second, name+"'s RBAC", func() bool {
+		_, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil
+	})
+	return c, cs
+}
+
+// restoringPod is a counter pod run by the RuntimeClass stasis that names
+// a grant.
+func restoringPod(ns, name, grant string) *corev1.Pod {
+	p := counterPod(ns, name)
+	rc := "stasis"
+	p.Spec.RuntimeClassName = &rc
+	p.Annotations = map[string]string{stasisv1.AnnotationRestoreFrom: grant}
+	return p
+}
+
+// waitRefused waits for the pod's container to fail to be created with a
+// message that says why, in its status and in an Event, and checks that
+// it never ran.
+func waitRefused(t *testing.T, ns, pod, why string) {
+	t.Helper()
+	var last string
+	poll(t, 90*time.Second, "pod "+pod+" refused with "+strconv.Quote(why), func() bool {
+		p, err := node.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+		if err != nil {
+			return false
+		}
+		last = podState(p)
+		for _, cs := range p.Status.ContainerStatuses {
+			if cs.State.Running != nil {
+				t.Fatalf("pod %s/%s runs: %s", ns, pod, last)
+			}
+		}
+		if !strings.Contains(last, why) {
+			return false
+		}
+		evs, err := node.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, why) {
+				return true
+			}
+		}
+		return false
+	})
+	if t.Failed() {
+		t.Logf("last status: %s", last)
+	}
+}
+
+// workEntries lists the node store's work directory: a refused restore
+// unpacks nothing, so leaves nothing there (and never made a directory).
+func workEntries(t *testing.T) []string {
+	t.Helper()
+	es, _ := os.ReadDir(filepath.Join(stasisRoot, "work"))
+	var names []string
+	for _, e := range es {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+// A namespace-scoped administrator of a cannot make a pod restore b's
+// checkpoint: not by naming it in an annotation (by image, by store name,
+// by container name: admission refuses, and so does the node when the
+// policy is gone), not by a WarmStart naming b's Checkpoint (admission),
+// and not by a WarmStart naming b's image (the signature says b).
+func TestGrantsBindCheckpointsToNamespaces(t *testing.T) {
+	a, b := namespace(t, "ga"), namespace(t, "gb")
+	createPod(t, counterPod(b, "web"))
+	waitReady(t, b, "web")
+	waitCount(t, b, "web", "counter", 2)
+	ck := checkpointPod(t, b, "web-1", "web", nil)
+	image := ck.Status.Containers[0].Image
+
+	ops, opsCS := asServiceAccount(t, a, "ops", map[string]string{a: "stasis-admin"})
+	for _, ref := range []string{image, "web-1", "web"} {
+		p := restoringPod(a, "steal", "")
+		p.Annotations = map[string]string{"restore.stasis.dev/counter": ref}
+		forbidden(t, "a pod naming "+ref, "restore.stasis.dev/counter is not allowed", func() error {
+			_, err := opsCS.CoreV1().Pods(a).Create(ctx, p, metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+			return err
+		})
+	}
+	forbidden(t, "a WarmStart of b's Checkpoint", "may not restore checkpoints of namespace "+b, func() error {
+		return ops.Create(ctx, &stasisv1.WarmStart{ObjectMeta: metav1.ObjectMeta{Namespace: a, Name: "steal"},
+			Spec: stasisv1.WarmStartSpec{CheckpointRef: &stasisv1.CheckpointReference{Namespace: b, Name: "web-1"}}})
+	})
+
+	before := workEntries(t)
+	if err := ops.Create(ctx, &stasisv1.WarmStart{ObjectMeta: metav1.ObjectMeta{Namespace: a, Name: "by-image"},
+		Spec: stasisv1.WarmStartSpec{Images: map[string]string{"counter": image}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := opsCS.CoreV1().Pods(a).Create(ctx, restoringPod(a, "by-image", "WarmStart/by-image"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRefused(t, a, "by-image", "namespace "+b)
+	if _, err := opsCS.CoreV1().Pods(a).Create(ctx, restoringPod(a, "no-grant", "WarmStart/nothing"), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRefused(t, a, "no-grant", "WarmStart/nothing does not exist in namespace "+a)
+	// A Restore's grant is for its one pod.
+	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: a, Name: "other"},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "absent"}, PodName: "other"}}); err != nil {
+		t.Fatal(err)
+	}
+	createPod(t, restoringPod(a, "squat", "Restore/other"))
+	waitRefused(t, a, "squat", "is for pod other")
+
+	// With the annotation policy gone, the node still refuses.
+	binding, err := node.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Get(ctx, "stasis-restore-annotation", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := node.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Delete(ctx, binding.Name, metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		binding.ResourceVersion = ""
+		node.Client.AdmissionregistrationV1().ValidatingAdmissionPolicyBindings().Create(ctx, binding, metav1.CreateOptions{})
+	})
+	p := restoringPod(a, "legacy", "")
+	p.Annotations = map[string]string{"restore.stasis.dev/counter": image}
+	poll(t, 30*time.Second, "the policy binding gone", func() bool {
+		_, err := opsCS.CoreV1().Pods(a).Create(ctx, p.DeepCopy(), metav1.CreateOptions{})
+		return err == nil
+	})
+	waitRefused(t, a, "legacy", "names a checkpoint directly")
+	if after := workEntries(t); strings.Join(after, ",") != strings.Join(before, ",") {
+		t.Errorf("refused restores left work entries: before %v, after %v", before, after)
+	}
+	waitCount(t, b, "web", "counter", 2)
+}
+
+// A checkpoint image made by hand (valid CRIU images of this very pod, but
+// built outside the cluster's agents) is refused: unsigned, and signed by
+// a key no node trusts. Signed with the administrator's trusted key, it
+// restores; the signature came through the registry with it.
+func TestUnsignedCheckpointImageIsRefused(t *testing.T) {
+	reg := startRegistry(t)
+	ns := namespace(t, "sig")
+	createPod(t, counterPod(ns, "web"))
+	waitReady(t, ns, "web")
+	at := waitCount(t, ns, "web", "counter", 2)
+	ck := checkpointPod(t, ns, "web-1", "web", nil)
+	blob := filepath.Join(stasisRoot, "images", "oci", "blobs", "sha256", strings.TrimPrefix(ck.Status.Containers[0].Digest, "sha256:"))
+	other := filepath.Join(t.TempDir(), "other")
+	stasis(t, "key", "generate", other)
+
+	images := map[string]string{"unsigned": "", "foreign": other + ".key", "trusted": trustedKey + ".key"}
+	for name, key := range images {
+		ref := reg + "/hand/" + name + ":1"
+		stasis(t, "image", "build", blob, ref)
+		if key != "" {
+			stasis(t, "image", "sign", ref, "--key", key)
+		}
+		stasis(t, "push", "--tls-verify=false", ref)
+		stasis(t, "rmi", ref) // the node pulls it, signature and all
+		warmStart(t, ns, name, stasisv1.WarmStartSpec{Images: map[string]string{"counter": ref}})
+		createPod(t, restoringPod(ns, name, "WarmStart/"+name))
+	}
+	waitRefused(t, ns, "unsigned", "not signed")
+	waitRefused(t, ns, "foreign", "no key this node trusts")
+	waitReady(t, ns, "trusted")
+	if got := waitCount(t, ns, "trusted", "counter", at+1); got < at {
+		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
+	}
+	if imgs := stasis(t, "images"); strings.Contains(imgs, reg+"/hand/unsigned") || strings.Contains(imgs, reg+"/hand/foreign") {
+		t.Errorf("a refused image was pulled:\n%s", imgs)
+	}
+}
+
+// Workload kinds the policy does not name are no way around it: a
+// CronJob's, a ReplicationController's and a Job's templates that name a
+// checkpoint, made by a user with the built-in "edit" role, are admitted
+// (they are templates), and every pod they make is refused.
+func TestWorkloadTemplatesCannotNameCheckpoints(t *testing.T) {
+	ns := namespace(t, "wl")
+	_, dev := asServiceAccount(t, ns, "dev", map[string]string{ns: "edit"})
+	tmpl := func(name string) corev1.PodTemplateSpec {
+		p := restoringPod(ns, name, "")
+		p.Annotations = map[string]string{"restore.stasis.dev/counter": "localhost/stasis/other/secret:counter"}
+		p.Spec.RestartPolicy = corev1.RestartPolicyNever
+		return corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": name}, Annotations: p.Annotations}, Spec: p.Spec}
+	}
+	one := int32(1)
+	rcTmpl := tmpl("rc")
+	rcTmpl.Spec.RestartPolicy = corev1.RestartPolicyAlways
+	if _, err := dev.CoreV1().ReplicationControllers(ns).Create(ctx, &corev1.ReplicationController{ObjectMeta: metav1.ObjectMeta{Name: "rc"},
+		Spec: corev1.ReplicationControllerSpec{Replicas: &one, Selector: map[string]string{"app": "rc"}, Template: &rcTmpl}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.BatchV1().Jobs(ns).Create(ctx, &batchv1.Job{ObjectMeta: metav1.ObjectMeta{Name: "job"},
+		Spec: batchv1.JobSpec{Template: tmpl("job")}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.BatchV1().CronJobs(ns).Create(ctx, &batchv1.CronJob{ObjectMeta: metav1.ObjectMeta{Name: "cron"},
+		Spec: batchv1.CronJobSpec{Schedule: "* * * * *", JobTemplate: batchv1.JobTemplateSpec{Spec: batchv1.JobSpec{Template: tmpl("cron")}}}},
+		metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The controllers' FailedCreate events carry the policy's message.
+	refused := map[string]bool{}
+	poll(t, 100*time.Second, "every controller refused", func() bool {
+		evs, err := node.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false
+		}
+		for _, e := range evs.Items {
+			if e.Reason == "FailedCreate" && strings.Contains(e.Message, "restore.stasis.dev/counter is not allowed") {
+				name := e.InvolvedObject.Name
+				if e.InvolvedObject.Kind == "Job" && strings.HasPrefix(name, "cron-") {
+					name = "cron"
+				}
+				refused[name] = true
+			}
+		}
+		return refused["rc"] && refused["job"] && refused["cron"]
+	})
+	if t.Failed() {
+		t.Logf("refused: %v", refused)
+	}
+	pods, _ := node.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if len(pods.Items) != 0 {
+		t.Errorf("%d pods exist", len(pods.Items))
+	}
+}
+
+// The controller's token is for agents only: the API server refuses it.
+// And the controller talks only to the agent of the pod's own node: one
+// that answers with any other certificate the cluster CA signed (here a
+// serving certificate for another name at the same address) is refused
+// before the token is sent.
+func TestControllerTokenIsForAgentsOnly(t *testing.T) {
+	requireNode(t)
+	token, err := os.ReadFile(agentTokenFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := rest.AnonymousClientConfig(node.Config)
+	cfg.BearerToken = string(token)
+	_, err = kubernetes.NewForConfigOrDie(cfg).CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
+	if err == nil || !strings.Contains(err.Error(), "Unauthorized") {
+		t.Fatalf("the controller's agent token at the API server: %v, want 401 Unauthorized", err)
+	}
+
+	cert, key, err := node.IssueServing("impostor")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := tls.Listen("tcp", net.JoinHostPort(node.IP, "0"), &tls.Config{Certificates: []tls.Certificate{pair}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gotToken := make(chan string, 1)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		gotToken <- r.Header.Get("Authorization")
+		w.Write([]byte(`{"containers":[{"name":"counter","image":"localhost/forged:1"}]}`))
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	n, err := node.Client.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := &reconcilers.AgentClients{Port: l.Addr().(*net.TCPAddr).Port, CA: node.CA, TokenFile: agentTokenFile}
+	_, err = agents.CheckpointPod(ctx, n, podcheckpoint.Request{Namespace: "x", Pod: "y", Name: "z", UID: "u"})
+	if err == nil || !strings.Contains(err.Error(), "system:node:"+node.Name) {
+		t.Fatalf("an impostor agent: %v, want a refusal naming system:node:%s", err, node.Name)
+	}
+	select {
+	case h := <-gotToken:
+		t.Fatalf("the impostor received a request (Authorization %q)", h)
+	default:
+	}
+}
+
+// A pod with an init container checkpoints and restores: the init
+// container runs again in the new pod (it has no checkpoint), the main
+// container counts on from the checkpoint.
+func TestInitContainerPodRestores(t *testing.T) {
+	ns := namespace(t, "init")
+	p := counterPod(ns, "web")
+	p.Spec.InitContainers = []corev1.Container{{Name: "setup", Image: p.Spec.Containers[0].Image, ImagePullPolicy: corev1.PullNever,
+		Command: []string{"sh", "-c", "echo ready > /tmp/setup"}}}
+	createPod(t, p)
+	waitReady(t, ns, "web")
+	at := waitCount(t, ns, "web", "counter", 2)
+	ck := checkpointPod(t, ns, "web-1", "web", nil)
+	if len(ck.Status.Containers) != 1 || ck.Status.PodTemplate == nil || len(ck.Status.PodTemplate.Spec.InitContainers) != 1 {
+		t.Fatalf("checkpoint of a pod with an init container: %+v", ck.Status)
+	}
+	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "copy"},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "web-1"}, PodName: "copy"}}); err != nil {
+		t.Fatal(err)
+	}
+	mustRestore(t, ns, "copy")
+	if got := waitCount(t, ns, "copy", "counter", at+1); got < at {
+		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
+	}
+}
