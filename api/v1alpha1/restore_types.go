@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // RestoreSpec says which checkpoint becomes which new pod.
@@ -10,6 +11,7 @@ type RestoreSpec struct {
 	// of another namespace is admitted only if the Restore's creator may
 	// restore checkpoints there (the verb "restore" on checkpoints, which
 	// only stasis-admin has: reading a checkpoint's status is not enough).
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="checkpointRef is immutable: a grant is not re-pointed under its pods"
 	CheckpointRef CheckpointReference `json:"checkpointRef"`
 	// PodName is the new pod's name, in the Restore's namespace.
 	// +kubebuilder:validation:MinLength=1
@@ -28,7 +30,7 @@ type RestoreSpec struct {
 
 // CheckpointReference names a Checkpoint.
 type CheckpointReference struct {
-	// Namespace defaults to the Restore's.
+	// Namespace defaults to that of the Restore or WarmStart naming it.
 	// +optional
 	Namespace string `json:"namespace,omitempty"`
 	// +kubebuilder:validation:MinLength=1
@@ -46,6 +48,11 @@ type RestoreStatus struct {
 	// NodeName is where the pod was placed.
 	// +optional
 	NodeName string `json:"nodeName,omitempty"`
+	// PodUID is the pod this Restore created: the only pod its grant
+	// restores into (a pod of the same name made by anyone else, before
+	// or after, is refused by the node).
+	// +optional
+	PodUID types.UID `json:"podUID,omitempty"`
 	// +optional
 	StartTime *metav1.Time `json:"startTime,omitempty"`
 	// CompletionTime is when the pod became Ready.

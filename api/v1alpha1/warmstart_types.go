@@ -15,6 +15,7 @@ type WarmStartSpec struct {
 	// another namespace is admitted only if the WarmStart's creator may
 	// restore checkpoints there (the verb "restore" on checkpoints).
 	// +optional
+	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="checkpointRef is immutable: a grant is not re-pointed under its pods"
 	CheckpointRef *CheckpointReference `json:"checkpointRef,omitempty"`
 	// Images maps a container name to a checkpoint image made outside
 	// this cluster (Podman, CRI-O, another cluster): nodes restore it

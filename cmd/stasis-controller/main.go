@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -20,12 +22,12 @@ import (
 )
 
 func main() {
-	var metricsAddr, probeAddr string
+	var metricsAddr, probeAddr, serviceAccount string
 	agents := &controller.AgentClients{}
 	flag.IntVar(&agents.Port, "agent-port", 7443, "port the stasis agents listen on, on each node's InternalIP")
-	flag.StringVar(&agents.CA, "agent-ca", "", "CA of the agents' serving certificates (PEM)")
-	flag.StringVar(&agents.TokenFile, "agent-token-file", "/var/run/secrets/kubernetes.io/serviceaccount/token",
-		"bearer token shown to the agents (the controller's ServiceAccount token)")
+	flag.StringVar(&agents.CA, "agent-ca", "", "CA of the agents' serving certificates, the kubelets' (PEM; required)")
+	flag.StringVar(&serviceAccount, "service-account", "stasis-system/stasis-controller",
+		"NAMESPACE/NAME of the controller's ServiceAccount, whose tokens (one per node's agent) it asks the API server for")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
 	flag.Usage = func() {
@@ -42,19 +44,28 @@ Flags:
 	}
 	flag.Parse()
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, nil)))
-	if err := run(metricsAddr, probeAddr, agents); err != nil {
+	if err := run(metricsAddr, probeAddr, serviceAccount, agents); err != nil {
 		fmt.Fprintln(os.Stderr, "stasis-controller:", err)
 		os.Exit(1)
 	}
 }
 
-func run(metricsAddr, probeAddr string, agents *controller.AgentClients) error {
+func run(metricsAddr, probeAddr, serviceAccount string, agents *controller.AgentClients) error {
 	// --kubeconfig (registered by controller-runtime), $KUBECONFIG, or
 	// in-cluster credentials.
 	cfg, err := ctrl.GetConfig()
 	if err != nil {
 		return err
 	}
+	ns, name, ok := strings.Cut(serviceAccount, "/")
+	if !ok || ns == "" || name == "" {
+		return fmt.Errorf("--service-account %q: want NAMESPACE/NAME", serviceAccount)
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	agents.Tokens = &controller.ServiceAccountTokens{Client: cs.CoreV1(), Namespace: ns, Name: name}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err

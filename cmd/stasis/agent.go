@@ -35,9 +35,9 @@ callers who prove who they are: a client certificate signed by --client-ca
 (CN is the user, organisation "stasis:admin" or "stasis:viewer" the role), or
 a bearer token from --tokens ({"<token>": {"user": "...", "role": "admin"}})
 or, with --kubeconfig (or --in-cluster), one the API server knows for the
-audience --token-audience (a projected ServiceAccount token: the API
-server's own tokens are refused, and the agent's cannot be replayed against
-the API server), whose role RBAC decides (config/rbac: create on stasis.dev
+audience --token-audience (by default this node's, stasis-agent:<node>: the
+API server's own tokens are refused, and a token for one agent opens no
+other agent and not the API server), whose role RBAC decides (config/rbac: create on stasis.dev
 checkpoints is admin, get is viewer); reviews are remembered for 30s.
 Admins checkpoint, restore, delete and download; viewers list and read
 metadata. Every request goes to the audit log (JSON lines); /metrics serves
@@ -99,6 +99,9 @@ grant lets it restore. It serves none of the HTTPS API.`,
 				kube, err := kubernetes.NewForConfig(rc)
 				if err != nil {
 					return fmt.Errorf("kubernetes client: %w", err)
+				}
+				if tokenAudience == "" {
+					tokenAudience = agent.Audience(nodeName)
 				}
 				if auth, err = agent.NewKubeReview(kube, tokenAudience); err != nil {
 					return err
@@ -162,7 +165,7 @@ grant lets it restore. It serves none of the HTTPS API.`,
 	f.DurationVar(&cfg.OpTimeout, "timeout", 30*time.Minute, "longest an operation may take unless ?timeout= says otherwise")
 	f.DurationVar(&grace, "grace", time.Minute, "how long SIGTERM waits for running operations")
 	f.BoolVar(&inCluster, "in-cluster", false, "as --kubeconfig, with the credentials of the pod the agent runs in")
-	f.StringVar(&tokenAudience, "token-audience", "stasis-agent", "with --kubeconfig: the audience bearer tokens must be issued for")
+	f.StringVar(&tokenAudience, "token-audience", "", "with --kubeconfig: the audience bearer tokens must be issued for (default stasis-agent:NODE-NAME, what the controller asks for)")
 	f.StringVar(&nodeName, "node-name", defaultNodeName(), "with --kubeconfig: this node's name in the cluster ($NODE_NAME, else the hostname)")
 	f.StringVar(&nodeSocket, "node-socket", "", "unix socket for root on this node (stasis-runc) (default: RUNROOT/agent.sock)")
 	f.StringVar(&criRuncRoot, "cri-runc-root", "", "on a Kubernetes node: the runc --root of the CRI runtime's containers (containerd: /run/containerd/runc/k8s.io; CRI-O: its runtime_root); enables pod checkpoints")

@@ -11,6 +11,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/image"
+	"github.com/stasis-dev/stasis/pkg/provenance"
 )
 
 func imageCmd(g *globals) *cobra.Command {
@@ -99,9 +100,15 @@ func imagesCmd(g *globals) *cobra.Command {
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tIMAGE ID\tCREATED\tSIZE\tCHECKPOINT OF")
 			for _, i := range list {
+				if provenance.IsSignature(i.Name) {
+					continue // shown as its image's "signed"
+				}
 				of := "-"
 				if info, ok := checkpointimage.Read(i.Annotations); ok {
 					of = fmt.Sprintf("%s (image %s)", info.Container, info.BaseImage)
+					if _, err := e.Signature(i.Name); err == nil {
+						of += ", signed"
+					}
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", i.Name, i.ID[:12], ago(i.Created), humanSize(i.Size), of)
 			}

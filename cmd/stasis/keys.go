@@ -22,7 +22,8 @@ key (PKCS#8 PEM, unencrypted: keep it in a Kubernetes Secret, which is its
 protection), and PREFIX.pub, the public key that nodes trust and that
 'cosign verify --key' takes. Existing files are not overwritten.`,
 		Example: `  stasis key generate cluster
-  kubectl -n stasis-system create secret generic checkpoint-key --from-file=cluster.key`,
+  kubectl -n stasis-system create secret generic stasis-checkpoint-key \
+      --from-file=cosign.key=cluster.key --from-file=cosign.pub=cluster.pub`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			priv, pub, err := provenance.GenerateKey()

@@ -35,7 +35,10 @@ type CheckpointReconciler struct {
 	Requeue time.Duration // how soon to look again at a pod not yet running
 }
 
-// The agents admit a caller that may create checkpoints (stasis-admin).
+// The agents admit a caller that may create checkpoints (stasis-admin),
+// with a token for that node's agent, of the controller's own
+// ServiceAccount (and no other).
+// +kubebuilder:rbac:groups="",resources=serviceaccounts/token,verbs=create,resourceNames=stasis-controller,namespace=stasis-system
 // +kubebuilder:rbac:groups=stasis.dev,resources=checkpoints,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups=stasis.dev,resources=checkpoints/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups="",resources=pods;nodes,verbs=get;list;watch

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -76,11 +75,9 @@ func run(m *testing.M) int {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	token := filepath.Join(n.Dir, "token")
-	os.WriteFile(token, []byte("t"), 0o600)
 	ev := mgr.GetEventRecorder("stasis-controller")
 	if err := (&CheckpointReconciler{Client: mgr.GetClient(), Events: ev, Requeue: 200 * time.Millisecond,
-		Agents: &AgentClients{Port: port, CA: n.CA, TokenFile: token}}).SetupWithManager(mgr); err != nil {
+		Agents: &AgentClients{Port: port, CA: n.CA, Tokens: fixedToken("t")}}).SetupWithManager(mgr); err != nil {
 		fmt.Println(err)
 		return 1
 	}
@@ -332,6 +329,11 @@ func TestRestoreFromRegistryImageIsNotPinned(t *testing.T) {
 		t.Fatalf("pod %s/%s on node %q, affinity %v", p.Namespace, p.Name, p.Spec.NodeName, p.Spec.Affinity)
 	}
 }
+
+// fixedToken is a TokenSource of one token, for an agent that is not there.
+type fixedToken string
+
+func (f fixedToken) Token(context.Context, string) (string, error) { return string(f), nil }
 
 // pinnedTo is the node a pod's required node affinity names, or "".
 func pinnedTo(p *corev1.Pod) string {

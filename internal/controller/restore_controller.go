@@ -78,17 +78,20 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if !apierrors.IsAlreadyExists(err) {
 			return r.fail(ctx, &rs, "PodCreateFailed", "create pod %s: %v", pod.Name, err)
 		}
-		// Ours, from before a restart, or someone else's.
+		// A label is no proof: anyone who may create pods here may copy
+		// it. Only the pod this Restore recorded creating is its own.
 		var existing corev1.Pod
 		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(pod), &existing); err != nil {
 			return ctrl.Result{}, err
 		}
-		if existing.Labels[stasisv1.LabelRestore] != rs.Name {
-			return r.fail(ctx, &rs, "PodExists", "pod %s/%s exists already and is not this restore's", pod.Namespace, pod.Name)
+		if rs.Status.PodUID == "" || existing.UID != rs.Status.PodUID {
+			return r.fail(ctx, &rs, "PodExists", "pod %s/%s exists already and is not the one this restore created", pod.Namespace, pod.Name)
 		}
+		pod = &existing
 	}
 	now := metav1.Now()
-	rs.Status.Phase, rs.Status.Message, rs.Status.StartTime = stasisv1.PhaseRunning, "", &now
+	// The node restores into this pod only once its UID is recorded here.
+	rs.Status.Phase, rs.Status.Message, rs.Status.StartTime, rs.Status.PodUID = stasisv1.PhaseRunning, "", &now, pod.UID
 	if err := r.Client.Status().Update(ctx, &rs); err != nil {
 		return ctrl.Result{}, err
 	}

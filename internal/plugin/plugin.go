@@ -136,7 +136,7 @@ func (o *options) waitCheckpoint(ctx context.Context, c client.Client, ck *stasi
 }
 
 func (o *options) restoreCmd() *cobra.Command {
-	var pod, from string
+	var pod, from, serviceAccount string
 	var wait bool
 	cmd := &cobra.Command{
 		Use:     "restore CHECKPOINT --pod NAME",
@@ -152,7 +152,8 @@ func (o *options) restoreCmd() *cobra.Command {
 				return err
 			}
 			rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pod},
-				Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: from, Name: args[0]}, PodName: pod}}
+				Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: from, Name: args[0]}, PodName: pod,
+					ServiceAccountName: serviceAccount}}
 			if err := c.Create(cmd.Context(), rs); err != nil {
 				return err
 			}
@@ -175,6 +176,7 @@ func (o *options) restoreCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&pod, "pod", "", "name of the new pod (and of the Restore)")
 	cmd.Flags().StringVar(&from, "from-namespace", "", "namespace of the Checkpoint (default: -n)")
+	cmd.Flags().StringVar(&serviceAccount, "service-account", "", "service account of -n the new pod runs as (default: the namespace's default one, never the source pod's)")
 	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the pod is Ready or the restore failed")
 	return cmd
 }

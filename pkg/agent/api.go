@@ -147,7 +147,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, caller *Identity, a
 		cancel()
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.OpTimeout)
 	}
-	op := s.ops.start(action, target, caller.User, cancel)
+	op := s.ops.start(action, target, caller, cancel)
 	do := func() (any, error) {
 		defer cancel()
 		start := time.Now()

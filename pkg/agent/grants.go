@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -17,9 +19,10 @@ import (
 )
 
 // GrantRequest is what the RuntimeClass's runtime (stasis-runc) asks the
-// node's agent, over the node socket, before it restores a container: the
+// node's agent, over the node socket, for each container it creates: the
 // pod and container the CRI runtime is creating, and the grant the pod's
-// annotation AnnotationRestoreFrom names.
+// annotation AnnotationRestoreFrom names, if the runtime passed it on
+// (the pod's own annotation is what counts).
 type GrantRequest struct {
 	Namespace string `json:"namespace"`
 	Pod       string `json:"pod"`
@@ -30,8 +33,8 @@ type GrantRequest struct {
 
 // GrantAnswer says what to restore, and what its signature must say.
 type GrantAnswer struct {
-	// Restore false: the grant names no checkpoint for this container,
-	// which is then created as usual.
+	// Restore false: the pod names no grant, or one with no checkpoint
+	// for this container, which is then created as usual.
 	Restore bool `json:"restore"`
 	// Image is the checkpoint image: a name in this node's store or a
 	// registry reference.
@@ -53,6 +56,9 @@ type Grants struct {
 	Client client.Reader
 	// NodeName is this node: only its own pods are answered for.
 	NodeName string
+	// RecordWait bounds the wait for a Restore to record the pod it
+	// created (default 15 s).
+	RecordWait time.Duration
 }
 
 // NewGrants resolves grants for node with the API server rc reaches. Its
@@ -79,17 +85,30 @@ func grantRefused(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", errGrant, fmt.Sprintf(format, args...))
 }
 
-// Resolve checks that the pod is on this node and names the grant, that
-// the grant exists in the pod's namespace and is for this pod, and says
-// which checkpoint image the container restores.
+// Resolve checks that the pod is on this node, finds the grant its
+// annotation names in its namespace, checks that the grant is for this
+// pod, and says which checkpoint image the container restores.
 func (g *Grants) Resolve(ctx context.Context, req GrantRequest) (*GrantAnswer, error) {
-	grant, err := stasisv1.ParseGrant(req.Grant)
-	if err != nil {
-		return nil, grantRefused("%v", err)
-	}
-	pod, err := g.pod(ctx, req, grant)
+	pod, err := g.pod(ctx, req)
 	if err != nil {
 		return nil, err
+	}
+	from := pod.Annotations[stasisv1.AnnotationRestoreFrom]
+	for k := range pod.Annotations {
+		if strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) && k != stasisv1.AnnotationRestoreFrom {
+			return nil, grantRefused("pod %s/%s: annotation %s names a checkpoint directly, which is never honoured: "+
+				"a pod restores only through a grant, %s: Restore/<name> or WarmStart/<name>", req.Namespace, req.Pod, k, stasisv1.AnnotationRestoreFrom)
+		}
+	}
+	if req.Grant != "" && req.Grant != from {
+		return nil, grantRefused("pod %s/%s names %q in %s, not %q", req.Namespace, req.Pod, from, stasisv1.AnnotationRestoreFrom, req.Grant)
+	}
+	if from == "" {
+		return &GrantAnswer{}, nil
+	}
+	grant, err := stasisv1.ParseGrant(from)
+	if err != nil {
+		return nil, grantRefused("pod %s/%s: %v", req.Namespace, req.Pod, err)
 	}
 	ans := &GrantAnswer{LazyPages: pod.Annotations[stasisv1.AnnotationLazyPages] == "true"}
 	var ref *stasisv1.CheckpointReference
@@ -101,6 +120,9 @@ func (g *Grants) Resolve(ctx context.Context, req GrantRequest) (*GrantAnswer, e
 		}
 		if rs.Spec.PodName != pod.Name {
 			return nil, grantRefused("restore %s/%s is for pod %s, not %s", req.Namespace, rs.Name, rs.Spec.PodName, pod.Name)
+		}
+		if err := g.createdBy(ctx, &rs, pod); err != nil {
+			return nil, err
 		}
 		ref, ans.LazyPages = &rs.Spec.CheckpointRef, ans.LazyPages || rs.Spec.LazyPages
 	case stasisv1.GrantWarmStart:
@@ -130,15 +152,43 @@ func (g *Grants) Resolve(ctx context.Context, req GrantRequest) (*GrantAnswer, e
 		return nil, grantRefused("checkpoint %s/%s is %s, not Succeeded", ns, ck.Name, ck.Status.Phase)
 	}
 	for _, c := range ck.Status.Containers {
-		if c.Name == req.Container {
+		if c.Name == req.Container && c.Image != "" {
 			ans.Restore, ans.Image, ans.Namespace, ans.Container, ans.Archive = true, c.Image, ns, c.Name, c.Digest
 		}
 	}
 	return ans, nil
 }
 
+// createdBy checks that the Restore created pod: its status (which only
+// the controller writes) names the pod's UID. The controller records it
+// just after creating the pod, which can be after the node starts it.
+func (g *Grants) createdBy(ctx context.Context, rs *stasisv1.Restore, pod *corev1.Pod) error {
+	deadline := time.Now().Add(g.recordWait())
+	for rs.Status.PodUID == "" && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+		if err := g.get(ctx, rs.Namespace, rs.Name, rs, stasisv1.Grant{Kind: stasisv1.GrantRestore, Name: rs.Name}); err != nil {
+			return err
+		}
+	}
+	if rs.Status.PodUID != pod.UID {
+		return grantRefused("restore %s/%s created pod %s with UID %q, not this one (%s)", rs.Namespace, rs.Name, pod.Name, rs.Status.PodUID, pod.UID)
+	}
+	return nil
+}
+
+func (g *Grants) recordWait() time.Duration {
+	if g.RecordWait > 0 {
+		return g.RecordWait
+	}
+	return 15 * time.Second
+}
+
 // pod is the pod being created, checked against what the request says.
-func (g *Grants) pod(ctx context.Context, req GrantRequest, grant stasisv1.Grant) (*corev1.Pod, error) {
+func (g *Grants) pod(ctx context.Context, req GrantRequest) (*corev1.Pod, error) {
 	var pod corev1.Pod
 	if err := g.Client.Get(ctx, client.ObjectKey{Namespace: req.Namespace, Name: req.Pod}, &pod); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -147,12 +197,12 @@ func (g *Grants) pod(ctx context.Context, req GrantRequest, grant stasisv1.Grant
 		return nil, fmt.Errorf("pod %s/%s: %w", req.Namespace, req.Pod, err)
 	}
 	switch {
-	case req.PodUID != "" && string(pod.UID) != req.PodUID:
+	case req.PodUID == "":
+		return nil, grantRefused("the runtime did not say which pod %s/%s it is creating (no pod UID)", req.Namespace, req.Pod)
+	case string(pod.UID) != req.PodUID:
 		return nil, grantRefused("pod %s/%s has UID %s, not %s", req.Namespace, req.Pod, pod.UID, req.PodUID)
 	case pod.Spec.NodeName != g.NodeName:
 		return nil, grantRefused("pod %s/%s is bound to node %q, not this node (%s)", req.Namespace, req.Pod, pod.Spec.NodeName, g.NodeName)
-	case pod.Annotations[stasisv1.AnnotationRestoreFrom] != grant.String():
-		return nil, grantRefused("pod %s/%s does not name %s in %s", req.Namespace, req.Pod, grant, stasisv1.AnnotationRestoreFrom)
 	}
 	return &pod, nil
 }

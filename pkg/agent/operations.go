@@ -22,10 +22,13 @@ type operations struct {
 }
 
 type operation struct {
-	ID      string    `json:"id"`
-	Action  string    `json:"action"`
-	Target  string    `json:"target"`
-	User    string    `json:"user"`
+	ID     string `json:"id"`
+	Action string `json:"action"`
+	Target string `json:"target"`
+	User   string `json:"user"`
+	// Via is how User proved who they are: a certificate's CN and a
+	// token's user of the same name are different callers.
+	Via     string    `json:"via"`
 	State   string    `json:"state"` // running, done, failed, cancelled
 	Started time.Time `json:"started"`
 	Ended   time.Time `json:"ended,omitzero"`
@@ -38,13 +41,13 @@ func newOperations() *operations {
 	return &operations{ops: map[string]*operation{}, keep: time.Hour}
 }
 
-// start records an operation of user's.
-func (o *operations) start(action, target, user string, cancel context.CancelFunc) *operation {
+// start records an operation of caller's.
+func (o *operations) start(action, target string, caller *Identity, cancel context.CancelFunc) *operation {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.prune()
 	o.n++
-	op := &operation{ID: strconv.Itoa(o.n), Action: action, Target: target, User: user, State: "running",
+	op := &operation{ID: strconv.Itoa(o.n), Action: action, Target: target, User: caller.User, Via: caller.Via, State: "running",
 		Started: time.Now().UTC(), cancel: cancel}
 	o.ops[op.ID] = op
 	return op
@@ -100,7 +103,7 @@ func (o *operations) cancel(id string, caller *Identity) bool {
 }
 
 func (op *operation) visibleTo(caller *Identity) bool {
-	return caller.Role == Admin || caller.User == op.User
+	return caller.Role == Admin || (caller.User == op.User && caller.Via == op.Via)
 }
 
 // prune drops operations that ended more than keep ago; o.mu is held.

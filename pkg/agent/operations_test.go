@@ -43,13 +43,15 @@ func call(t *testing.T, h http.Handler, method, path, token string) int {
 func TestOperationsBelongToTheirCaller(t *testing.T) {
 	ops := newOperations()
 	cancelled := false
-	op := ops.start("checkpoint", "web", "vera", func() { cancelled = true })
+	op := ops.start("checkpoint", "web", &Identity{User: "vera", Via: "token"}, func() { cancelled = true })
 	for _, c := range []struct {
 		caller Identity
 		sees   bool
 	}{
-		{Identity{User: "vera", Role: Viewer}, true},
-		{Identity{User: "walt", Role: Viewer}, false},
+		{Identity{User: "vera", Role: Viewer, Via: "token"}, true},
+		// A certificate with the CN of the token's user is someone else.
+		{Identity{User: "vera", Role: Viewer, Via: "certificate"}, false},
+		{Identity{User: "walt", Role: Viewer, Via: "token"}, false},
 		{Identity{User: "alice", Role: Admin}, true},
 	} {
 		if _, ok := ops.get(op.ID, &c.caller); ok != c.sees {
@@ -59,13 +61,13 @@ func TestOperationsBelongToTheirCaller(t *testing.T) {
 	if ops.cancel(op.ID, &Identity{User: "walt", Role: Viewer}) || cancelled {
 		t.Fatal("another user cancelled the operation")
 	}
-	if !ops.cancel(op.ID, &Identity{User: "vera", Role: Viewer}) || !cancelled {
+	if !ops.cancel(op.ID, &Identity{User: "vera", Role: Viewer, Via: "token"}) || !cancelled {
 		t.Fatal("its starter could not cancel the operation")
 	}
 
 	// Over HTTP: another user's operation does not exist.
 	s := testServer(t, Config{})
-	mine := s.ops.start("checkpoint", "web", "vera", func() {})
+	mine := s.ops.start("checkpoint", "web", &Identity{User: "vera", Via: "token"}, func() {})
 	path := "/v1/operations/" + mine.ID
 	if code := call(t, s.Handler(), "GET", path, "vera-0123456789a"); code != http.StatusOK {
 		t.Errorf("its starter: %d", code)
@@ -73,7 +75,7 @@ func TestOperationsBelongToTheirCaller(t *testing.T) {
 	if code := call(t, s.Handler(), "GET", path, "alice-0123456789"); code != http.StatusOK {
 		t.Errorf("an admin: %d", code)
 	}
-	bobs := s.ops.start("checkpoint", "db", "bob", func() {})
+	bobs := s.ops.start("checkpoint", "db", &Identity{User: "bob", Via: "token"}, func() {})
 	if code := call(t, s.Handler(), "GET", "/v1/operations/"+bobs.ID, "vera-0123456789a"); code != http.StatusNotFound {
 		t.Errorf("a viewer reading bob's operation: %d, want 404", code)
 	}
@@ -83,8 +85,8 @@ func TestFinishedOperationsArePruned(t *testing.T) {
 	ops := newOperations()
 	ops.keep = 10 * time.Millisecond
 	admin := &Identity{User: "alice", Role: Admin}
-	done := ops.start("checkpoint", "a", "alice", func() {})
-	running := ops.start("checkpoint", "b", "alice", func() {})
+	done := ops.start("checkpoint", "a", &Identity{User: "alice", Via: "token"}, func() {})
+	running := ops.start("checkpoint", "b", &Identity{User: "alice", Via: "token"}, func() {})
 	ops.finish(done, nil, nil)
 	if _, ok := ops.get(done.ID, admin); !ok {
 		t.Fatal("a just finished operation is gone")

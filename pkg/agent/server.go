@@ -157,12 +157,16 @@ func (s *Server) Serve(ctx context.Context, addr string, tlsConfig *tls.Config, 
 
 // TLSConfig is the agent's TLS: its certificate, and client certificates
 // verified against clientCA when one is given (tokens remain possible).
+// The certificate and key (they may be one file, as the kubelet's
+// kubelet-server-current.pem) must load now; they are read again when
+// they change, checked at most every 10 s (certs.go), a pair that fails
+// to load then leaving the last good one in use.
 func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
-	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	getCert, err := serverCertificate(certFile, keyFile)
 	if err != nil {
-		return nil, fmt.Errorf("agent certificate: %w", err)
+		return nil, err
 	}
-	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	c := &tls.Config{GetCertificate: getCert, MinVersion: tls.VersionTLS12}
 	if clientCAFile != "" {
 		pool, err := loadPool(clientCAFile)
 		if err != nil {

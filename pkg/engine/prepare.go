@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"time"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/provenance"
@@ -29,6 +30,9 @@ type Prepared struct {
 	// lock is held on the work directory while it is in use (Recover
 	// removes it once free).
 	lock *os.File
+	// Resolved is how long finding the checkpoint took (pulling it, and
+	// verifying its signature with trust), Unpacked how long unpacking.
+	Resolved, Unpacked time.Duration
 }
 
 // PrepareOptions say how Prepare finds a checkpoint.
@@ -52,6 +56,7 @@ type PrepareOptions struct {
 func (e *Engine) Prepare(ctx context.Context, ref string, o PrepareOptions) (_ *Prepared, err error) {
 	var pulled []string
 	var src *source
+	start := time.Now()
 	if e.trust != nil {
 		src, err = e.signedSource(ctx, ref, o, &pulled)
 	} else {
@@ -64,7 +69,7 @@ func (e *Engine) Prepare(ctx context.Context, ref string, o PrepareOptions) (_ *
 	if err != nil {
 		return nil, err
 	}
-	p := &Prepared{Dir: archive.Dir(dir), maxUnpack: e.maxUnpack, lock: lock}
+	p := &Prepared{Dir: archive.Dir(dir), maxUnpack: e.maxUnpack, lock: lock, Resolved: time.Since(start)}
 	defer func() {
 		if err != nil {
 			p.Close()
@@ -82,6 +87,7 @@ func (e *Engine) Prepare(ctx context.Context, ref string, o PrepareOptions) (_ *
 		return nil, fmt.Errorf("checkpoint %s is unsafe: %w", ref, err)
 	}
 	p.Deleted = deleted
+	p.Unpacked = time.Since(start) - p.Resolved
 	return p, nil
 }
 

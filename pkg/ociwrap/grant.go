@@ -16,38 +16,27 @@ import (
 // recorded them in the spec's annotations.
 type podRef struct {
 	Namespace, Name, UID, Container string
-	// Grant is the pod's AnnotationRestoreFrom, "" when it has none.
+	// Grant is the pod's AnnotationRestoreFrom as far as the runtime
+	// passed it on (containerd's pod_annotations do; CRI-O may not): a
+	// hint the agent checks against the pod, which it reads itself.
 	Grant string
 }
 
-// Annotations naming a container's pod: containerd's, then CRI-O's.
-var (
-	podNamespaceAnnotations = []string{"io.kubernetes.cri.sandbox-namespace", "io.kubernetes.pod.namespace"}
-	podNameAnnotations      = []string{"io.kubernetes.cri.sandbox-name", "io.kubernetes.pod.name"}
-	podUIDAnnotations       = []string{"io.kubernetes.cri.sandbox-uid", "io.kubernetes.pod.uid"}
-)
-
-// podOf reads the pod of a container's spec. The grant comes from the pod
-// annotations the runtime passes on (containerd's pod_annotations, CRI-O's
-// allowed_annotations); the agent checks it against the pod itself.
+// podOf reads the pod of a container's spec, from the keys only the
+// runtime itself writes: CRI-O's labels (the kubelet's, as JSON), or
+// containerd's io.kubernetes.cri.* (a pod's own annotations reach the
+// spec only through pod_annotations, which name stasis' keys alone).
 func podOf(spec *ociSpec) podRef {
-	first := func(keys []string) string {
-		for _, k := range keys {
-			if v := spec.Annotations[k]; v != "" {
-				return v
-			}
-		}
-		return ""
-	}
-	p := podRef{Namespace: first(podNamespaceAnnotations), Name: first(podNameAnnotations), UID: first(podUIDAnnotations),
-		Container: containerName(spec), Grant: strings.TrimSpace(spec.Annotations[stasisv1.AnnotationRestoreFrom])}
-	if p.Namespace == "" || p.Name == "" {
-		// CRI-O: the kubelet's labels, as JSON.
+	p := podRef{Container: containerName(spec), Grant: strings.TrimSpace(spec.Annotations[stasisv1.AnnotationRestoreFrom])}
+	if crio, ok := spec.Annotations["io.kubernetes.cri-o.Labels"]; ok {
 		var labels map[string]string
-		if json.Unmarshal([]byte(spec.Annotations["io.kubernetes.cri-o.Labels"]), &labels) == nil {
+		if json.Unmarshal([]byte(crio), &labels) == nil {
 			p.Namespace, p.Name, p.UID = labels["io.kubernetes.pod.namespace"], labels["io.kubernetes.pod.name"], labels["io.kubernetes.pod.uid"]
 		}
+		return p
 	}
+	a := spec.Annotations
+	p.Namespace, p.Name, p.UID = a["io.kubernetes.cri.sandbox-namespace"], a["io.kubernetes.cri.sandbox-name"], a["io.kubernetes.cri.sandbox-uid"]
 	return p
 }
 
@@ -68,14 +57,14 @@ func legacyRestoreAnnotations(spec *ociSpec) []string {
 // resolveGrant asks the node's agent which checkpoint the grant gives
 // this container.
 func (w *wrapper) resolveGrant(ctx context.Context, p podRef) (*agent.GrantAnswer, error) {
-	if p.Namespace == "" || p.Name == "" || p.Container == "" {
-		return nil, fmt.Errorf("%s is set, but the container's spec does not say which pod and container it is", stasisv1.AnnotationRestoreFrom)
-	}
 	c := agent.NewSocketClient(w.cfg.AgentSocket)
 	var ans agent.GrantAnswer
 	req := agent.GrantRequest{Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID, Container: p.Container, Grant: p.Grant}
 	if err := c.Do(ctx, http.MethodPost, "/v1/grants/resolve", req, &ans); err != nil {
-		return nil, fmt.Errorf("grant %s of pod %s/%s: %w", p.Grant, p.Namespace, p.Name, err)
+		return nil, fmt.Errorf("the grant of pod %s/%s: %w", p.Namespace, p.Name, err)
+	}
+	if ans.Restore && (ans.Image == "" || ans.Namespace == "") {
+		return nil, fmt.Errorf("the grant of pod %s/%s: the agent named no image or namespace", p.Namespace, p.Name)
 	}
 	return &ans, nil
 }

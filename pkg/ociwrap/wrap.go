@@ -91,6 +91,10 @@ type Config struct {
 	// are restored too. With neither, nothing is restored.
 	ClusterKey  string   `json:"clusterKey,omitempty"`
 	TrustedKeys []string `json:"trustedKeys,omitempty"`
+	// TrustedKeyDir holds more trusted public keys, a *.pub file each
+	// (default /etc/stasis/trusted-keys: the agent DaemonSet copies the
+	// ConfigMap stasis-trusted-keys there, so they survive its restarts).
+	TrustedKeyDir string `json:"trustedKeyDir,omitempty"`
 	// MaxUnpack bounds what unpacking one checkpoint may write, in bytes
 	// (default and upper bound: the free space under Root less 5 %).
 	MaxUnpack int64 `json:"maxUnpack,omitempty"`
@@ -127,6 +131,9 @@ func LoadConfig() (Config, error) {
 	}
 	if c.AgentSocket == "" {
 		c.AgentSocket = filepath.Join(c.RunRoot, "agent.sock")
+	}
+	if c.TrustedKeyDir == "" {
+		c.TrustedKeyDir = "/etc/stasis/trusted-keys"
 	}
 	return c, nil
 }
@@ -198,7 +205,7 @@ func (w *wrapper) create(inv invocation) int {
 		return w.fail(inv, err)
 	}
 	pod := podOf(spec)
-	if pod.Container == "" {
+	if pod.Container == "" || pod.Namespace == "" || pod.Name == "" {
 		return passThrough() // the pod's sandbox, or not a Kubernetes container
 	}
 	if legacy := legacyRestoreAnnotations(spec); len(legacy) > 0 {
@@ -206,21 +213,21 @@ func (w *wrapper) create(inv invocation) int {
 			"a pod restores only through a grant, %s: Restore/<name> or WarmStart/<name> (docs/kubernetes.md)",
 			pod.Container, legacy[0], stasisv1.AnnotationRestoreFrom))
 	}
-	if pod.Grant == "" {
-		return passThrough()
-	}
+	// Every container of the RuntimeClass asks: the runtime may not pass
+	// the pod's annotations on (CRI-O), and the pod, not the spec, says.
 	// The shim or conmon kills a create that takes too long: stop then,
 	// leaving no work directory behind.
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	asked := time.Now()
 	ans, err := w.resolveGrant(ctx, pod)
 	if err != nil {
 		return w.fail(inv, fmt.Errorf("stasis: restore container %s: %w", pod.Container, err))
 	}
 	if !ans.Restore {
-		return passThrough() // the grant covers the pod's other containers
+		return passThrough() // no grant, or one for the pod's other containers
 	}
-	if err := w.restore(ctx, inv, c, bundle, spec, ans); err != nil {
+	if err := w.restore(ctx, inv, c, bundle, spec, ans, time.Since(asked)); err != nil {
 		return w.fail(inv, fmt.Errorf("stasis: restore container %s from %s (%s): %w", pod.Container, ans.Image, pod.Grant, err))
 	}
 	return 0
@@ -248,10 +255,12 @@ func containerName(spec *ociSpec) string {
 	return ""
 }
 
-func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bundle string, spec *ociSpec, ans *agent.GrantAnswer) error {
+// restore restores the checkpoint the grant gave (asking took granted).
+func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bundle string, spec *ociSpec, ans *agent.GrantAnswer,
+	granted time.Duration) error {
 	start := time.Now()
 	ref := ans.Image
-	rec := Record{Checkpoint: ref, Phases: map[string]int64{}}
+	rec := Record{Checkpoint: ref, Phases: map[string]int64{"grant_us": granted.Microseconds()}}
 	eng, err := w.engine()
 	if err != nil {
 		return err
@@ -310,6 +319,7 @@ func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bu
 	}
 	args = append(args, c.id)
 	rec.Phases["prepare_ms"] = time.Since(start).Milliseconds()
+	rec.Phases["resolve_us"], rec.Phases["unpack_us"] = p.Resolved.Microseconds(), p.Unpacked.Microseconds()
 	t := time.Now()
 	cmd := exec.Command(w.runc, args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
@@ -359,10 +369,15 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 		}
 		keys = append(keys, b)
 	}
-	if w.cfg.ClusterKey == "" && len(w.cfg.TrustedKeys) == 0 {
+	trusted, err := filepath.Glob(filepath.Join(w.cfg.TrustedKeyDir, "*.pub"))
+	if err != nil {
+		return nil, err
+	}
+	trusted = append(append([]string{}, w.cfg.TrustedKeys...), trusted...)
+	if w.cfg.ClusterKey == "" && len(trusted) == 0 {
 		return nil, errors.New("no key to verify checkpoints with: set clusterKey (the cluster's checkpoint key, public half) in the runtime config")
 	}
-	trust, err := provenance.LoadTrust(w.cfg.ClusterKey, w.cfg.TrustedKeys)
+	trust, err := provenance.LoadTrust(w.cfg.ClusterKey, trusted)
 	if err != nil {
 		return nil, err
 	}

@@ -25,6 +25,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"regexp"
+	"strings"
 	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -136,6 +138,15 @@ func SignatureTag(manifest v1.Hash) string {
 	return manifest.Algorithm + "-" + manifest.Hex + ".sig"
 }
 
+// IsSignature says whether an image name's tag is a signature's
+// (SignatureTag), which image lists show beside its image, not as one.
+func IsSignature(name string) bool {
+	i := strings.LastIndex(name, ":")
+	return i >= 0 && signatureTag.MatchString(name[i+1:])
+}
+
+var signatureTag = regexp.MustCompile(`^sha256-[0-9a-f]{64}\.sig$`)
+
 // Sign makes the signature image of the image with manifest digest
 // manifest in repository (the payload's docker-reference): one layer,
 // the payload with c, signed by signer.
@@ -214,11 +225,21 @@ type Verified struct {
 
 // Verify finds in sig (the signature image; nil when there is none) a
 // signature of the image with manifest digest manifest by a key t
-// trusts: the first in layer order, as cosign takes it. Only layers of
-// cosign's media type are read, each checked against its digest; a
+// trusts whose claims x admits (Check): the first such in layer order.
+// Only layers of cosign's media type are read. As cosign does, a layer
+// that cannot be read (no or bad base64 signature, content not matching
+// its digest, more bytes than it says) is skipped, as is one signed by
+// no trusted key, or whose claims x refuses: whoever may push the
+// signature tag may add layers, which must not hide a good one. A
 // signature image of more than 16 layers, or with a layer or config over
-// 64 KiB, is refused.
-func (t *Trust) Verify(sig v1.Image, manifest v1.Hash) (*Verified, error) {
+// 64 KiB, is refused as a whole.
+//
+// When no layer passes, the error is the most telling: ErrMismatch (the
+// first trusted signature's reason) when a trusted key signed, else the
+// first trusted payload that could not be read, else ErrUntrusted when a
+// layer was signed, else ErrUnsigned; the last two say why layers were
+// skipped, if any were.
+func (t *Trust) Verify(sig v1.Image, manifest v1.Hash, x Expect) (*Verified, error) {
 	if sig == nil {
 		return nil, ErrUnsigned
 	}
@@ -239,40 +260,67 @@ func (t *Trust) Verify(sig v1.Image, manifest v1.Hash) (*Verified, error) {
 			return nil, fmt.Errorf("signature layer %s has %d bytes, more than %d", d.Digest, d.Size, maxLayerSize)
 		}
 	}
-	var claimErr error
-	seen := false
+	var (
+		mismatch, badPayload, malformed error // the first of each
+		skipped                         int   // malformed layers
+		signed                          bool  // a layer read, signed by no trusted key
+	)
+	first := func(dst *error, err error) {
+		if *dst == nil {
+			*dst = err
+		}
+	}
 	for _, d := range m.Layers {
 		if d.MediaType != MediaType {
 			continue
 		}
-		seen = true
 		p, s, err := readSignature(sig, d)
 		if err != nil {
-			return nil, err
+			skipped++
+			first(&malformed, err)
+			continue
 		}
 		k := t.signer(p, s)
 		if k == nil {
+			signed = true
 			continue
 		}
 		v, err := k.claims(p, manifest)
-		if err != nil {
-			claimErr = err // a signature replayed from another image, or garbage
-			continue
+		if err == nil {
+			err = v.Check(x)
 		}
-		return v, nil
+		switch {
+		case err == nil:
+			return v, nil
+		case errors.Is(err, ErrMismatch):
+			first(&mismatch, err) // another checkpoint's, or replayed from another image
+		default:
+			first(&badPayload, err)
+		}
 	}
 	switch {
-	case claimErr != nil:
-		return nil, claimErr
-	case !seen:
-		return nil, ErrUnsigned
+	case mismatch != nil:
+		return nil, mismatch
+	case badPayload != nil:
+		return nil, badPayload
 	}
-	return nil, ErrUntrusted
+	base := ErrUnsigned
+	if signed {
+		base = ErrUntrusted
+	}
+	if malformed != nil {
+		return nil, fmt.Errorf("%w (%d signature layers skipped; the first: %w)", base, skipped, malformed)
+	}
+	return nil, base
 }
 
 // readSignature reads a layer's payload and decodes its signature.
 func readSignature(sig v1.Image, d v1.Descriptor) (p, s []byte, err error) {
-	s, err = base64.StdEncoding.DecodeString(d.Annotations[SignatureAnnotation])
+	a, ok := d.Annotations[SignatureAnnotation]
+	if !ok || a == "" {
+		return nil, nil, fmt.Errorf("signature layer %s: no annotation %s", d.Digest, SignatureAnnotation)
+	}
+	s, err = base64.StdEncoding.DecodeString(a)
 	if err != nil {
 		return nil, nil, fmt.Errorf("signature layer %s: annotation %s: %w", d.Digest, SignatureAnnotation, err)
 	}
@@ -315,36 +363,48 @@ func (t *Trust) signer(p, s []byte) *key {
 func (k *key) claims(p []byte, manifest v1.Hash) (*Verified, error) {
 	var sc payload.SimpleContainerImage
 	if err := json.Unmarshal(p, &sc); err != nil {
-		return nil, fmt.Errorf("signature payload: %w", err)
+		return nil, fmt.Errorf("signature payload (key %s): %w", k.name, err)
 	}
 	if sc.Critical.Type != payload.CosignSignatureType {
-		return nil, fmt.Errorf("signature payload is of type %q, not cosign's", sc.Critical.Type)
+		return nil, fmt.Errorf("signature payload (key %s) is of type %q, not cosign's", k.name, sc.Critical.Type)
 	}
 	if got := sc.Critical.Image.DockerManifestDigest; got != manifest.String() {
-		return nil, fmt.Errorf("%w: the signature names manifest %s, not %s", ErrMismatch, got, manifest)
+		return nil, fmt.Errorf("%w: the signature names manifest %s, not %s (key %s)", ErrMismatch, got, manifest, k.name)
 	}
 	c, err := claimsOf(sc.Optional)
 	if err != nil {
-		return nil, fmt.Errorf("signature payload: %w", err)
+		return nil, fmt.Errorf("signature payload (key %s): %w", k.name, err)
 	}
 	return &Verified{Key: k.name, Cluster: k.cluster, Claims: c}, nil
 }
 
-// Expect is what a restore knows the checkpoint must be.
+// Expect is what a restore knows the checkpoint must be. Its zero value
+// expects a checkpoint of no namespace, which the cluster's key never
+// signs: a read that restores into no namespace says Anything.
 type Expect struct {
 	// Namespace is the namespace restored into.
 	Namespace string
 	// Container and Archive (the archive's digest), when set, must match.
 	Container, Archive string
+	// anything is Anything's.
+	anything bool
 }
+
+// Anything is the Expect of a read that is no restore into a namespace
+// (a pull, the CLI's restore on its own node): any signature of the
+// image by a trusted key admits it, whatever its claims.
+var Anything = Expect{anything: true}
 
 // Check admits v for x. The cluster's key signs every checkpoint of the
 // cluster, so its signature must name exactly x's namespace (one
 // namespace's checkpoint is not another's to restore), and x's container
 // and archive when x sets them. A trusted key's signer decides what its
 // signature binds: what its claims name must match, what they leave out
-// is admitted.
+// is admitted. Anything admits every v.
 func (v *Verified) Check(x Expect) error {
+	if x.anything {
+		return nil
+	}
 	c := v.Claims
 	if v.Cluster || c.Namespace != "" {
 		if c.Namespace != x.Namespace {

@@ -73,7 +73,7 @@ func TestSignVerify(t *testing.T) {
 	}
 	// The public half or the signing key itself (an agent's) verify alike.
 	for _, k := range []string{pub, priv} {
-		v, err := trust(t, k).Verify(sig, manifest)
+		v, err := trust(t, k).Verify(sig, manifest, Expect{Namespace: "shop", Container: "app", Archive: claims().Archive})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,51 +115,86 @@ func TestCosignSignature(t *testing.T) {
 	}
 	sig := sigImage(t, layer{p, base64.StdEncoding.EncodeToString(s)})
 	_, cluster := keyFiles(t, "cluster")
-	v, err := trust(t, cluster, pub).Verify(sig, manifest)
+	// A trusted signature that names nothing admits any expectation.
+	v, err := trust(t, cluster, pub).Verify(sig, manifest, Expect{Namespace: "anywhere", Container: "c", Archive: "sha256:00"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if v.Cluster || v.Key != pub || v.Claims != (Claims{}) {
 		t.Fatalf("verified %+v", v)
 	}
-	if err := v.Check(Expect{Namespace: "anywhere", Container: "c", Archive: "sha256:00"}); err != nil {
-		t.Fatalf("a trusted signature that names nothing: %v", err)
+}
+
+// payloadOf is the first layer's content of a signature image.
+func payloadOf(t *testing.T, img v1.Image) []byte {
+	t.Helper()
+	m, err := img.Manifest()
+	if err != nil {
+		t.Fatal(err)
 	}
+	l, err := img.LayerByDigest(m.Layers[0].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := l.Compressed()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	var b bytes.Buffer
+	b.ReadFrom(rc)
+	return b.Bytes()
+}
+
+// signed is the one layer of a signature of manifest with claims c by
+// the key in file priv.
+func signed(t *testing.T, priv string, manifest v1.Hash, c Claims) layer {
+	t.Helper()
+	img, err := Sign(signer(t, priv), "r.example/c", manifest, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layer{payloadOf(t, img), annotationOf(img)}
+}
+
+// signedPayload is a layer of payload p as the key in file priv signs it.
+func signedPayload(t *testing.T, priv string, p []byte) layer {
+	t.Helper()
+	s, err := signer(t, priv).SignMessage(bytes.NewReader(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return layer{p, base64.StdEncoding.EncodeToString(s)}
 }
 
 func TestRefused(t *testing.T) {
 	priv, pub := keyFiles(t, "cluster")
 	otherPriv, _ := keyFiles(t, "other")
 	tr := trust(t, pub)
-	good, err := Sign(signer(t, priv), "r.example/c", manifest, claims())
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, _ := good.Manifest()
-	payloadOf := func(img v1.Image) []byte {
-		mm, _ := img.Manifest()
-		l, _ := img.LayerByDigest(mm.Layers[0].Digest)
-		rc, _ := l.Compressed()
-		defer rc.Close()
-		var b bytes.Buffer
-		b.ReadFrom(rc)
-		return b.Bytes()
-	}
-	goodSig := m.Layers[0].Annotations[SignatureAnnotation]
-	tampered := bytes.Replace(payloadOf(good), []byte(`"shop"`), []byte(`"evil"`), 1)
-	foreign, _ := Sign(signer(t, otherPriv), "r.example/c", manifest, claims())
+	shop := Expect{Namespace: "shop"}
+	good := signed(t, priv, manifest, claims())
+	tampered := layer{bytes.Replace(good.payload, []byte(`"shop"`), []byte(`"evil"`), 1), good.sig}
+	foreign := signed(t, otherPriv, manifest, claims())
 	other := manifest
 	other.Hex = strings.Repeat("ef", 32)
-	replayed, _ := Sign(signer(t, priv), "r.example/c", other, claims())
-	big := sigImage(t, layer{bytes.Repeat([]byte("x"), maxLayerSize+1), goodSig})
-	bigConfig, err := mutate.Config(sigImage(t, layer{payloadOf(good), goodSig}), v1.Config{Env: []string{strings.Repeat("x", maxLayerSize)}})
+	replayed := signed(t, priv, other, claims())
+	c := claims()
+	c.Namespace = "dev"
+	elsewhere := signed(t, priv, manifest, c)
+	badBase64 := layer{good.payload, "%%%"}
+	noAnnotation := layer{good.payload, ""}
+	garbage := signedPayload(t, priv, []byte("not json"))
+	big := sigImage(t, layer{bytes.Repeat([]byte("x"), maxLayerSize+1), good.sig})
+	bigConfig, err := mutate.Config(sigImage(t, good), v1.Config{Env: []string{strings.Repeat("x", maxLayerSize)}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	var many []layer
 	for range maxLayers + 1 {
-		many = append(many, layer{payloadOf(good), goodSig})
+		many = append(many, good)
 	}
+	// A good layer among many: the limits refuse the whole image.
+	bigAmongGood := sigImage(t, good, layer{bytes.Repeat([]byte("x"), maxLayerSize+1), good.sig})
 	for _, c := range []struct {
 		name string
 		sig  v1.Image
@@ -168,27 +203,106 @@ func TestRefused(t *testing.T) {
 	}{
 		{"unsigned", nil, ErrUnsigned, ""},
 		{"no signature layers", empty.Image, ErrUnsigned, ""},
-		{"tampered payload", sigImage(t, layer{tampered, goodSig}), ErrUntrusted, ""},
-		{"untrusted key", foreign, ErrUntrusted, ""},
-		{"wrong digest", replayed, ErrMismatch, "names manifest"},
+		{"tampered payload", sigImage(t, tampered), ErrUntrusted, ""},
+		{"untrusted key", sigImage(t, foreign), ErrUntrusted, ""},
+		{"wrong manifest", sigImage(t, replayed), ErrMismatch, "names manifest"},
+		{"another namespace", sigImage(t, elsewhere), ErrMismatch, `namespace "dev", not "shop"`},
+		{"bad base64", sigImage(t, badBase64), ErrUnsigned, "illegal base64"},
+		{"no annotation", sigImage(t, noAnnotation), ErrUnsigned, "no annotation"},
+		{"garbage payload", sigImage(t, garbage), nil, "signature payload"},
 		{"layer too big", big, nil, "more than 65536"},
+		{"layer too big after a good one", bigAmongGood, nil, "more than 65536"},
 		{"too many layers", sigImage(t, many...), nil, "17 layers"},
 		{"config too big", bigConfig, nil, "a config of"},
-		{"bad base64", sigImage(t, layer{payloadOf(good), "%%%"}), nil, "annotation"},
+		// The most telling reason when no layer passes: a trusted
+		// signature's mismatch, then a trusted key's unreadable payload,
+		// then a signature by no trusted key, then none (saying why
+		// layers were skipped).
+		{"malformed, untrusted, mismatch", sigImage(t, badBase64, foreign, elsewhere, replayed), ErrMismatch, `namespace "dev"`},
+		{"garbage, mismatch", sigImage(t, garbage, elsewhere), ErrMismatch, `namespace "dev"`},
+		{"untrusted, garbage", sigImage(t, foreign, garbage), nil, "signature payload"},
+		{"malformed, untrusted", sigImage(t, badBase64, foreign), ErrUntrusted, "1 signature layers skipped; the first: signature layer"},
+		{"malformed, malformed", sigImage(t, noAnnotation, badBase64), ErrUnsigned, "2 signature layers skipped; the first: signature layer"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			v, err := tr.Verify(c.sig, manifest)
+			v, err := tr.Verify(c.sig, manifest, shop)
 			if err == nil {
 				t.Fatalf("verified %+v", v)
 			}
 			if c.want != nil && !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
 				t.Fatalf("error %v, want %v %q", err, c.want, c.msg)
 			}
+			for _, e := range []error{ErrUnsigned, ErrUntrusted, ErrMismatch} {
+				if e != c.want && errors.Is(err, e) {
+					t.Fatalf("error %v is also %v", err, e)
+				}
+			}
 		})
 	}
-	// A good signature after a foreign one is found.
-	if _, err := tr.Verify(sigImage(t, layer{payloadOf(foreign), annotationOf(foreign)}, layer{payloadOf(good), goodSig}), manifest); err != nil {
-		t.Fatal(err)
+	// Whatever layers come before it, a good signature is found:
+	// cosign skips what it cannot read, and anyone who may push the
+	// signature tag may add layers.
+	for name, before := range map[string][]layer{
+		"foreign":       {foreign},
+		"bad base64":    {badBase64},
+		"no annotation": {noAnnotation},
+		"tampered":      {tampered},
+		"replayed":      {replayed},
+		"garbage":       {garbage},
+		"elsewhere":     {elsewhere},
+		"all":           {badBase64, foreign, garbage, tampered, replayed, elsewhere, noAnnotation},
+	} {
+		v, err := tr.Verify(sigImage(t, append(before, good)...), manifest, shop)
+		if err != nil {
+			t.Fatalf("a good signature after %s: %v", name, err)
+		}
+		if v.Claims != claims() {
+			t.Fatalf("after %s, verified %+v", name, v)
+		}
+	}
+}
+
+// Of several trusted signatures, the first whose claims the expectation
+// admits is the one.
+func TestFirstThatPasses(t *testing.T) {
+	priv, pub := keyFiles(t, "cluster")
+	adminPriv, adminPub := keyFiles(t, "admin")
+	tr := trust(t, pub, adminPub)
+	in := func(ns string) layer { return signed(t, priv, manifest, Claims{Namespace: ns, Container: "app"}) }
+	sig := sigImage(t, in("ga"), in("gb"))
+	for _, c := range []struct {
+		x      Expect
+		ns     string
+		errMsg string
+	}{
+		{Expect{Namespace: "ga"}, "ga", ""},
+		{Expect{Namespace: "gb"}, "gb", ""},
+		{Expect{Namespace: "gb", Container: "app"}, "gb", ""},
+		{Anything, "ga", ""},
+		{Expect{Namespace: "gc"}, "", `namespace "ga", not "gc"`},
+		{Expect{Namespace: "gb", Container: "db"}, "", `namespace "ga", not "gb"`},
+	} {
+		v, err := tr.Verify(sig, manifest, c.x)
+		if c.errMsg != "" {
+			if !errors.Is(err, ErrMismatch) || !strings.Contains(err.Error(), c.errMsg) {
+				t.Errorf("Verify(%+v) = %+v, %v; want %q", c.x, v, err, c.errMsg)
+			}
+			continue
+		}
+		if err != nil || v.Claims.Namespace != c.ns || v.Key != pub {
+			t.Errorf("Verify(%+v) = %+v, %v; want namespace %s", c.x, v, err, c.ns)
+		}
+	}
+	// A trusted signature for gb only, expecting ga.
+	if _, err := tr.Verify(sigImage(t, in("gb")), manifest, Expect{Namespace: "ga"}); !errors.Is(err, ErrMismatch) ||
+		!strings.Contains(err.Error(), `namespace "gb", not "ga"`) {
+		t.Errorf("gb for ga: %v", err)
+	}
+	// An admin's signature after the cluster's: found by its key.
+	admin := signed(t, adminPriv, manifest, Claims{Namespace: "gd"})
+	v, err := tr.Verify(sigImage(t, in("ga"), admin), manifest, Expect{Namespace: "gd", Container: "any"})
+	if err != nil || v.Key != adminPub || v.Cluster {
+		t.Errorf("the admin's signature: %+v, %v", v, err)
 	}
 }
 
@@ -283,37 +397,59 @@ func TestOtherLayersIgnored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := trust(t, pub).Verify(img, manifest); !errors.Is(err, ErrUnsigned) {
+	if _, err := trust(t, pub).Verify(img, manifest, Anything); !errors.Is(err, ErrUnsigned) {
 		t.Fatalf("an image of no signature layers: %v", err)
 	}
 }
 
 // A layer rewritten where it is stored (an OCI layout, as the node's
-// image store) is refused even though the layout reads it as it is.
+// image store) is skipped even though the layout reads it as it is, as
+// is one grown past the bound: the signature after it is found, and
+// without one the image is unsigned, saying why.
 func TestRewrittenLayer(t *testing.T) {
 	priv, pub := keyFiles(t, "cluster")
-	sig, err := Sign(signer(t, priv), "r.example/c", manifest, claims())
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	p, err := layout.Write(dir, empty.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.AppendImage(sig); err != nil {
-		t.Fatal(err)
-	}
-	m, _ := sig.Manifest()
-	blob := filepath.Join(dir, "blobs", "sha256", m.Layers[0].Digest.Hex)
-	b, _ := os.ReadFile(blob)
-	os.WriteFile(blob, bytes.Replace(b, []byte("shop"), []byte("evil"), 1), 0o600)
-	h, _ := sig.Digest()
-	stored, err := p.Image(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := trust(t, pub).Verify(stored, manifest); err == nil || !strings.Contains(err.Error(), "does not match its digest") {
-		t.Fatalf("a rewritten layer: %v", err)
+	c := claims()
+	c.Container = "second"
+	for _, rewrite := range []struct {
+		name string
+		f    func([]byte) []byte
+		msg  string
+	}{
+		{"rewritten", func(b []byte) []byte { return bytes.Replace(b, []byte("shop"), []byte("evil"), 1) }, "does not match its digest"},
+		{"grown", func(b []byte) []byte { return append(b, bytes.Repeat([]byte(" "), maxLayerSize)...) }, "more than 65536 bytes"},
+	} {
+		for _, ls := range [][]layer{
+			{signed(t, priv, manifest, claims())},
+			{signed(t, priv, manifest, claims()), signed(t, priv, manifest, c)},
+		} {
+			sig := sigImage(t, ls...)
+			dir := t.TempDir()
+			p, err := layout.Write(dir, empty.Index)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := p.AppendImage(sig); err != nil {
+				t.Fatal(err)
+			}
+			m, _ := sig.Manifest()
+			blob := filepath.Join(dir, "blobs", "sha256", m.Layers[0].Digest.Hex)
+			b, _ := os.ReadFile(blob)
+			os.WriteFile(blob, rewrite.f(b), 0o600)
+			h, _ := sig.Digest()
+			stored, err := p.Image(h)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := trust(t, pub).Verify(stored, manifest, Expect{Namespace: "shop"})
+			if len(ls) == 1 {
+				if !errors.Is(err, ErrUnsigned) || !strings.Contains(err.Error(), rewrite.msg) {
+					t.Fatalf("a %s layer: %v", rewrite.name, err)
+				}
+				continue
+			}
+			if err != nil || v.Claims.Container != "second" {
+				t.Fatalf("a good layer after a %s one: %+v, %v", rewrite.name, v, err)
+			}
+		}
 	}
 }

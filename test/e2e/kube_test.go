@@ -57,18 +57,25 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 		}
 		return tr.Status.Token
 	}
-	ops, watcher, nobody := token("ops", "stasis-admin", "stasis-agent"), token("watcher", "stasis-viewer", "stasis-agent"),
-		token("nobody", "", "stasis-agent")
+	aud := "stasis-agent:e2e-node"
+	ops, watcher, nobody := token("ops", "stasis-admin", aud), token("watcher", "stasis-viewer", aud), token("nobody", "", aud)
 	// No audience: the API server's own.
 	tr, err := api.Client.CoreV1().ServiceAccounts("default").CreateToken(ctx, "ops", &authnv1.TokenRequest{}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	opsForTheAPIServer := tr.Status.Token
+	// One for another node's agent.
+	tr, err = api.Client.CoreV1().ServiceAccounts("default").CreateToken(ctx, "ops",
+		&authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{Audiences: []string{"stasis-agent:other-node"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	opsElsewhere := tr.Status.Token
 
 	e := newEnv(t)
 	e.importBusybox()
-	a := startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", []string{"--kubeconfig", api.Kubeconfig})
+	a := startAgentWith(t, e, newPKI(t, "stasis-test-ca"), "", []string{"--kubeconfig", api.Kubeconfig, "--node-name", "e2e-node"})
 	c := a.client(t, "", "")
 	e.runCounter("kweb", 10)
 
@@ -86,6 +93,9 @@ func TestAgentAsksTheAPIServer(t *testing.T) {
 	}
 	if code, _ := call(t, c, "GET", a.url+"/v1/containers", opsForTheAPIServer, nil); code != 401 {
 		t.Errorf("a token for the API server: %d, want 401", code)
+	}
+	if code, _ := call(t, c, "GET", a.url+"/v1/containers", opsElsewhere, nil); code != 401 {
+		t.Errorf("a token for another node's agent: %d, want 401", code)
 	}
 	if code, b := call(t, c, "POST", a.url+"/v1/containers/kweb/checkpoint", ops, CheckpointBody{LeaveRunning: true}); code != 200 {
 		t.Fatalf("admin checkpoint: %d %s", code, b)

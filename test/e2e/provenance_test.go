@@ -61,7 +61,7 @@ func TestSignedCheckpointImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := trust.Verify(sig, manifest)
+	v, err := trust.Verify(sig, manifest, provenance.Expect{Namespace: "shop", Archive: archive.String()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 )
@@ -38,6 +39,20 @@ func mustRestore(t *testing.T, ns, name string) *stasisv1.Restore {
 			tailFile(filepath.Join(stackDir, "controller.log"), 10))
 	}
 	return rs
+}
+
+// restoreCounter has c create Restore name of checkpoint ref as pod name
+// in ns, waits for it, and checks the counter goes on from at.
+func restoreCounter(t *testing.T, c client.Client, ns, name string, ref stasisv1.CheckpointReference, at int) {
+	t.Helper()
+	if err := c.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: ref, PodName: name}}); err != nil {
+		t.Fatal(err)
+	}
+	mustRestore(t, ns, name)
+	if got := waitCount(t, ns, name, "counter", at+1); got < at {
+		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
+	}
 }
 
 // The first story: a Checkpoint of a counter pod, a Restore of it

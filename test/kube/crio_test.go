@@ -29,7 +29,7 @@ func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
 	}
 	// CRI-O here is a node of its own, "crio-node", which no kubelet runs:
 	// its agent answers for the pods bound to it.
-	sock := startNodeAgent(t, "crio-node")
+	sock, _ := startNodeAgent(t, "crio-node")
 	crio, err := kubenode.StartCRIO(ctx, kubenode.Options{StasisRunc: filepath.Join(filepath.Dir(stasisBin), "stasis-runc"),
 		StasisRoot: stasisRoot, StasisRunRoot: stasisRunRoot, StasisAgentSocket: sock,
 		StasisClusterKey: clusterKey + ".pub"}, crioBin)
@@ -127,8 +127,9 @@ func TestContainerdCheckpointRestoresUnderCRIO(t *testing.T) {
 }
 
 // startNodeAgent starts an agent for another node of this machine
-// (nodeName), with its own node socket, and returns the socket.
-func startNodeAgent(t *testing.T, nodeName string) string {
+// (nodeName), with its own node socket, and returns the socket and its
+// HTTPS address.
+func startNodeAgent(t *testing.T, nodeName string) (string, string) {
 	t.Helper()
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "agent.sock")
@@ -156,5 +157,5 @@ func startNodeAgent(t *testing.T, nodeName string) string {
 		}
 	})
 	poll(t, 20*time.Second, "agent socket", func() bool { _, err := os.Stat(sock); return err == nil })
-	return sock
+	return sock, addr
 }

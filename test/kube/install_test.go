@@ -137,14 +137,7 @@ func TestInstalledStackCheckpointsAndRestores(t *testing.T) {
 	waitReady(t, ns, "web")
 	at := waitCount(t, ns, "web", "counter", 2)
 	checkpointPod(t, ns, "web-1", "web", nil)
-	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "copy"},
-		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "web-1"}, PodName: "copy"}}); err != nil {
-		t.Fatal(err)
-	}
-	mustRestore(t, ns, "copy")
-	if got := waitCount(t, ns, "copy", "counter", at+1); got < at {
-		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
-	}
+	restoreCounter(t, kc, ns, "copy", stasisv1.CheckpointReference{Name: "web-1"}, at)
 }
 
 // waitPods waits for the pods of a selector to be Ready, and says why not.

@@ -36,7 +36,6 @@ var (
 	controllerArgs []string
 	controllerBin  string
 	stackDir       string
-	agentTokenFile string // the controller's token for agents
 )
 
 func startStasis(bin string) (func(), error) {
@@ -50,6 +49,11 @@ func startStasis(bin string) (func(), error) {
 		return nil, err
 	}
 	if err := node.InstallCRDs("../../config/crd/bases"); err != nil {
+		return nil, err
+	}
+	// role.yaml's Role lives there.
+	if _, err := node.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "stasis-system"}},
+		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return nil, err
 	}
 	if err := node.Apply(ctx, "../../config/rbac/checkpoint_roles.yaml", "../../config/rbac/role.yaml",
@@ -95,23 +99,19 @@ func startStasis(bin string) (func(), error) {
 	}
 	procs = append(procs, agent)
 
-	// The controller: its own ServiceAccount, bound to its generated role,
-	// and a token of it for the agents only (audience stasis-agent), as
-	// the projected volume of config/manager gives it.
+	// The controller: its own ServiceAccount, bound to its generated
+	// roles (it mints its tokens for the agents itself).
 	token, err := serviceAccountToken(ctx, "stasis-system", "stasis-controller", "stasis-controller")
 	if err != nil {
 		stop()
 		return nil, err
 	}
-	tokenFile := filepath.Join(stackDir, "controller.token")
-	os.WriteFile(tokenFile, []byte(token), 0o600)
-	agentToken, err := audienceToken(ctx, "stasis-system", "stasis-controller", "stasis-agent")
-	if err != nil {
+	if err := node.Apply(ctx, "../../config/rbac/service_accounts.yaml"); err != nil {
 		stop()
 		return nil, err
 	}
-	agentTokenFile = filepath.Join(stackDir, "controller-agent.token")
-	os.WriteFile(agentTokenFile, []byte(agentToken), 0o600)
+	tokenFile := filepath.Join(stackDir, "controller.token")
+	os.WriteFile(tokenFile, []byte(token), 0o600)
 	kubeconfig := filepath.Join(stackDir, "controller.kubeconfig")
 	os.WriteFile(kubeconfig, []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
@@ -121,7 +121,7 @@ contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
 `, node.Config.Host, node.CA, tokenFile)), 0o600)
 	controllerArgs = []string{"--kubeconfig", kubeconfig, "--agent-port", strconv.Itoa(agentPort),
-		"--agent-ca", node.CA, "--agent-token-file", agentTokenFile, "--health-probe-bind-address", "0"}
+		"--agent-ca", node.CA, "--health-probe-bind-address", "0"}
 	if err := startController(bin); err != nil {
 		stop()
 		return nil, err

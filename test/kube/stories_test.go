@@ -24,6 +24,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/ociwrap"
 )
 
@@ -300,17 +301,25 @@ func TestNonAdminIsRefused(t *testing.T) {
 		_, err := devCS.CoreV1().Pods(ns).Create(ctx, p, dry)
 		return err
 	})
-	req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("https://%s/v1/pods/%s/web/checkpoint", net.JoinHostPort(node.IP, strconv.Itoa(agentPort)), ns),
-		strings.NewReader(`{"name":"x","uid":"u","containers":[{"name":"counter","id":"abc"}]}`))
-	req.Header.Set("Authorization", "Bearer "+token)
-	hc, _ := rest.HTTPClientFor(rest.AnonymousClientConfig(node.Config))
-	resp, err := hc.Do(req)
+	// At the agent: the API server's token is not for it (401); one for
+	// the agent's audience is the developer's, who may not (403).
+	agentToken, err := audienceToken(ctx, ns, "dev", agent.Audience(node.Name))
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusForbidden {
-		t.Errorf("a developer calling the agent: %s, want 403", resp.Status)
+	hc, _ := rest.HTTPClientFor(rest.AnonymousClientConfig(node.Config))
+	for tok, want := range map[string]int{token: http.StatusUnauthorized, agentToken: http.StatusForbidden} {
+		req, _ := http.NewRequest(http.MethodPost, fmt.Sprintf("https://%s/v1/pods/%s/web/checkpoint", net.JoinHostPort(node.IP, strconv.Itoa(agentPort)), ns),
+			strings.NewReader(`{"name":"x","uid":"u"}`))
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("a developer calling the agent: %s, want %d", resp.Status, want)
+		}
 	}
 }
 
@@ -325,24 +334,8 @@ func TestCrossNamespaceRestoreNeedsRestoreVerb(t *testing.T) {
 	waitReady(t, src, "web")
 	at := waitCount(t, src, "web", "counter", 2)
 	checkpointPod(t, src, "web-1", "web", nil)
-	as := func(name, srcRole string) client.Client {
-		token, err := serviceAccountToken(ctx, dst, name, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, b := range []struct{ ns, role string }{{dst, "stasis-admin"}, {src, srcRole}} {
-			rb := roleBindingKind(b.ns, name, "ClusterRole", b.role)
-			rb.Subjects[0].Namespace = dst
-			if _, err := node.Client.RbacV1().RoleBindings(b.ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-		}
-		cfg := rest.AnonymousClientConfig(node.Config)
-		cfg.BearerToken = token
-		c, _ := client.New(cfg, client.Options{Scheme: kc.Scheme()})
-		return c
-	}
-	viewer, admin := as("viewer", "stasis-viewer"), as("admin", "stasis-admin")
+	viewer, _ := asServiceAccount(t, dst, "viewer", binding{dst, "stasis-admin"}, binding{src, "stasis-viewer"})
+	admin, _ := asServiceAccount(t, dst, "admin", binding{dst, "stasis-admin"}, binding{src, "stasis-admin"})
 	rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: dst, Name: "copy"},
 		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: src, Name: "web-1"}, PodName: "copy"}}
 	var last error
@@ -360,13 +353,7 @@ func TestCrossNamespaceRestoreNeedsRestoreVerb(t *testing.T) {
 		return viewer.Create(ctx, &stasisv1.WarmStart{ObjectMeta: metav1.ObjectMeta{Namespace: dst, Name: "steal"},
 			Spec: stasisv1.WarmStartSpec{CheckpointRef: &stasisv1.CheckpointReference{Namespace: src, Name: "web-1"}}}, client.DryRunAll)
 	})
-	if err := admin.Create(ctx, rs); err != nil {
-		t.Fatalf("an admin of both namespaces: %v", err)
-	}
-	mustRestore(t, dst, "copy")
-	if got := waitCount(t, dst, "copy", "counter", at+1); got < at {
-		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
-	}
+	restoreCounter(t, admin, dst, "copy", rs.Spec.CheckpointRef, at)
 	p, err := node.Client.CoreV1().Pods(dst).Get(ctx, "copy", metav1.GetOptions{})
 	if err != nil || p.Spec.ServiceAccountName != "default" {
 		t.Fatalf("restored pod's service account: %v %q", err, p.Spec.ServiceAccountName)

@@ -2,15 +2,17 @@ package kube
 
 import (
 	"crypto/tls"
+	"io"
+	"log"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	authzv1 "k8s.io/api/authorization/v1"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -23,18 +25,21 @@ import (
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 )
 
-// asServiceAccount is a client of a new ServiceAccount of ns bound, in each
-// namespace of roles, to that ClusterRole.
-func asServiceAccount(t *testing.T, ns, name string, roles map[string]string) (client.Client, kubernetes.Interface) {
+// binding is a ClusterRole bound in a namespace.
+type binding struct{ ns, role string }
+
+// asServiceAccount is a client of a new ServiceAccount of ns with these
+// bindings, once the authorizer has seen them.
+func asServiceAccount(t *testing.T, ns, name string, bindings ...binding) (client.Client, kubernetes.Interface) {
 	t.Helper()
 	token, err := serviceAccountToken(ctx, ns, name, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for where, role := range roles {
-		rb := roleBindingKind(where, name, "ClusterRole", role)
+	for _, b := range bindings {
+		rb := roleBindingKind(b.ns, name, "ClusterRole", b.role)
 		rb.Subjects[0].Namespace = ns
-		if _, err := node.Client.RbacV1().RoleBindings(where).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
+		if _, err := node.Client.RbacV1().RoleBindings(b.ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -45,10 +50,19 @@ func asServiceAccount(t *testing.T, ns, name string, roles map[string]string) (c
 		t.Fatal(err)
 	}
 	cs := kubernetes.NewForConfigOrDie(cfg)
-	poll(t, 30*time.Second, name+"'s RBAC", func() bool {
-		_, err := cs.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		return err == nil
-	})
+	for _, b := range bindings {
+		// Each role used here gets something: stasis-* checkpoints, the
+		// built-in ones pods.
+		attr := &authzv1.ResourceAttributes{Namespace: b.ns, Verb: "get", Resource: "pods"}
+		if strings.HasPrefix(b.role, "stasis-") {
+			attr.Group, attr.Resource = "stasis.dev", "checkpoints"
+		}
+		poll(t, 30*time.Second, name+"'s "+b.role+" in "+b.ns, func() bool {
+			r, err := cs.AuthorizationV1().SelfSubjectAccessReviews().Create(ctx,
+				&authzv1.SelfSubjectAccessReview{Spec: authzv1.SelfSubjectAccessReviewSpec{ResourceAttributes: attr}}, metav1.CreateOptions{})
+			return err == nil && r.Status.Allowed
+		})
+	}
 	return c, cs
 }
 
@@ -67,35 +81,37 @@ func restoringPod(ns, name, grant string) *corev1.Pod {
 // it never ran.
 func waitRefused(t *testing.T, ns, pod, why string) {
 	t.Helper()
-	var last string
-	poll(t, 90*time.Second, "pod "+pod+" refused with "+strconv.Quote(why), func() bool {
+	var msgs []string
+	for deadline := time.Now().Add(90 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		p, err := node.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
 		if err != nil {
-			return false
+			continue
 		}
-		last = podState(p)
+		msgs = msgs[:0]
 		for _, cs := range p.Status.ContainerStatuses {
 			if cs.State.Running != nil {
-				t.Fatalf("pod %s/%s runs: %s", ns, pod, last)
+				t.Fatalf("pod %s/%s runs: %s", ns, pod, podState(p))
+			}
+			if w := cs.State.Waiting; w != nil {
+				msgs = append(msgs, w.Message)
+			}
+			if st := cs.LastTerminationState.Terminated; st != nil {
+				msgs = append(msgs, st.Message)
 			}
 		}
-		if !strings.Contains(last, why) {
-			return false
-		}
+		inStatus := strings.Contains(strings.Join(msgs, "\n"), why)
 		evs, err := node.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
 		if err != nil {
-			return false
+			continue
 		}
 		for _, e := range evs.Items {
-			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, why) {
-				return true
+			if e.Type == corev1.EventTypeWarning && strings.Contains(e.Message, why) && inStatus {
+				return
 			}
+			msgs = append(msgs, "event: "+e.Message)
 		}
-		return false
-	})
-	if t.Failed() {
-		t.Logf("last status: %s", last)
 	}
+	t.Fatalf("pod %s/%s not refused with %q; it says:\n%s", ns, pod, why, strings.Join(msgs, "\n"))
 }
 
 // workEntries lists the node store's work directory: a refused restore
@@ -123,7 +139,8 @@ func TestGrantsBindCheckpointsToNamespaces(t *testing.T) {
 	ck := checkpointPod(t, b, "web-1", "web", nil)
 	image := ck.Status.Containers[0].Image
 
-	ops, opsCS := asServiceAccount(t, a, "ops", map[string]string{a: "stasis-admin"})
+	// A namespace administrator of a: edit and stasis-admin there.
+	ops, opsCS := asServiceAccount(t, a, "ops", binding{a, "edit"}, binding{a, "stasis-admin"})
 	for _, ref := range []string{image, "web-1", "web"} {
 		p := restoringPod(a, "steal", "")
 		p.Annotations = map[string]string{"restore.stasis.dev/counter": ref}
@@ -145,7 +162,7 @@ func TestGrantsBindCheckpointsToNamespaces(t *testing.T) {
 	if _, err := opsCS.CoreV1().Pods(a).Create(ctx, restoringPod(a, "by-image", "WarmStart/by-image"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitRefused(t, a, "by-image", "namespace "+b)
+	waitRefused(t, a, "by-image", `namespace "`+b+`", not "`+a+`"`)
 	if _, err := opsCS.CoreV1().Pods(a).Create(ctx, restoringPod(a, "no-grant", "WarmStart/nothing"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -227,7 +244,7 @@ func TestUnsignedCheckpointImageIsRefused(t *testing.T) {
 // (they are templates), and every pod they make is refused.
 func TestWorkloadTemplatesCannotNameCheckpoints(t *testing.T) {
 	ns := namespace(t, "wl")
-	_, dev := asServiceAccount(t, ns, "dev", map[string]string{ns: "edit"})
+	_, dev := asServiceAccount(t, ns, "dev", binding{ns, "edit"})
 	tmpl := func(name string) corev1.PodTemplateSpec {
 		p := restoringPod(ns, name, "")
 		p.Annotations = map[string]string{"restore.stasis.dev/counter": "localhost/stasis/other/secret:counter"}
@@ -277,22 +294,35 @@ func TestWorkloadTemplatesCannotNameCheckpoints(t *testing.T) {
 	}
 }
 
-// The controller's token is for agents only: the API server refuses it.
-// And the controller talks only to the agent of the pod's own node: one
-// that answers with any other certificate the cluster CA signed (here a
-// serving certificate for another name at the same address) is refused
-// before the token is sent.
-func TestControllerTokenIsForAgentsOnly(t *testing.T) {
+// The controller's token for a node's agent opens nothing else: the API
+// server and the agent of another node refuse it. And the controller talks
+// only to the agent of the pod's own node: one that answers with any other
+// certificate the cluster CA signed (here a serving certificate for
+// another name at the same address) is refused before a token is sent.
+func TestControllerTokenIsForOneAgentOnly(t *testing.T) {
 	requireNode(t)
-	token, err := os.ReadFile(agentTokenFile)
+	tokens := &reconcilers.ServiceAccountTokens{Client: node.Client.CoreV1(), Namespace: "stasis-system", Name: "stasis-controller"}
+	token, err := tokens.Token(ctx, node.Name)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := rest.AnonymousClientConfig(node.Config)
-	cfg.BearerToken = string(token)
+	cfg.BearerToken = token
 	_, err = kubernetes.NewForConfigOrDie(cfg).CoreV1().Pods("default").List(ctx, metav1.ListOptions{})
 	if err == nil || !strings.Contains(err.Error(), "Unauthorized") {
 		t.Fatalf("the controller's agent token at the API server: %v, want 401 Unauthorized", err)
+	}
+	_, other := startNodeAgent(t, "other-node")
+	hc, _ := rest.HTTPClientFor(rest.AnonymousClientConfig(node.Config))
+	req, _ := http.NewRequest(http.MethodGet, "https://"+other+"/v1/containers", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("node %s's token at the agent of other-node: %s, want 401", node.Name, resp.Status)
 	}
 
 	cert, key, err := node.IssueServing("impostor")
@@ -311,14 +341,14 @@ func TestControllerTokenIsForAgentsOnly(t *testing.T) {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		gotToken <- r.Header.Get("Authorization")
 		w.Write([]byte(`{"containers":[{"name":"counter","image":"localhost/forged:1"}]}`))
-	})}
+	}), ErrorLog: log.New(io.Discard, "", 0)}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	n, err := node.Client.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	agents := &reconcilers.AgentClients{Port: l.Addr().(*net.TCPAddr).Port, CA: node.CA, TokenFile: agentTokenFile}
+	agents := &reconcilers.AgentClients{Port: l.Addr().(*net.TCPAddr).Port, CA: node.CA, Tokens: tokens}
 	_, err = agents.CheckpointPod(ctx, n, podcheckpoint.Request{Namespace: "x", Pod: "y", Name: "z", UID: "u"})
 	if err == nil || !strings.Contains(err.Error(), "system:node:"+node.Name) {
 		t.Fatalf("an impostor agent: %v, want a refusal naming system:node:%s", err, node.Name)
@@ -345,12 +375,5 @@ func TestInitContainerPodRestores(t *testing.T) {
 	if len(ck.Status.Containers) != 1 || ck.Status.PodTemplate == nil || len(ck.Status.PodTemplate.Spec.InitContainers) != 1 {
 		t.Fatalf("checkpoint of a pod with an init container: %+v", ck.Status)
 	}
-	if err := kc.Create(ctx, &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "copy"},
-		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: "web-1"}, PodName: "copy"}}); err != nil {
-		t.Fatal(err)
-	}
-	mustRestore(t, ns, "copy")
-	if got := waitCount(t, ns, "copy", "counter", at+1); got < at {
-		t.Fatalf("restored counter at %d, checkpoint at %d", got, at)
-	}
+	restoreCounter(t, kc, ns, "copy", stasisv1.CheckpointReference{Name: "web-1"}, at)
 }

@@ -550,7 +550,8 @@ func (n *Node) KubeletClient() (*http.Client, error) {
 // the node's store and keys.
 func writeRuntimeConfig(path string, o Options) error {
 	b, err := json.Marshal(map[string]any{"runtime": "/usr/sbin/runc", "root": o.StasisRoot, "runRoot": o.StasisRunRoot,
-		"tlsVerify": false, "clusterKey": o.StasisClusterKey, "trustedKeys": o.StasisTrustedKeys, "agentSocket": o.StasisAgentSocket})
+		"tlsVerify": false, "clusterKey": o.StasisClusterKey, "trustedKeys": o.StasisTrustedKeys, "agentSocket": o.StasisAgentSocket,
+		"trustedKeyDir": filepath.Join(filepath.Dir(path), "trusted-keys")})
 	if err != nil {
 		return err
 	}
