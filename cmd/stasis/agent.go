@@ -61,7 +61,7 @@ be running, and their runtime IDs are the API server's, never the caller's.
 They are frozen together, dumped, and stored as checkpoint images, pushed to
 a registry when asked. The agent's identity needs get on pods.
 
---node-socket (default RUNROOT/agent.sock, mode 0600) serves root on this
+--node-socket (in a cluster; default RUNROOT/agent.sock, mode 0600) serves root on this
 node only (the kernel's SO_PEERCRED says who connects; others get 403): the
 RuntimeClass's runtime, stasis-runc, asks there which checkpoint a pod's
 grant lets it restore. It serves none of the HTTPS API.`,
@@ -123,7 +123,8 @@ grant lets it restore. It serves none of the HTTPS API.`,
 			defer audit.Close()
 			cfg.Engine, cfg.Auth, cfg.Audit = e, auth, audit
 			cfg.NodeSocket = nodeSocket
-			if cfg.NodeSocket == "" {
+			if cfg.NodeSocket == "" && cfg.Grants != nil {
+				// Only grants are asked there, and only in a cluster.
 				cfg.NodeSocket = filepath.Join(g.runRoot, "agent.sock")
 			}
 			cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -167,7 +168,7 @@ grant lets it restore. It serves none of the HTTPS API.`,
 	f.BoolVar(&inCluster, "in-cluster", false, "as --kubeconfig, with the credentials of the pod the agent runs in")
 	f.StringVar(&tokenAudience, "token-audience", "", "with --kubeconfig: the audience bearer tokens must be issued for (default stasis-agent:NODE-NAME, what the controller asks for)")
 	f.StringVar(&nodeName, "node-name", defaultNodeName(), "with --kubeconfig: this node's name in the cluster ($NODE_NAME, else the hostname)")
-	f.StringVar(&nodeSocket, "node-socket", "", "unix socket for root on this node (stasis-runc) (default: RUNROOT/agent.sock)")
+	f.StringVar(&nodeSocket, "node-socket", "", "unix socket for root on this node (stasis-runc) (default with --kubeconfig or --in-cluster: RUNROOT/agent.sock)")
 	f.StringVar(&criRuncRoot, "cri-runc-root", "", "on a Kubernetes node: the runc --root of the CRI runtime's containers (containerd: /run/containerd/runc/k8s.io; CRI-O: its runtime_root); enables pod checkpoints")
 	f.StringVar(&hostRoot, "host-root", "/", "where the host's root filesystem is seen (in a container: the mount of the host's /)")
 	f.StringVar(&mountinfo, "mountinfo", "/proc/1/mountinfo", "where the containers' rootfs mounts are listed (the host's)")

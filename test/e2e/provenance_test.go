@@ -71,11 +71,12 @@ func TestSignedCheckpointImage(t *testing.T) {
 
 	// rmi takes the signatures along; a pull brings one back.
 	e.run("rmi", signed, unsigned, foreign)
-	if images := e.run("images"); strings.Contains(images, ".sig") {
-		t.Fatalf("signature images left after rmi:\n%s", images)
+	// (Signature images are not listed: look in the store's index.)
+	if index, _ := os.ReadFile(filepath.Join(e.root, "images", "oci", "index.json")); strings.Contains(string(index), ".sig") {
+		t.Fatalf("signature images left after rmi:\n%s", index)
 	}
 	e.run(append([]string{"pull", signed}, reg.flags()...)...)
-	if images := e.run("images"); !strings.Contains(images, repo+"signed:"+sigTag) {
+	if images := e.run("images"); !strings.Contains(images, ", signed") {
 		t.Fatalf("the pull did not bring the signature:\n%s", images)
 	}
 	e.run("rmi", signed)

@@ -62,6 +62,14 @@ func TestFigures(t *testing.T) {
 				t.Fatal(err)
 			}
 			took := waitReadyFast(t, ns, copyName, start)
+			// What trust costs the restore: the grant asked of the agent
+			// (which reads pod, Restore and Checkpoint from the API
+			// server) and the checkpoint found and its signature verified.
+			rec := restoreRecord(t, ns, copyName)
+			trust := time.Duration(rec.Phases["grant_us"]+rec.Phases["resolve_us"]) * time.Microsecond
+			notes = append(notes, fmt.Sprintf("%s%s: grant %.1f ms + find and verify %.1f ms = %.1f%% of restore to Ready",
+				w.name, map[bool]string{true: " (lazy)"}[lazy], float64(rec.Phases["grant_us"])/1000, float64(rec.Phases["resolve_us"])/1000,
+				100*trust.Seconds()/took.Seconds()))
 			if lazy {
 				r.lazy = took
 			} else {

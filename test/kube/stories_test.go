@@ -482,20 +482,11 @@ func TestLazyPagesRestore(t *testing.T) {
 	}
 	mustRestore(t, ns, "copy")
 	got := waitCount(t, ns, "copy", "counter", at+1)
-	p, err := node.Client.CoreV1().Pods(ns).Get(ctx, "copy", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
+	rec := restoreRecord(t, ns, "copy")
+	if !rec.LazyPages {
+		t.Fatalf("the restore was not lazy: %+v", rec)
 	}
-	_, id, _ := strings.Cut(p.Status.ContainerStatuses[0].ContainerID, "://")
-	b, err := os.ReadFile(filepath.Join(node.Run, "containerd", "io.containerd.runtime.v2.task", "k8s.io", id, ociwrap.RecordFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rec ociwrap.Record
-	if err := json.Unmarshal(b, &rec); err != nil || !rec.LazyPages {
-		t.Fatalf("the restore was not lazy: %s %v", b, err)
-	}
-	t.Logf("stasis-runc: %s", b)
+	t.Logf("stasis-runc: %+v", rec)
 	t.Logf("lazily restored counter went on to %d", got)
 }
 
@@ -509,6 +500,26 @@ sleep 100000 | nc 127.0.0.1 9000 &
 while true; do echo "established $(cat /proc/net/tcp /proc/net/tcp6 | grep -cE ':2328 [0-9A-F]+:[0-9A-F]+ 01 |:[0-9A-F]+ [0-9A-F]+:2328 01 ')"; sleep 1; done`
 
 // established is the last count a tcpScript pod logged.
+// restoreRecord is what stasis-runc recorded of the restore of the pod's
+// first container.
+func restoreRecord(t *testing.T, ns, pod string) ociwrap.Record {
+	t.Helper()
+	p, err := node.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, id, _ := strings.Cut(p.Status.ContainerStatuses[0].ContainerID, "://")
+	b, err := os.ReadFile(filepath.Join(node.Run, "containerd", "io.containerd.runtime.v2.task", "k8s.io", id, ociwrap.RecordFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec ociwrap.Record
+	if err := json.Unmarshal(b, &rec); err != nil {
+		t.Fatalf("%s: %v", b, err)
+	}
+	return rec
+}
+
 func established(t *testing.T, ns, pod string) int {
 	t.Helper()
 	b, _ := node.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
