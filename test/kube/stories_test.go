@@ -18,7 +18,6 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -264,24 +263,7 @@ func TestCheckpointThroughRegistry(t *testing.T) {
 // nor grant a warm start, nor name a checkpoint in a pod, nor call an agent.
 func TestNonAdminIsRefused(t *testing.T) {
 	ns := namespace(t, "dev")
-	token, err := serviceAccountToken(ctx, ns, "dev", "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := node.Client.RbacV1().RoleBindings(ns).Create(ctx, roleBinding(ns, "dev", "edit"), metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	cfg := rest.AnonymousClientConfig(node.Config)
-	cfg.BearerToken = token
-	dev, err := client.New(cfg, client.Options{Scheme: kc.Scheme()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	devCS := kubernetes.NewForConfigOrDie(cfg)
-	poll(t, 30*time.Second, "dev's RBAC", func() bool {
-		_, err := devCS.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
-		return err == nil
-	})
+	dev, devCS, token := asServiceAccount(t, ns, "dev", binding{ns, "edit"})
 	dry := metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}}
 	forbidden(t, "a developer creating a Checkpoint", "", func() error {
 		return dev.Create(ctx, &stasisv1.Checkpoint{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "x"},
@@ -334,8 +316,8 @@ func TestCrossNamespaceRestoreNeedsRestoreVerb(t *testing.T) {
 	waitReady(t, src, "web")
 	at := waitCount(t, src, "web", "counter", 2)
 	checkpointPod(t, src, "web-1", "web", nil)
-	viewer, _ := asServiceAccount(t, dst, "viewer", binding{dst, "stasis-admin"}, binding{src, "stasis-viewer"})
-	admin, _ := asServiceAccount(t, dst, "admin", binding{dst, "stasis-admin"}, binding{src, "stasis-admin"})
+	viewer, _, _ := asServiceAccount(t, dst, "viewer", binding{dst, "stasis-admin"}, binding{src, "stasis-viewer"})
+	admin, _, _ := asServiceAccount(t, dst, "admin", binding{dst, "stasis-admin"}, binding{src, "stasis-admin"})
 	rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: dst, Name: "copy"},
 		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: src, Name: "web-1"}, PodName: "copy"}}
 	var last error
@@ -371,10 +353,6 @@ func forbidden(t *testing.T, what, message string, f func() error) {
 		}
 	}
 	t.Errorf("%s: %v, want 403 Forbidden", what, err)
-}
-
-func roleBinding(ns, sa, clusterRole string) *rbacv1.RoleBinding {
-	return roleBindingKind(ns, sa, "ClusterRole", clusterRole)
 }
 
 func roleBindingKind(ns, sa, kind, role string) *rbacv1.RoleBinding {

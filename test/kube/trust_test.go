@@ -29,8 +29,9 @@ import (
 type binding struct{ ns, role string }
 
 // asServiceAccount is a client of a new ServiceAccount of ns with these
-// bindings, once the authorizer has seen them.
-func asServiceAccount(t *testing.T, ns, name string, bindings ...binding) (client.Client, kubernetes.Interface) {
+// bindings, once the authorizer has seen them, and a token of it for the
+// API server.
+func asServiceAccount(t *testing.T, ns, name string, bindings ...binding) (client.Client, kubernetes.Interface, string) {
 	t.Helper()
 	token, err := serviceAccountToken(ctx, ns, name, "")
 	if err != nil {
@@ -63,7 +64,7 @@ func asServiceAccount(t *testing.T, ns, name string, bindings ...binding) (clien
 			return err == nil && r.Status.Allowed
 		})
 	}
-	return c, cs
+	return c, cs, token
 }
 
 // restoringPod is a counter pod run by the RuntimeClass stasis that names
@@ -140,7 +141,7 @@ func TestGrantsBindCheckpointsToNamespaces(t *testing.T) {
 	image := ck.Status.Containers[0].Image
 
 	// A namespace administrator of a: edit and stasis-admin there.
-	ops, opsCS := asServiceAccount(t, a, "ops", binding{a, "edit"}, binding{a, "stasis-admin"})
+	ops, opsCS, _ := asServiceAccount(t, a, "ops", binding{a, "edit"}, binding{a, "stasis-admin"})
 	for _, ref := range []string{image, "web-1", "web"} {
 		p := restoringPod(a, "steal", "")
 		p.Annotations = map[string]string{"restore.stasis.dev/counter": ref}
@@ -244,7 +245,7 @@ func TestUnsignedCheckpointImageIsRefused(t *testing.T) {
 // (they are templates), and every pod they make is refused.
 func TestWorkloadTemplatesCannotNameCheckpoints(t *testing.T) {
 	ns := namespace(t, "wl")
-	_, dev := asServiceAccount(t, ns, "dev", binding{ns, "edit"})
+	_, dev, _ := asServiceAccount(t, ns, "dev", binding{ns, "edit"})
 	tmpl := func(name string) corev1.PodTemplateSpec {
 		p := restoringPod(ns, name, "")
 		p.Annotations = map[string]string{"restore.stasis.dev/counter": "localhost/stasis/other/secret:counter"}
