@@ -16,6 +16,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 func agentCmd(g *globals) *cobra.Command {
@@ -101,7 +102,7 @@ grant lets it restore. It serves none of the HTTPS API.`,
 					return fmt.Errorf("kubernetes client: %w", err)
 				}
 				if tokenAudience == "" {
-					tokenAudience = agent.Audience(nodeName)
+					tokenAudience = wire.Audience(nodeName)
 				}
 				if auth, err = agent.NewKubeReview(kube, tokenAudience); err != nil {
 					return err

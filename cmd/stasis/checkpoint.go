@@ -8,11 +8,11 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 func checkpointCmd(g *globals) *cobra.Command {
@@ -47,7 +47,7 @@ running and no archive is left behind.`,
 				if o.Export != "" || cmd.Flags().Changed("every") {
 					return fmt.Errorf("--export and --every work on this machine only, not through --host")
 				}
-				return remoteCheckpoint(cmd.Context(), c, args[0], agent.CheckpointRequest{
+				return remoteCheckpoint(cmd.Context(), c, args[0], wire.CheckpointRequest{
 					LeaveRunning: o.LeaveRunning, Compression: compression, TCPEstablished: o.TCPEstablished,
 					FileLocks: o.FileLocks, CreateImage: o.CreateImage, Push: o.Push, EncryptTo: encryptTo,
 				}, stats)
@@ -203,7 +203,7 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 				if o.Import != "" || len(args) != 1 {
 					return fmt.Errorf("through --host, name a stored checkpoint, a container or a checkpoint image (no --import)")
 				}
-				req := agent.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
+				req := wire.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
 					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, Privileged: o.Privileged}
 				for _, v := range volumes {
 					m, err := runtime.ParseMount(v)

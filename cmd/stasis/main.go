@@ -14,12 +14,12 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/internal/demo"
-	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 	"github.com/stasis-dev/stasis/pkg/provenance"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 type globals struct {
@@ -29,7 +29,7 @@ type globals struct {
 	maxUnpack string
 	// host is an agent to work through (see remote.go).
 	host     string
-	hostOpts agent.ClientOptions
+	hostOpts wire.ClientOptions
 	// trust is the agent's (--signing-key, --trusted-key); nil elsewhere.
 	trust *provenance.Trust
 }

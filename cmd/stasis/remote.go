@@ -6,23 +6,23 @@ import (
 	"os"
 	"text/tabwriter"
 
-	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/store"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // client is the agent client of --host, or nil when stasis works alone.
-func (g *globals) client() (*agent.Client, error) {
+func (g *globals) client() (*wire.Client, error) {
 	if g.host == "" {
 		return nil, nil
 	}
 	if g.hostOpts.Token == "" {
 		g.hostOpts.Token = os.Getenv("STASIS_TOKEN")
 	}
-	return agent.NewClient(g.host, g.hostOpts)
+	return wire.NewClient(g.host, g.hostOpts)
 }
 
-func remotePs(ctx context.Context, c *agent.Client) error {
+func remotePs(ctx context.Context, c *wire.Client) error {
 	var list []struct {
 		ID, Name, Image, Status string
 	}
@@ -37,7 +37,7 @@ func remotePs(ctx context.Context, c *agent.Client) error {
 	return w.Flush()
 }
 
-func remoteCheckpoints(ctx context.Context, c *agent.Client) error {
+func remoteCheckpoints(ctx context.Context, c *wire.Client) error {
 	var list []store.Entry
 	if err := c.Do(ctx, "GET", "/v1/checkpoints", nil, &list); err != nil {
 		return err
@@ -50,7 +50,7 @@ func remoteCheckpoints(ctx context.Context, c *agent.Client) error {
 	return w.Flush()
 }
 
-func remoteCheckpoint(ctx context.Context, c *agent.Client, name string, req agent.CheckpointRequest, stats bool) error {
+func remoteCheckpoint(ctx context.Context, c *wire.Client, name string, req wire.CheckpointRequest, stats bool) error {
 	var res engine.CheckpointResult
 	if err := c.Do(ctx, "POST", "/v1/containers/"+name+"/checkpoint", req, &res); err != nil {
 		return err
@@ -69,7 +69,7 @@ func remoteCheckpoint(ctx context.Context, c *agent.Client, name string, req age
 	return nil
 }
 
-func remoteRestore(ctx context.Context, c *agent.Client, req agent.RestoreRequest, stats bool) error {
+func remoteRestore(ctx context.Context, c *wire.Client, req wire.RestoreRequest, stats bool) error {
 	var res engine.RestoreResult
 	if err := c.Do(ctx, "POST", "/v1/restore", req, &res); err != nil {
 		return err

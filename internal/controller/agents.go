@@ -17,14 +17,13 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 
-	"github.com/stasis-dev/stasis/pkg/agent"
-	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // AgentClients reach the agent of a node at https://<InternalIP>:<Port>
 // (the DaemonSet runs in the host network), authenticated with a token of
 // the controller's ServiceAccount for that node's agent alone (audience
-// agent.Audience(node)), which the agent reviews with the API server.
+// wire.Audience(node)), which the agent reviews with the API server.
 //
 // The address is what the node reports, so it proves nothing: before the
 // token is sent, the agent's certificate must chain to CA and be the
@@ -66,7 +65,7 @@ func (s *ServiceAccountTokens) Token(ctx context.Context, node string) (string, 
 	}
 	secs := int64(life / time.Second)
 	tr, err := s.Client.ServiceAccounts(s.Namespace).CreateToken(ctx, s.Name, &authnv1.TokenRequest{
-		Spec: authnv1.TokenRequestSpec{Audiences: []string{agent.Audience(node)}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
+		Spec: authnv1.TokenRequestSpec{Audiences: []string{wire.Audience(node)}, ExpirationSeconds: &secs}}, metav1.CreateOptions{})
 	if err != nil {
 		return "", fmt.Errorf("token of %s/%s for the agent of node %s: %w", s.Namespace, s.Name, node, err)
 	}
@@ -78,7 +77,7 @@ func (s *ServiceAccountTokens) Token(ctx context.Context, node string) (string, 
 }
 
 // CheckpointPod implements Agents.
-func (a *AgentClients) CheckpointPod(ctx context.Context, node *corev1.Node, req podcheckpoint.Request) (*podcheckpoint.Result, error) {
+func (a *AgentClients) CheckpointPod(ctx context.Context, node *corev1.Node, req wire.PodCheckpointRequest) (*wire.PodCheckpointResult, error) {
 	addr := nodeAddress(node)
 	if addr == "" {
 		return nil, fmt.Errorf("node %s has no InternalIP to reach its stasis agent", node.Name)
@@ -91,11 +90,11 @@ func (a *AgentClients) CheckpointPod(ctx context.Context, node *corev1.Node, req
 		return nil, err
 	}
 	base := "https://" + net.JoinHostPort(addr, strconv.Itoa(a.Port))
-	c, err := agent.NewClient(base, agent.ClientOptions{CA: a.CA, Token: token, VerifyPeer: nodeIdentity(node.Name)})
+	c, err := wire.NewClient(base, wire.ClientOptions{CA: a.CA, Token: token, VerifyPeer: nodeIdentity(node.Name)})
 	if err != nil {
 		return nil, err
 	}
-	var res podcheckpoint.Result
+	var res wire.PodCheckpointResult
 	path := fmt.Sprintf("/v1/pods/%s/%s/checkpoint", url.PathEscape(req.Namespace), url.PathEscape(req.Pod))
 	if err := c.Do(ctx, http.MethodPost, path, req, &res); err != nil {
 		return nil, fmt.Errorf("stasis agent on node %s: %w", node.Name, err)

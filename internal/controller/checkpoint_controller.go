@@ -19,12 +19,12 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // Agents reach the stasis agent of a node.
 type Agents interface {
-	CheckpointPod(ctx context.Context, node *corev1.Node, req podcheckpoint.Request) (*podcheckpoint.Result, error)
+	CheckpointPod(ctx context.Context, node *corev1.Node, req wire.PodCheckpointRequest) (*wire.PodCheckpointResult, error)
 }
 
 // CheckpointReconciler reconciles Checkpoints.
@@ -102,7 +102,7 @@ func (r *CheckpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, &node); err != nil {
 		return ctrl.Result{}, err
 	}
-	areq := podcheckpoint.Request{Namespace: ck.Namespace, Pod: pod.Name, Name: ck.Name, UID: string(ck.UID), Containers: containers}
+	areq := wire.PodCheckpointRequest{Namespace: ck.Namespace, Pod: pod.Name, Name: ck.Name, UID: string(ck.UID), Containers: containers}
 	if d := ck.Spec.Destination.Image; d != nil {
 		areq.Repository, areq.Insecure = d.Repository, d.Insecure
 	}
@@ -139,7 +139,7 @@ func (r *CheckpointReconciler) fail(ctx context.Context, ck *stasisv1.Checkpoint
 
 // podContainers picks the containers to checkpoint with their runtime IDs;
 // waiting is why not yet (a container not running), "" when all are.
-func podContainers(pod *corev1.Pod, names []string) (cs []podcheckpoint.Container, waiting string, err error) {
+func podContainers(pod *corev1.Pod, names []string) (cs []wire.PodContainer, waiting string, err error) {
 	if len(names) == 0 {
 		for _, c := range pod.Spec.Containers {
 			names = append(names, c.Name)
@@ -164,7 +164,7 @@ func podContainers(pod *corev1.Pod, names []string) (cs []podcheckpoint.Containe
 		}
 		// "containerd://<id>", "cri-o://<id>"
 		_, id, _ := strings.Cut(s.ContainerID, "://")
-		cs = append(cs, podcheckpoint.Container{Name: n, ID: id})
+		cs = append(cs, wire.PodContainer{Name: n, ID: id})
 	}
 	return cs, waiting, nil
 }

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,41 +12,12 @@ import (
 	"time"
 
 	"filippo.io/age"
+
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
-
-// CheckpointRequest is the body of POST /v1/containers/{name}/checkpoint.
-type CheckpointRequest struct {
-	LeaveRunning   bool   `json:"leave_running"`
-	Compression    string `json:"compression,omitempty"`
-	TCPEstablished bool   `json:"tcp_established"`
-	FileLocks      bool   `json:"file_locks"`
-	// CreateImage makes a checkpoint image of this name instead of a
-	// stored archive; Push sends it to its registry.
-	CreateImage string `json:"create_image,omitempty"`
-	Push        bool   `json:"push"`
-	// EncryptTo are age recipients ("age1...") the archive is encrypted to.
-	EncryptTo []string `json:"encrypt_to,omitempty"`
-}
-
-// RestoreRequest is the body of POST /v1/restore.
-type RestoreRequest struct {
-	// Checkpoint is a stored checkpoint's ID, or a container whose latest
-	// checkpoint is restored; Image a checkpoint image. One of the two.
-	Checkpoint     string `json:"checkpoint,omitempty"`
-	Image          string `json:"image,omitempty"`
-	Name           string `json:"name,omitempty"`
-	LazyPages      bool   `json:"lazy_pages"`
-	TCPEstablished bool   `json:"tcp_established"`
-	FileLocks      bool   `json:"file_locks"`
-	// Volumes maps a bind mount's destination in the checkpoint to the
-	// host path it gets (the CLI's --volume SRC:DST).
-	Volumes map[string]string `json:"volumes,omitempty"`
-	// Privileged is the CLI's --privileged.
-	Privileged bool `json:"privileged"`
-}
 
 // containerView is a container as the API lists it.
 type containerView struct {
@@ -188,7 +158,7 @@ func (s *Server) run(w http.ResponseWriter, r *http.Request, caller *Identity, a
 
 func (s *Server) checkpoint(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 	name := r.PathValue("name")
-	var req CheckpointRequest
+	var req wire.CheckpointRequest
 	if err := decode(r, &req); err != nil {
 		return name, err
 	}
@@ -263,7 +233,7 @@ func (s *Server) kubeletCheckpoint(w http.ResponseWriter, r *http.Request, _ *Id
 }
 
 func (s *Server) restore(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
-	var req RestoreRequest
+	var req wire.RestoreRequest
 	if err := decode(r, &req); err != nil {
 		return "", err
 	}
@@ -406,16 +376,4 @@ func writeJSON(w http.ResponseWriter, code int, v any) error {
 
 func writeError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
-}
-
-func loadPool(file string) (*x509.CertPool, error) {
-	b, err := os.ReadFile(file)
-	if err != nil {
-		return nil, fmt.Errorf("client CA: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("client CA %s: no certificates", file)
-	}
-	return pool, nil
 }

@@ -16,37 +16,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
-
-// GrantRequest is what the RuntimeClass's runtime (stasis-runc) asks the
-// node's agent, over the node socket, for each container it creates: the
-// pod and container the CRI runtime is creating, and the grant the pod's
-// annotation AnnotationRestoreFrom names, if the runtime passed it on
-// (the pod's own annotation is what counts).
-type GrantRequest struct {
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	PodUID    string `json:"podUID"`
-	Container string `json:"container"`
-	Grant     string `json:"grant"`
-}
-
-// GrantAnswer says what to restore, and what its signature must say.
-type GrantAnswer struct {
-	// Restore false: the pod names no grant, or one with no checkpoint
-	// for this container, which is then created as usual.
-	Restore bool `json:"restore"`
-	// Image is the checkpoint image: a name in this node's store or a
-	// registry reference.
-	Image string `json:"image,omitempty"`
-	// Namespace is the namespace the checkpoint must be signed for by the
-	// cluster's key; Container and Archive (a sha256 digest, when the
-	// Checkpoint recorded one) what the signature must bind too.
-	Namespace string `json:"namespace,omitempty"`
-	Container string `json:"container,omitempty"`
-	Archive   string `json:"archive,omitempty"`
-	LazyPages bool   `json:"lazyPages,omitempty"`
-}
 
 // Grants resolves grants against the API server: the authority for which
 // checkpoint a pod may restore is there, never in the pod's annotations
@@ -88,7 +59,7 @@ func grantRefused(format string, args ...any) error {
 // Resolve checks that the pod is on this node, finds the grant its
 // annotation names in its namespace, checks that the grant is for this
 // pod, and says which checkpoint image the container restores.
-func (g *Grants) Resolve(ctx context.Context, req GrantRequest) (*GrantAnswer, error) {
+func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.GrantAnswer, error) {
 	pod, err := g.pod(ctx, req)
 	if err != nil {
 		return nil, err
@@ -104,13 +75,13 @@ func (g *Grants) Resolve(ctx context.Context, req GrantRequest) (*GrantAnswer, e
 		return nil, grantRefused("pod %s/%s names %q in %s, not %q", req.Namespace, req.Pod, from, stasisv1.AnnotationRestoreFrom, req.Grant)
 	}
 	if from == "" {
-		return &GrantAnswer{}, nil
+		return &wire.GrantAnswer{}, nil
 	}
 	grant, err := stasisv1.ParseGrant(from)
 	if err != nil {
 		return nil, grantRefused("pod %s/%s: %v", req.Namespace, req.Pod, err)
 	}
-	ans := &GrantAnswer{LazyPages: pod.Annotations[stasisv1.AnnotationLazyPages] == "true"}
+	ans := &wire.GrantAnswer{LazyPages: pod.Annotations[stasisv1.AnnotationLazyPages] == "true"}
 	var ref *stasisv1.CheckpointReference
 	switch grant.Kind {
 	case stasisv1.GrantRestore:
@@ -188,7 +159,7 @@ func (g *Grants) recordWait() time.Duration {
 }
 
 // pod is the pod being created, checked against what the request says.
-func (g *Grants) pod(ctx context.Context, req GrantRequest) (*corev1.Pod, error) {
+func (g *Grants) pod(ctx context.Context, req wire.GrantRequest) (*corev1.Pod, error) {
 	var pod corev1.Pod
 	if err := g.Client.Get(ctx, client.ObjectKey{Namespace: req.Namespace, Name: req.Pod}, &pod); err != nil {
 		if apierrors.IsNotFound(err) {
@@ -221,7 +192,7 @@ func (g *Grants) get(ctx context.Context, ns, name string, obj client.Object, wh
 // node socket) may ask.
 func (s *Server) nodeRoutes() {
 	s.nodeRoute("POST /v1/grants/resolve", "resolve-grant", func(w http.ResponseWriter, r *http.Request, _ *Identity) (string, error) {
-		var req GrantRequest
+		var req wire.GrantRequest
 		if err := decode(r, &req); err != nil {
 			return "", err
 		}

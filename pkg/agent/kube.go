@@ -48,11 +48,6 @@ type KubeReview struct {
 	cache    *reviewCache
 }
 
-// Audience is the audience of the tokens the agent of node accepts: one
-// node's, so that a token sent to one agent (whose node may be
-// compromised) opens no other, nor the API server.
-func Audience(node string) string { return "stasis-agent:" + node }
-
 // NewKubeReview reviews tokens with client, whose identity needs create on
 // tokenreviews and subjectaccessreviews; tokens must be issued for
 // audience.

@@ -12,7 +12,7 @@ import (
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	"github.com/stasis-dev/stasis/pkg/engine"
-	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // errNoPods: the agent was started without what pod checkpoints need.
@@ -26,7 +26,7 @@ func (s *Server) podCheckpoint(w http.ResponseWriter, r *http.Request, caller *I
 	if s.cfg.Pods == nil || s.cfg.Kube == nil {
 		return target, fmt.Errorf("%w: %v", errBadRequest, errNoPods)
 	}
-	var req podcheckpoint.Request
+	var req wire.PodCheckpointRequest
 	if err := decode(r, &req); err != nil {
 		return target, err
 	}
@@ -54,7 +54,7 @@ func (s *Server) podCheckpoint(w http.ResponseWriter, r *http.Request, caller *I
 // runc would dump any container of the node by ID, another pod's or one
 // that is no pod's, so an ID in the request must be the one the API server
 // reports. The pod's opt-outs hold here too, whoever asks.
-func (s *Server) podContainers(ctx context.Context, req *podcheckpoint.Request) error {
+func (s *Server) podContainers(ctx context.Context, req *wire.PodCheckpointRequest) error {
 	name := req.Namespace + "/" + req.Pod
 	pod, err := s.cfg.Kube.CoreV1().Pods(req.Namespace).Get(ctx, req.Pod, metav1.GetOptions{})
 	if apierrors.IsNotFound(err) {
@@ -77,7 +77,7 @@ func (s *Server) podContainers(ctx context.Context, req *podcheckpoint.Request) 
 	asked := req.Containers
 	if len(asked) == 0 {
 		for _, c := range pod.Spec.Containers {
-			asked = append(asked, podcheckpoint.Container{Name: c.Name})
+			asked = append(asked, wire.PodContainer{Name: c.Name})
 		}
 	}
 	declared := map[string]bool{}
@@ -91,7 +91,7 @@ func (s *Server) podContainers(ctx context.Context, req *podcheckpoint.Request) 
 			running[st.Name] = id
 		}
 	}
-	var cs []podcheckpoint.Container
+	var cs []wire.PodContainer
 	seen := map[string]bool{}
 	for _, c := range asked {
 		switch {
@@ -105,7 +105,7 @@ func (s *Server) podContainers(ctx context.Context, req *podcheckpoint.Request) 
 			return fmt.Errorf("%w: container %q of pod %s is %s, not %s", errBadRequest, c.Name, name, running[c.Name], c.ID)
 		}
 		seen[c.Name] = true
-		cs = append(cs, podcheckpoint.Container{Name: c.Name, ID: running[c.Name]})
+		cs = append(cs, wire.PodContainer{Name: c.Name, ID: running[c.Name]})
 	}
 	req.Containers = cs
 	return nil

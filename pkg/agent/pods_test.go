@@ -12,6 +12,7 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 func testPod(name, node string, annotations map[string]string) *corev1.Pod {
@@ -38,35 +39,35 @@ func TestPodContainersComeFromTheAPIServer(t *testing.T) {
 		testPod("secret", "n1", map[string]string{"stasis.dev/checkpoint": "never"}),
 		testPod("local", "n1", map[string]string{"stasis.dev/migrate": "never"}),
 	)})
-	ctrs := func(names ...string) []podcheckpoint.Container {
-		var cs []podcheckpoint.Container
+	ctrs := func(names ...string) []wire.PodContainer {
+		var cs []wire.PodContainer
 		for _, n := range names {
-			cs = append(cs, podcheckpoint.Container{Name: n})
+			cs = append(cs, wire.PodContainer{Name: n})
 		}
 		return cs
 	}
 	for _, c := range []struct {
 		what string
-		req  podcheckpoint.Request
+		req  wire.PodCheckpointRequest
 		code int
-		want []podcheckpoint.Container
+		want []wire.PodContainer
 	}{
-		{"named", podcheckpoint.Request{Pod: "web", Containers: ctrs("sidecar")}, 0,
-			[]podcheckpoint.Container{{Name: "sidecar", ID: "s2"}}},
-		{"the right ID", podcheckpoint.Request{Pod: "web", Containers: []podcheckpoint.Container{{Name: "app", ID: "a1"}}}, 0,
-			[]podcheckpoint.Container{{Name: "app", ID: "a1"}}},
-		{"another ID", podcheckpoint.Request{Pod: "web", Containers: []podcheckpoint.Container{{Name: "app", ID: "s2"}}}, http.StatusBadRequest, nil},
-		{"not running", podcheckpoint.Request{Pod: "web", Containers: ctrs("app", "late")}, http.StatusBadRequest, nil},
-		{"all of a pod with one waiting", podcheckpoint.Request{Pod: "web"}, http.StatusBadRequest, nil},
-		{"an init container", podcheckpoint.Request{Pod: "web", Containers: ctrs("init")}, http.StatusBadRequest, nil},
-		{"no such container", podcheckpoint.Request{Pod: "web", Containers: ctrs("db")}, http.StatusBadRequest, nil},
-		{"twice", podcheckpoint.Request{Pod: "web", Containers: ctrs("app", "app")}, http.StatusBadRequest, nil},
-		{"no such pod", podcheckpoint.Request{Pod: "gone"}, http.StatusNotFound, nil},
-		{"another node", podcheckpoint.Request{Pod: "away", Containers: ctrs("app")}, http.StatusBadRequest, nil},
-		{"opted out", podcheckpoint.Request{Pod: "secret", Containers: ctrs("app")}, http.StatusForbidden, nil},
-		{"staying", podcheckpoint.Request{Pod: "local", Containers: ctrs("app")}, 0,
-			[]podcheckpoint.Container{{Name: "app", ID: "a1"}}},
-		{"leaving", podcheckpoint.Request{Pod: "local", Containers: ctrs("app"), Repository: "registry.local/x"}, http.StatusForbidden, nil},
+		{"named", wire.PodCheckpointRequest{Pod: "web", Containers: ctrs("sidecar")}, 0,
+			[]wire.PodContainer{{Name: "sidecar", ID: "s2"}}},
+		{"the right ID", wire.PodCheckpointRequest{Pod: "web", Containers: []wire.PodContainer{{Name: "app", ID: "a1"}}}, 0,
+			[]wire.PodContainer{{Name: "app", ID: "a1"}}},
+		{"another ID", wire.PodCheckpointRequest{Pod: "web", Containers: []wire.PodContainer{{Name: "app", ID: "s2"}}}, http.StatusBadRequest, nil},
+		{"not running", wire.PodCheckpointRequest{Pod: "web", Containers: ctrs("app", "late")}, http.StatusBadRequest, nil},
+		{"all of a pod with one waiting", wire.PodCheckpointRequest{Pod: "web"}, http.StatusBadRequest, nil},
+		{"an init container", wire.PodCheckpointRequest{Pod: "web", Containers: ctrs("init")}, http.StatusBadRequest, nil},
+		{"no such container", wire.PodCheckpointRequest{Pod: "web", Containers: ctrs("db")}, http.StatusBadRequest, nil},
+		{"twice", wire.PodCheckpointRequest{Pod: "web", Containers: ctrs("app", "app")}, http.StatusBadRequest, nil},
+		{"no such pod", wire.PodCheckpointRequest{Pod: "gone"}, http.StatusNotFound, nil},
+		{"another node", wire.PodCheckpointRequest{Pod: "away", Containers: ctrs("app")}, http.StatusBadRequest, nil},
+		{"opted out", wire.PodCheckpointRequest{Pod: "secret", Containers: ctrs("app")}, http.StatusForbidden, nil},
+		{"staying", wire.PodCheckpointRequest{Pod: "local", Containers: ctrs("app")}, 0,
+			[]wire.PodContainer{{Name: "app", ID: "a1"}}},
+		{"leaving", wire.PodCheckpointRequest{Pod: "local", Containers: ctrs("app"), Repository: "registry.local/x"}, http.StatusForbidden, nil},
 	} {
 		req := c.req
 		req.Namespace = "shop"
@@ -87,9 +88,9 @@ func TestPodContainersComeFromTheAPIServer(t *testing.T) {
 		p.Spec.Containers = p.Spec.Containers[:2]
 		return p
 	}())})
-	req := podcheckpoint.Request{Namespace: "shop", Pod: "web"}
+	req := wire.PodCheckpointRequest{Namespace: "shop", Pod: "web"}
 	if err := s.podContainers(context.Background(), &req); err != nil ||
-		!slices.Equal(req.Containers, []podcheckpoint.Container{{Name: "app", ID: "a1"}, {Name: "sidecar", ID: "s2"}}) {
+		!slices.Equal(req.Containers, []wire.PodContainer{{Name: "app", ID: "a1"}, {Name: "sidecar", ID: "s2"}}) {
 		t.Fatalf("all containers: %+v %v", req.Containers, err)
 	}
 }

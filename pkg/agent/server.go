@@ -27,6 +27,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 	"github.com/stasis-dev/stasis/pkg/untar"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // Config is what an agent is made of.
@@ -168,7 +169,7 @@ func TLSConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
 	}
 	c := &tls.Config{GetCertificate: getCert, MinVersion: tls.VersionTLS12}
 	if clientCAFile != "" {
-		pool, err := loadPool(clientCAFile)
+		pool, err := wire.LoadPool(clientCAFile)
 		if err != nil {
 			return nil, err
 		}

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 func selfSignedTLS(t *testing.T) *tls.Config {
@@ -66,7 +68,7 @@ func TestNodeSocketServesRootItsOwnRoutes(t *testing.T) {
 	served := make(chan error, 1)
 	go func() { served <- s.Serve(ctx, "127.0.0.1:0", selfSignedTLS(t), 5*time.Second) }()
 
-	c := NewSocketClient(path)
+	c := wire.NewSocketClient(path)
 	var id Identity
 	deadline := time.Now().Add(10 * time.Second)
 	for err := errors.New("not yet"); err != nil; err = c.Do(ctx, "GET", "/v1/node/whoami", nil, &id) {

@@ -9,7 +9,7 @@ import (
 	"strings"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/agent"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // podRef is the pod and container a spec belongs to, as the CRI runtime
@@ -56,10 +56,10 @@ func legacyRestoreAnnotations(spec *ociSpec) []string {
 
 // resolveGrant asks the node's agent which checkpoint the grant gives
 // this container.
-func (w *wrapper) resolveGrant(ctx context.Context, p podRef) (*agent.GrantAnswer, error) {
-	c := agent.NewSocketClient(w.cfg.AgentSocket)
-	var ans agent.GrantAnswer
-	req := agent.GrantRequest{Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID, Container: p.Container, Grant: p.Grant}
+func (w *wrapper) resolveGrant(ctx context.Context, p podRef) (*wire.GrantAnswer, error) {
+	c := wire.NewSocketClient(w.cfg.AgentSocket)
+	var ans wire.GrantAnswer
+	req := wire.GrantRequest{Namespace: p.Namespace, Pod: p.Name, PodUID: p.UID, Container: p.Container, Grant: p.Grant}
 	if err := c.Do(ctx, http.MethodPost, "/v1/grants/resolve", req, &ans); err != nil {
 		return nil, fmt.Errorf("the grant of pod %s/%s: %w", p.Namespace, p.Name, err)
 	}

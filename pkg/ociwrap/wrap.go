@@ -31,13 +31,13 @@ import (
 	"golang.org/x/sys/unix"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	ocirt "github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // RecordFile, in a restored container's bundle, holds its Record.
@@ -256,7 +256,7 @@ func containerName(spec *ociSpec) string {
 }
 
 // restore restores the checkpoint the grant gave (asking took granted).
-func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bundle string, spec *ociSpec, ans *agent.GrantAnswer,
+func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bundle string, spec *ociSpec, ans *wire.GrantAnswer,
 	granted time.Duration) error {
 	start := time.Now()
 	ref := ans.Image

@@ -36,46 +36,8 @@ import (
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
-
-// Container is one of the pod's containers: its name in the pod and its
-// ID in the CRI runtime (the pod status' containerID without the scheme).
-type Container struct {
-	Name string `json:"name"`
-	ID   string `json:"id"`
-}
-
-// Request is a pod checkpoint.
-type Request struct {
-	Namespace string `json:"namespace"`
-	Pod       string `json:"pod"`
-	// Name identifies the checkpoint (the Checkpoint object's name); with
-	// UID it names the images, which makes a repeated request (a
-	// controller that restarted) find the checkpoint already taken.
-	Name       string      `json:"name"`
-	UID        string      `json:"uid"`
-	Containers []Container `json:"containers"`
-	// Repository, when set, is where the images are pushed, tagged
-	// <name>-<container>.
-	Repository string `json:"repository,omitempty"`
-	Insecure   bool   `json:"insecure,omitempty"`
-}
-
-// Result is a checkpoint per container.
-type Result struct {
-	Containers []ContainerResult `json:"containers"`
-}
-
-// ContainerResult is where one container's checkpoint is.
-type ContainerResult struct {
-	Name string `json:"name"`
-	// Image is a name in the node's store, or repository@digest once
-	// pushed.
-	Image          string `json:"image"`
-	Digest         string `json:"digest"`
-	Size           int64  `json:"size"`
-	DurationMillis int64  `json:"durationMillis"`
-}
 
 // Checkpointer does pod checkpoints on one node.
 type Checkpointer struct {
@@ -101,7 +63,7 @@ type Checkpointer struct {
 }
 
 // LocalImage is the name a container's checkpoint has in the node store.
-func LocalImage(r Request, container string) string {
+func LocalImage(r wire.PodCheckpointRequest, container string) string {
 	uid := r.UID
 	if len(uid) > 8 {
 		uid = uid[:8]
@@ -110,7 +72,7 @@ func LocalImage(r Request, container string) string {
 }
 
 // Checkpoint checkpoints the pod's containers.
-func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, error) {
+func (c *Checkpointer) Checkpoint(ctx context.Context, r wire.PodCheckpointRequest) (*wire.PodCheckpointResult, error) {
 	if r.Namespace == "" || r.Pod == "" || r.Name == "" || len(r.Containers) == 0 {
 		return nil, errors.New("pod checkpoint: namespace, pod, name and containers are required")
 	}
@@ -119,8 +81,8 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, erro
 			return nil, fmt.Errorf("pod checkpoint: container %q has no valid ID %q", ctr.Name, ctr.ID)
 		}
 	}
-	res := &Result{}
-	var todo []Container
+	res := &wire.PodCheckpointResult{}
+	var todo []wire.PodContainer
 	for _, ctr := range r.Containers {
 		// A repeated request finds what the first one stored.
 		if img, err := c.Engine.Images.Get(LocalImage(r, ctr.Name)); err == nil {
@@ -159,7 +121,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r Request) (*Result, erro
 
 // sign signs a container's checkpoint image unless it has a signature
 // already (a repeated request finds the first one's).
-func (c *Checkpointer) sign(r Request, container string) error {
+func (c *Checkpointer) sign(r wire.PodCheckpointRequest, container string) error {
 	name := LocalImage(r, container)
 	_, err := c.Engine.Signature(name)
 	if err == nil || !errors.Is(err, image.ErrNotFound) {
@@ -170,9 +132,9 @@ func (c *Checkpointer) sign(r Request, container string) error {
 	})
 }
 
-func (c *Checkpointer) describe(name string, img *image.Image) ContainerResult {
+func (c *Checkpointer) describe(name string, img *image.Image) wire.PodContainerResult {
 	// A checkpoint image's one layer is the archive: its digest and size.
-	cr := ContainerResult{Name: name, Image: img.Name, Size: img.Size}
+	cr := wire.PodContainerResult{Name: name, Image: img.Name, Size: img.Size}
 	if p, err := c.Engine.Images.LayerPath(img); err == nil {
 		cr.Digest = "sha256:" + filepath.Base(p)
 	}
@@ -181,7 +143,7 @@ func (c *Checkpointer) describe(name string, img *image.Image) ContainerResult {
 
 // target is a container being checkpointed.
 type target struct {
-	Container
+	wire.PodContainer
 	state  *runtime.State
 	spec   *specs.Spec
 	layout rootfs.Layout
@@ -191,7 +153,7 @@ type target struct {
 
 // dump freezes the containers, dumps each with its rootfs changes, thaws
 // them all whatever happened, and stores the archives as images.
-func (c *Checkpointer) dump(ctx context.Context, r Request, cs []Container) ([]ContainerResult, error) {
+func (c *Checkpointer) dump(ctx context.Context, r wire.PodCheckpointRequest, cs []wire.PodContainer) ([]wire.PodContainerResult, error) {
 	work, done, err := c.Engine.WorkDir("pod-")
 	if err != nil {
 		return nil, err
@@ -243,7 +205,7 @@ func (c *Checkpointer) dump(ctx context.Context, r Request, cs []Container) ([]C
 		}
 	}
 	frozen = nil
-	var out []ContainerResult
+	var out []wire.PodContainerResult
 	for _, t := range ts {
 		if err := writeMetadata(t, r, c.Runtime.Name(), criuVersion); err != nil {
 			return nil, err
@@ -264,7 +226,7 @@ func (c *Checkpointer) dump(ctx context.Context, r Request, cs []Container) ([]C
 }
 
 // inspect finds a running container's bundle, spec and rootfs overlay.
-func (c *Checkpointer) inspect(ctx context.Context, ctr Container, dir string) (*target, error) {
+func (c *Checkpointer) inspect(ctx context.Context, ctr wire.PodContainer, dir string) (*target, error) {
 	st, err := c.Runtime.State(ctx, ctr.ID)
 	if err != nil {
 		return nil, fmt.Errorf("container %s: %w", ctr.Name, err)
@@ -299,7 +261,7 @@ func (c *Checkpointer) inspect(ctx context.Context, ctr Container, dir string) (
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	return &target{Container: ctr, state: st, spec: &spec, layout: lay, dir: dir}, nil
+	return &target{PodContainer: ctr, state: st, spec: &spec, layout: lay, dir: dir}, nil
 }
 
 func writeRootfsDiff(t *target) error {
@@ -322,7 +284,7 @@ var imageAnnotations = []string{"io.kubernetes.cri.image-name", "io.kubernetes.c
 
 // writeMetadata writes spec.dump and config.dump, as CRI-O and Podman
 // name them, so that checkpointctl and every engine read the archive.
-func writeMetadata(t *target, r Request, runtimeName, criuVersion string) error {
+func writeMetadata(t *target, r wire.PodCheckpointRequest, runtimeName, criuVersion string) error {
 	spec := t.spec
 	if spec.Annotations == nil {
 		spec.Annotations = map[string]string{}

@@ -23,8 +23,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/ociwrap"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 func checkpointPod(t *testing.T, ns, name, pod string, dest *stasisv1.ImageDestination) *stasisv1.Checkpoint {
@@ -285,7 +285,7 @@ func TestNonAdminIsRefused(t *testing.T) {
 	})
 	// At the agent: the API server's token is not for it (401); one for
 	// the agent's audience is the developer's, who may not (403).
-	agentToken, err := audienceToken(ctx, ns, "dev", agent.Audience(node.Name))
+	agentToken, err := audienceToken(ctx, ns, "dev", wire.Audience(node.Name))
 	if err != nil {
 		t.Fatal(err)
 	}

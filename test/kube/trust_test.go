@@ -22,7 +22,7 @@ import (
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	reconcilers "github.com/stasis-dev/stasis/internal/controller"
-	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // binding is a ClusterRole bound in a namespace.
@@ -350,7 +350,7 @@ func TestControllerTokenIsForOneAgentOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	agents := &reconcilers.AgentClients{Port: l.Addr().(*net.TCPAddr).Port, CA: node.CA, Tokens: tokens}
-	_, err = agents.CheckpointPod(ctx, n, podcheckpoint.Request{Namespace: "x", Pod: "y", Name: "z", UID: "u"})
+	_, err = agents.CheckpointPod(ctx, n, wire.PodCheckpointRequest{Namespace: "x", Pod: "y", Name: "z", UID: "u"})
 	if err == nil || !strings.Contains(err.Error(), "system:node:"+node.Name) {
 		t.Fatalf("an impostor agent: %v, want a refusal naming system:node:%s", err, node.Name)
 	}

@@ -1,4 +1,4 @@
-package agent
+package wire
 
 import (
 	"bytes"
@@ -10,11 +10,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 )
 
-// Client calls an agent: what the CLI uses with --host.
+// Client calls an agent: the CLI with --host, the controller, stasis-runc
+// (NewSocketClient).
 type Client struct {
 	base  string
 	http  *http.Client
@@ -39,7 +41,7 @@ func NewClient(url string, o ClientOptions) (*Client, error) {
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
 	if o.CA != "" {
-		pool, err := loadPool(o.CA)
+		pool, err := LoadPool(o.CA)
 		if err != nil {
 			return nil, err
 		}
@@ -112,4 +114,17 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 		return nil
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// LoadPool reads the PEM certificates of a CA file.
+func LoadPool(file string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("CA: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("CA %s: no certificates", file)
+	}
+	return pool, nil
 }
