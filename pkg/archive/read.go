@@ -132,18 +132,18 @@ func Extract(ctx context.Context, path, dir string, o ReadOptions) (Dir, error) 
 		case ctx.Err() != nil:
 			return "", fmt.Errorf("archive %s: %w", path, err)
 		case errors.Is(err, untar.ErrUnsafePath):
-			return fail(fmt.Errorf("archive %s is unsafe: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
+			return fail(fmt.Errorf("archive %s is unsafe: %w: %w", path, ErrInvalid, err))
 		case errors.Is(err, untar.ErrTooLarge):
 			return fail(fmt.Errorf("archive %s: %w", path, err))
 		}
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w: %w", path, ErrInvalid, err))
 	}
 	// Drain what follows the tar's end so a corrupt compressed tail is
 	// noticed, but not much of it: tar pads to 10 KiB records at the most,
 	// and a small stream of repeated bytes could decompress for minutes.
 	n, err := io.Copy(io.Discard, io.LimitReader(r, maxTrailer+1))
 	if err != nil {
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w", path, fmt.Errorf("%w: %w", ErrInvalid, err)))
+		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w: %w", path, ErrInvalid, err))
 	}
 	if n > maxTrailer {
 		return fail(fmt.Errorf("archive %s: %w: more than %d bytes follow the end of its tar", path, ErrInvalid, maxTrailer))
@@ -193,7 +193,7 @@ func ReadMetadata(path string) (*Config, *specs.Spec, error) {
 		if h.Typeflag != tar.TypeReg {
 			return nil, nil, fmt.Errorf("archive %s is unsafe: %w: %s is not a regular file", path, ErrInvalid, h.Name)
 		}
-		if err := json.NewDecoder(io.LimitReader(tr, 64<<20)).Decode(dst); err != nil {
+		if err := json.NewDecoder(io.LimitReader(tr, maxMetadata)).Decode(dst); err != nil {
 			return nil, nil, fmt.Errorf("archive %s: %w: %s: %w", path, ErrInvalid, h.Name, err)
 		}
 	}

@@ -104,9 +104,8 @@ func (l Layout) Diff(w io.Writer) ([]string, error) {
 }
 
 // ownXattrs are the extended attributes of p that belong to the
-// container and that a restore sets again (untar.Tree): user.*, and a
-// regular file's capabilities. overlayfs' own trusted.* are not the
-// container's; they were read above as deletions.
+// container, those a restore sets again (untar.KeptXattr). overlayfs' own
+// trusted.* are not the container's; they were read above as deletions.
 func ownXattrs(p string, regular bool) (map[string]string, error) {
 	size, err := unix.Llistxattr(p, nil)
 	if err != nil || size == 0 {
@@ -118,7 +117,7 @@ func ownXattrs(p string, regular bool) (map[string]string, error) {
 	}
 	var out map[string]string
 	for _, name := range strings.Split(strings.TrimRight(string(buf[:size]), "\x00"), "\x00") {
-		if !strings.HasPrefix(name, "user.") && !(regular && name == "security.capability") {
+		if !untar.KeptXattr(name, regular) {
 			continue
 		}
 		val := make([]byte, 64<<10)

@@ -322,7 +322,7 @@ func (x *extractor) writeFile(tr io.Reader, target, name string, hdr *tar.Header
 		return err
 	}
 	// After the chown, which clears setuid and setgid bits.
-	if err := f.Chmod(hdr.FileInfo().Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)); err != nil {
+	if err := f.Chmod(mode(hdr)); err != nil {
 		return err
 	}
 	if err := x.xattrs(int(f.Fd()), name, hdr, true); err != nil {
@@ -336,13 +336,18 @@ func (x *extractor) writeFile(tr io.Reader, target, name string, hdr *tar.Header
 	return f.Close()
 }
 
+// mode is an entry's permission bits, setuid, setgid and sticky included.
+func mode(hdr *tar.Header) os.FileMode {
+	return hdr.FileInfo().Mode() & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+}
+
 // finishNode gives a directory or FIFO its owner, mode and xattrs; a
 // directory's times wait for the end.
 func (x *extractor) finishNode(target, name string, hdr *tar.Header, isDir bool) error {
 	if err := os.Lchown(target, hdr.Uid, hdr.Gid); err != nil {
 		return err
 	}
-	if err := os.Chmod(target, hdr.FileInfo().Mode()&(os.ModePerm|os.ModeSetuid|os.ModeSetgid|os.ModeSticky)); err != nil {
+	if err := os.Chmod(target, mode(hdr)); err != nil {
 		return err
 	}
 	if !isDir {
@@ -360,10 +365,16 @@ func (x *extractor) finishNode(target, name string, hdr *tar.Header, isDir bool)
 	return nil
 }
 
-// xattrs sets the extended attributes a container may own: user.*, and a
-// regular file's security.capability (file capabilities). Others
+// KeptXattr says whether an extended attribute belongs to a container, so
+// that a rootfs diff carries it and a Tree extraction sets it: user.*, and
+// a regular file's security.capability (file capabilities). Others
 // (trusted.*, security.selinux, system.*) would be set as host root, and
 // trusted.overlay.* would reach into the overlay that the rootfs is.
+func KeptXattr(name string, regular bool) bool {
+	return strings.HasPrefix(name, "user.") || (regular && name == "security.capability")
+}
+
+// xattrs sets the extended attributes a container may own (KeptXattr).
 func (x *extractor) xattrs(fd int, name string, hdr *tar.Header, regular bool) error {
 	if x.o.Kind != Tree {
 		return nil
@@ -373,7 +384,7 @@ func (x *extractor) xattrs(fd int, name string, hdr *tar.Header, regular bool) e
 		if !ok {
 			continue
 		}
-		if !strings.HasPrefix(attr, "user.") && !(regular && attr == "security.capability") {
+		if !KeptXattr(attr, regular) {
 			continue
 		}
 		err := unix.Fsetxattr(fd, attr, []byte(v), 0)
