@@ -99,15 +99,19 @@ func imagesCmd(g *globals) *cobra.Command {
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintln(w, "NAME\tIMAGE ID\tCREATED\tSIZE\tCHECKPOINT OF")
+			names := map[string]bool{}
+			for _, i := range list {
+				names[i.Name] = true
+			}
 			for _, i := range list {
 				if provenance.IsSignature(i.Name) {
-					continue // shown as its image's "signed"
+					continue // shown on its image
 				}
 				of := "-"
 				if info, ok := checkpointimage.Read(i.Annotations); ok {
 					of = fmt.Sprintf("%s (image %s)", info.Container, info.BaseImage)
-					if _, err := e.Signature(i.Name); err == nil {
-						of += ", signed"
+					if names[engine.SignatureName(i)] {
+						of += ", signature stored" // checked when it is restored
 					}
 				}
 				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", i.Name, i.ID[:12], ago(i.Created), humanSize(i.Size), of)

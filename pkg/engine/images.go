@@ -31,7 +31,8 @@ func (e *Engine) Pull(ctx context.Context, ref string, o registry.Options) (*ima
 }
 
 // pull stores img, which ref resolved to, and, for a checkpoint image,
-// its signature image, returned too when there is one. With trust, the
+// its signature image, returned too when this pull added it (one another
+// tag of the image stored before is not the caller's to remove). With trust, the
 // signature is verified (and checked against x, when set) before the
 // layer is fetched: only the manifest and the signature image have been
 // read by then. The signature names the manifest's digest, not that of
@@ -70,8 +71,13 @@ func (e *Engine) pull(ctx context.Context, ref string, img v1.Image, x *provenan
 	if sigImg == nil {
 		return i, nil, nil
 	}
-	if sig, err = e.Images.Add(signatureName(i.Name, digest), sigImg, nil); err != nil {
+	name := signatureName(i.Name, digest)
+	_, had := e.Images.Get(name)
+	if sig, err = e.Images.Add(name, sigImg, nil); err != nil {
 		return nil, nil, fmt.Errorf("pull %s: signature: %w", ref, err)
+	}
+	if had == nil {
+		return i, nil, nil
 	}
 	return i, sig, nil
 }

@@ -45,8 +45,8 @@ type PrepareOptions struct {
 	Expect provenance.Expect
 }
 
-// Prepare finds ref as Restore does (a stored checkpoint by ID, the latest
-// of a container name, a checkpoint image in the store, or one to pull) and
+// Prepare finds ref as Restore does (the latest stored checkpoint of a
+// container name, a checkpoint image in the store, or one to pull) and
 // unpacks it into a new work directory under the engine's root (on disk:
 // a checkpoint may be larger than the tmpfs a bundle lives on), checking
 // its digest and decrypting it with the engine's keys. A pulled image stays
@@ -91,26 +91,26 @@ func (e *Engine) Prepare(ctx context.Context, ref string, o PrepareOptions) (_ *
 	return p, nil
 }
 
-// signedSource finds checkpoint image ref for a Prepare with trust. The
-// archive of a container or of a stored checkpoint carries no signature,
-// so a name that finds one is refused, not looked up as an image.
+// signedSource finds checkpoint image ref for a Prepare with trust: only
+// a verified checkpoint image is restored. The archive of a container or
+// of a stored checkpoint carries no signature; what else ref names is
+// looked up only to say so when it is no such image, off the restore's
+// path.
 func (e *Engine) signedSource(ctx context.Context, ref string, o PrepareOptions, pulled *[]string) (*source, error) {
-	what := ""
-	if _, err := e.Checkpoints.Get(ref); err == nil {
-		what = "a stored checkpoint"
-	} else if _, err := e.Get(ctx, ref); err == nil {
-		what = "a container"
-	} else if _, err := store.Latest(e.Checkpoints, ref); err == nil {
-		what = "a container's stored checkpoints"
-	}
-	if what != "" {
-		return nil, fmt.Errorf("prepare %s: it names %s, and with trusted keys only signed checkpoint images are restored", ref, what)
-	}
 	src, err := e.checkpointImageArchive(ctx, ref, o.Registry, pulled, &o.Expect)
-	if err != nil {
-		return nil, fmt.Errorf("prepare %s (with trusted keys, only as a signed checkpoint image): %w", ref, err)
+	if err == nil {
+		return src, nil
 	}
-	return src, nil
+	if _, cerr := e.Checkpoints.Get(ref); cerr == nil {
+		return nil, fmt.Errorf("prepare %s: it names a stored checkpoint, and with trusted keys only signed checkpoint images are restored", ref)
+	}
+	if _, cerr := e.Get(ctx, ref); cerr == nil {
+		return nil, fmt.Errorf("prepare %s: it names a container, and with trusted keys only signed checkpoint images are restored", ref)
+	}
+	if _, serr := store.Latest(e.Checkpoints, ref); serr == nil {
+		return nil, fmt.Errorf("prepare %s: it names a container's stored checkpoints, and with trusted keys only signed checkpoint images are restored", ref)
+	}
+	return nil, fmt.Errorf("prepare %s (with trusted keys, only as a signed checkpoint image): %w", ref, err)
 }
 
 // Lock is the work directory's lock, for a process that takes the

@@ -21,6 +21,16 @@ func signatureName(name string, manifest v1.Hash) string {
 	return image.Repository(name) + ":" + provenance.SignatureTag(manifest)
 }
 
+// SignatureName is the name the store keeps stored image i's signature
+// under ("" when i's digest does not parse).
+func SignatureName(i *image.Image) string {
+	h, err := v1.NewHash(i.Digest)
+	if err != nil {
+		return ""
+	}
+	return signatureName(i.Name, h)
+}
+
 // SignImage signs the stored checkpoint image ref with signer, claims c
 // (its Archive set to the image's layer digest), and stores the signature
 // image, which a push of ref then carries along. A signature stored

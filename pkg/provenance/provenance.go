@@ -84,14 +84,19 @@ const (
 	keyArchive   = "stasis.dev/archive"
 )
 
+// strings are the string claims by key: the one table both directions use.
+func (c *Claims) strings() map[string]*string {
+	return map[string]*string{
+		keyCluster: &c.Cluster, keyNamespace: &c.Namespace, keyPod: &c.Pod, keyContainer: &c.Container,
+		keyNode: &c.Node, keyArchive: &c.Archive,
+	}
+}
+
 func (c Claims) annotations() map[string]interface{} {
 	m := map[string]interface{}{}
-	for k, v := range map[string]string{
-		keyCluster: c.Cluster, keyNamespace: c.Namespace, keyPod: c.Pod, keyContainer: c.Container,
-		keyNode: c.Node, keyArchive: c.Archive,
-	} {
-		if v != "" {
-			m[k] = v
+	for k, v := range c.strings() {
+		if *v != "" {
+			m[k] = *v
 		}
 	}
 	if !c.Time.IsZero() {
@@ -107,10 +112,7 @@ func (c Claims) annotations() map[string]interface{} {
 // cosign user's -a annotations) are ignored.
 func claimsOf(m map[string]interface{}) (Claims, error) {
 	var c Claims
-	for k, dst := range map[string]*string{
-		keyCluster: &c.Cluster, keyNamespace: &c.Namespace, keyPod: &c.Pod, keyContainer: &c.Container,
-		keyNode: &c.Node, keyArchive: &c.Archive,
-	} {
+	for k, dst := range c.strings() {
 		v, ok := m[k]
 		if !ok {
 			continue

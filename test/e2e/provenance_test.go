@@ -76,7 +76,7 @@ func TestSignedCheckpointImage(t *testing.T) {
 		t.Fatalf("signature images left after rmi:\n%s", index)
 	}
 	e.run(append([]string{"pull", signed}, reg.flags()...)...)
-	if images := e.run("images"); !strings.Contains(images, ", signed") {
+	if images := e.run("images"); !strings.Contains(images, ", signature stored") {
 		t.Fatalf("the pull did not bring the signature:\n%s", images)
 	}
 	e.run("rmi", signed)
