@@ -29,6 +29,13 @@ const (
 	LabelRestore = "stasis.dev/restore"
 )
 
+// IsRestoreAnnotation says whether a pod annotation asks how the pod is
+// restored: the grant (or a pre-grant image name) and lazy pages. A pod
+// made from a checkpointed pod gets its own, never the source's.
+func IsRestoreAnnotation(key string) bool {
+	return strings.HasPrefix(key, AnnotationPrefixRestore) || key == AnnotationLazyPages
+}
+
 // Grant kinds an AnnotationRestoreFrom names.
 const (
 	GrantRestore   = "Restore"

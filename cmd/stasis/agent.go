@@ -60,7 +60,8 @@ stasis.dev/checkpoint=never (403; stasis.dev/migrate=never refuses a
 repository); the named containers (default: all but init containers) must
 be running, and their runtime IDs are the API server's, never the caller's.
 They are frozen together, dumped, and stored as checkpoint images, pushed to
-a registry when asked. The agent's identity needs get on pods.
+a registry when asked. The agent's identity needs get on pods, and on the
+Restores, WarmStarts and Checkpoints that grants name (config/rbac).
 
 --node-socket (in a cluster; default RUNROOT/agent.sock, mode 0600) serves root on this
 node only (the kernel's SO_PEERCRED says who connects; others get 403): the
@@ -126,7 +127,7 @@ grant lets it restore. It serves none of the HTTPS API.`,
 			cfg.NodeSocket = nodeSocket
 			if cfg.NodeSocket == "" && cfg.Grants != nil {
 				// Only grants are asked there, and only in a cluster.
-				cfg.NodeSocket = filepath.Join(g.runRoot, "agent.sock")
+				cfg.NodeSocket = wire.NodeSocket(g.runRoot)
 			}
 			cfg.Log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
 			// A previous agent killed in the middle of an operation may
@@ -160,7 +161,7 @@ grant lets it restore. It serves none of the HTTPS API.`,
 	f.StringVar(&key, "tls-key", "", "the agent's private key (PEM)")
 	f.StringVar(&clientCA, "client-ca", "", "CA whose client certificates are accepted (PEM)")
 	f.StringVar(&tokens, "tokens", "", "bearer tokens file (JSON)")
-	f.StringVar(&kubeconfig, "kubeconfig", "", "in a cluster: ask this API server about bearer tokens and roles (TokenReview, SubjectAccessReview; see config/rbac) and about pods")
+	f.StringVar(&kubeconfig, "kubeconfig", "", "in a cluster: ask this API server about bearer tokens and roles (TokenReview, SubjectAccessReview; see config/rbac), pods and grants")
 	f.StringVar(&auditLog, "audit-log", "", "audit log file (default: ROOT/audit.log)")
 	f.IntVar(&cfg.Parallel, "parallel", 8, "operations run at once; more wait")
 	f.Int64Var(&cfg.MaxUpload, "max-upload", 64<<30, "largest archive accepted by PUT /v1/restore, in bytes")

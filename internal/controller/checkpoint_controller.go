@@ -137,8 +137,9 @@ func (r *CheckpointReconciler) fail(ctx context.Context, ck *stasisv1.Checkpoint
 	return ctrl.Result{}, nil
 }
 
-// podContainers picks the containers to checkpoint with their runtime IDs;
-// waiting is why not yet (a container not running), "" when all are.
+// podContainers picks the containers to checkpoint, by name (the agent
+// takes their IDs from the API server, not from its caller); waiting is
+// why not yet (a container not running), "" when all are.
 func podContainers(pod *corev1.Pod, names []string) (cs []wire.PodContainer, waiting string, err error) {
 	if len(names) == 0 {
 		for _, c := range pod.Spec.Containers {
@@ -162,9 +163,7 @@ func podContainers(pod *corev1.Pod, names []string) (cs []wire.PodContainer, wai
 			waiting = fmt.Sprintf("waiting for container %s to run", n)
 			continue
 		}
-		// "containerd://<id>", "cri-o://<id>"
-		_, id, _ := strings.Cut(s.ContainerID, "://")
-		cs = append(cs, wire.PodContainer{Name: n, ID: id})
+		cs = append(cs, wire.PodContainer{Name: n})
 	}
 	return cs, waiting, nil
 }
@@ -184,8 +183,7 @@ func podTemplate(pod *corev1.Pod) *corev1.PodTemplateSpec {
 	}
 	t.Annotations = map[string]string{}
 	for k, v := range pod.Annotations {
-		if !strings.HasPrefix(k, "kubectl.kubernetes.io/") && !strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) &&
-			k != stasisv1.AnnotationLazyPages {
+		if !strings.HasPrefix(k, "kubectl.kubernetes.io/") && !stasisv1.IsRestoreAnnotation(k) {
 			t.Annotations[k] = v
 		}
 	}

@@ -78,16 +78,11 @@ func (r *RestoreReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ct
 		if !apierrors.IsAlreadyExists(err) {
 			return r.fail(ctx, &rs, "PodCreateFailed", "create pod %s: %v", pod.Name, err)
 		}
-		// A label is no proof: anyone who may create pods here may copy
-		// it. Only the pod this Restore recorded creating is its own.
-		var existing corev1.Pod
-		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(pod), &existing); err != nil {
-			return ctrl.Result{}, err
-		}
-		if rs.Status.PodUID == "" || existing.UID != rs.Status.PodUID {
-			return r.fail(ctx, &rs, "PodExists", "pod %s/%s exists already and is not the one this restore created", pod.Namespace, pod.Name)
-		}
-		pod = &existing
+		// Not this Restore's: a pod it created has its UID recorded with
+		// phase Running, which never reaches this line. A label is no
+		// proof (anyone who may create pods here may copy it), so a retry
+		// after the status update below failed ends here too.
+		return r.fail(ctx, &rs, "PodExists", "pod %s/%s exists already and is not the one this restore created", pod.Namespace, pod.Name)
 	}
 	now := metav1.Now()
 	// The node restores into this pod only once its UID is recorded here.
@@ -162,15 +157,12 @@ func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, err
 	}
 	for k, v := range t.Annotations {
 		// Templates recorded before stasis.dev/from may name images.
-		if !strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) && k != stasisv1.AnnotationLazyPages {
+		if !stasisv1.IsRestoreAnnotation(k) {
 			pod.Annotations[k] = v
 		}
 	}
 	pod.Labels[stasisv1.LabelRestore] = rs.Name
 	pod.Annotations[stasisv1.AnnotationRestoreFrom] = stasisv1.Grant{Kind: stasisv1.GrantRestore, Name: rs.Name}.String()
-	if rs.Spec.LazyPages {
-		pod.Annotations[stasisv1.AnnotationLazyPages] = "true"
-	}
 	rc := RuntimeClass
 	pod.Spec.RuntimeClassName = &rc
 	// The old pod's hostname must not come along: the new pod has its own.

@@ -29,7 +29,9 @@ func (r Role) allows(need Role) bool {
 type Identity struct {
 	User string `json:"user"`
 	Role Role   `json:"role"`
-	// Via is how the caller proved who it is: "certificate" or "token".
+	// Via is how the caller proved who it is: "certificate", "token",
+	// "kubernetes token" or "node socket"; operations belong to a user
+	// by name and Via.
 	Via string `json:"via"`
 }
 

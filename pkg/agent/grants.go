@@ -27,9 +27,6 @@ type Grants struct {
 	Client client.Reader
 	// NodeName is this node: only its own pods are answered for.
 	NodeName string
-	// RecordWait bounds the wait for a Restore to record the pod it
-	// created (default 15 s).
-	RecordWait time.Duration
 }
 
 // NewGrants resolves grants for node with the API server rc reaches. Its
@@ -134,7 +131,7 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 // the controller writes) names the pod's UID. The controller records it
 // just after creating the pod, which can be after the node starts it.
 func (g *Grants) createdBy(ctx context.Context, rs *stasisv1.Restore, pod *corev1.Pod) error {
-	deadline := time.Now().Add(g.recordWait())
+	deadline := time.Now().Add(recordWait)
 	for rs.Status.PodUID == "" && time.Now().Before(deadline) {
 		select {
 		case <-ctx.Done():
@@ -151,12 +148,8 @@ func (g *Grants) createdBy(ctx context.Context, rs *stasisv1.Restore, pod *corev
 	return nil
 }
 
-func (g *Grants) recordWait() time.Duration {
-	if g.RecordWait > 0 {
-		return g.RecordWait
-	}
-	return 15 * time.Second
-}
+// recordWait bounds the wait for a Restore to record the pod it created.
+const recordWait = 15 * time.Second
 
 // pod is the pod being created, checked against what the request says.
 func (g *Grants) pod(ctx context.Context, req wire.GrantRequest) (*corev1.Pod, error) {

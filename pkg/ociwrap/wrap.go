@@ -130,7 +130,7 @@ func LoadConfig() (Config, error) {
 		c.RunRoot = "/run/stasis"
 	}
 	if c.AgentSocket == "" {
-		c.AgentSocket = filepath.Join(c.RunRoot, "agent.sock")
+		c.AgentSocket = wire.NodeSocket(c.RunRoot)
 	}
 	if c.TrustedKeyDir == "" {
 		c.TrustedKeyDir = "/etc/stasis/trusted-keys"
@@ -228,7 +228,7 @@ func (w *wrapper) create(inv invocation) int {
 		return passThrough() // no grant, or one for the pod's other containers
 	}
 	if err := w.restore(ctx, inv, c, bundle, spec, ans, time.Since(asked)); err != nil {
-		return w.fail(inv, fmt.Errorf("stasis: restore container %s from %s (%s): %w", pod.Container, ans.Image, pod.Grant, err))
+		return w.fail(inv, fmt.Errorf("stasis: restore container %s of pod %s/%s from %s: %w", pod.Container, pod.Namespace, pod.Name, ans.Image, err))
 	}
 	return 0
 }
@@ -300,7 +300,8 @@ func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bu
 	args := append([]string{}, inv.globals...)
 	args = append(args, "restore", "--detach", "--bundle", bundle, "--image-path", p.Images(), "--work-path", string(p.Dir))
 	var lazy *criu.LazyPagesServer
-	if ans.LazyPages || spec.Annotations[stasisv1.AnnotationLazyPages] == "true" || w.cfg.LazyPages {
+	// The agent read the grant's lazyPages and the pod's annotation.
+	if ans.LazyPages || w.cfg.LazyPages {
 		if lazy, err = criu.StartLazyPages(criu.LazyPages{Images: p.Images(), Work: string(p.Dir),
 			LogDir: filepath.Join(w.cfg.Root, "logs")}, p.Lock()); err != nil {
 			return err
@@ -385,11 +386,11 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 		MaxUnpack: w.cfg.MaxUnpack, Trust: trust})
 }
 
-// runcState is `runc state`'s answer, kept whole to be printed again.
+// runcState is `runc state`'s answer, decoded, and kept whole to be
+// printed again.
 type runcState struct {
+	ocirt.State
 	fields map[string]json.RawMessage
-	Status ocirt.Status
-	Bundle string
 }
 
 // restored reports the container's state when the wrapper restored it and
@@ -404,11 +405,9 @@ func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 		return nil, false
 	}
 	st := &runcState{}
-	if json.Unmarshal(out, &st.fields) != nil {
+	if json.Unmarshal(out, &st.fields) != nil || json.Unmarshal(out, &st.State) != nil {
 		return nil, false
 	}
-	json.Unmarshal(st.fields["status"], &st.Status)
-	json.Unmarshal(st.fields["bundle"], &st.Bundle)
 	if st.Bundle == "" || st.Status != ocirt.Running {
 		return nil, false
 	}

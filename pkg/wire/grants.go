@@ -1,5 +1,11 @@
 package wire
 
+import "path/filepath"
+
+// NodeSocket is where the agent of a node serves node-local callers
+// under runRoot, and where stasis-runc asks.
+func NodeSocket(runRoot string) string { return filepath.Join(runRoot, "agent.sock") }
+
 // Audience is the audience of the tokens the agent of node accepts: one
 // node's, so that a token sent to one agent (whose node may be
 // compromised) opens no other, nor the API server.
