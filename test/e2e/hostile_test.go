@@ -500,7 +500,16 @@ func TestHostileRestoreSIGTERM(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Signal once it is unpacking: its work directory exists.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if work, _ := os.ReadDir(filepath.Join(e.root, "work")); len(work) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatal("the restore made no work directory within 10 s")
+		}
+	}
 	cmd.Process.Signal(syscall.SIGTERM)
 	exited := make(chan error, 1)
 	start := time.Now()

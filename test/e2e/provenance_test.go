@@ -26,8 +26,10 @@ func TestSignedCheckpointImage(t *testing.T) {
 	if msg := e.fails("key", "generate", cluster); !strings.Contains(msg, "not overwritten") {
 		t.Fatalf("key generate over an existing key: %s", msg)
 	}
-	if fi, err := os.Stat(cluster + ".key"); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("private key: %v %v", fi.Mode(), err)
+	if fi, err := os.Stat(cluster + ".key"); err != nil {
+		t.Fatal(err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("private key mode %v, want 0600", fi.Mode())
 	}
 
 	at := e.runCounter("orig", 10)
@@ -72,7 +74,11 @@ func TestSignedCheckpointImage(t *testing.T) {
 	// rmi takes the signatures along; a pull brings one back.
 	e.run("rmi", signed, unsigned, foreign)
 	// (Signature images are not listed: look in the store's index.)
-	if index, _ := os.ReadFile(filepath.Join(e.root, "images", "oci", "index.json")); strings.Contains(string(index), ".sig") {
+	index, err := os.ReadFile(filepath.Join(e.root, "images", "oci", "index.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(index), ".sig") {
 		t.Fatalf("signature images left after rmi:\n%s", index)
 	}
 	e.run(append([]string{"pull", signed}, reg.flags()...)...)

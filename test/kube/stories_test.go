@@ -460,6 +460,9 @@ func TestLazyPagesRestore(t *testing.T) {
 	}
 	mustRestore(t, ns, "copy")
 	got := waitCount(t, ns, "copy", "counter", at+1)
+	if c, _ := counts(t, ns, "copy", "counter"); c[0] < at {
+		t.Fatalf("lazily restored counter started at %d, before the checkpoint's %d: it did not restore", c[0], at)
+	}
 	rec := restoreRecord(t, ns, "copy")
 	if !rec.LazyPages {
 		t.Fatalf("the restore was not lazy: %+v", rec)
@@ -477,7 +480,6 @@ sleep 1
 sleep 100000 | nc 127.0.0.1 9000 &
 while true; do echo "established $(cat /proc/net/tcp /proc/net/tcp6 | grep -cE ':2328 [0-9A-F]+:[0-9A-F]+ 01 |:[0-9A-F]+ [0-9A-F]+:2328 01 ')"; sleep 1; done`
 
-// established is the last count a tcpScript pod logged.
 // restoreRecord is what stasis-runc recorded of the restore of the pod's
 // first container.
 func restoreRecord(t *testing.T, ns, pod string) ociwrap.Record {
@@ -498,6 +500,7 @@ func restoreRecord(t *testing.T, ns, pod string) ociwrap.Record {
 	return rec
 }
 
+// established is the last count a tcpScript pod logged.
 func established(t *testing.T, ns, pod string) int {
 	t.Helper()
 	b, _ := node.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
