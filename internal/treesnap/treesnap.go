@@ -2,7 +2,8 @@
 // test can tell whether anything in it changed: mode, inode and links,
 // owner, size, times, contents, link target, xattrs. The fuzz targets and
 // the e2e tests of hostile input use it to show that nothing outside the
-// place an archive belongs was written.
+// place an archive belongs was written. MustTake and Watchdog are the
+// helpers those tests share.
 package treesnap
 
 import (

@@ -13,7 +13,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -23,6 +22,8 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
+
+	"github.com/stasis-dev/stasis/internal/treesnap"
 )
 
 const (
@@ -37,8 +38,11 @@ type member struct {
 }
 
 // checkpointTar is a minimal checkpoint as a plain tar, with extra
-// members appended (or the standard ones replaced, by name).
-func checkpointTar(extra ...member) []byte {
+// members appended (or the standard ones replaced, by name: "checkpoint"
+// is not "checkpoint/"). An entry tar.Writer refuses ends the test, so
+// every member is in the tar.
+func checkpointTar(t testing.TB, extra ...member) []byte {
+	t.Helper()
 	ms := []member{
 		{name: ConfigDump, body: fuzzConfig},
 		{name: SpecDump, body: fuzzSpec},
@@ -69,12 +73,18 @@ func checkpointTar(extra ...member) []byte {
 		case tar.TypeDir:
 			h.Mode = 0o700
 		}
-		tw.WriteHeader(h)
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatalf("checkpointTar: %s: %v", m.name, err)
+		}
 		if h.Size > 0 {
-			tw.Write([]byte(m.body))
+			if _, err := tw.Write([]byte(m.body)); err != nil {
+				t.Fatalf("checkpointTar: %s: %v", m.name, err)
+			}
 		}
 	}
-	tw.Close()
+	if err := tw.Close(); err != nil {
+		t.Fatalf("checkpointTar: %v", err)
+	}
 	return buf.Bytes()
 }
 
@@ -85,7 +95,9 @@ func compressed(t testing.TB, b []byte, c Compression) []byte {
 	if err != nil {
 		t.Fatal(err)
 	}
-	w.Write(b)
+	if _, err := w.Write(b); err != nil {
+		t.Fatal(err)
+	}
 	if err := w.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -118,44 +130,59 @@ func zstdRaw(b []byte, windowLog int, fcs uint64) []byte {
 	}
 }
 
+// archiveSeed is a hand-built archive and what reading it must give.
+type archiveSeed struct {
+	name string
+	b    []byte
+	// refused is what Extract's error must wrap (ErrInvalid, or
+	// ErrEncrypted); nil: the archive extracts and validates.
+	refused error
+	// badMember is, for an archive that extracts, the JSON member whose
+	// reader must refuse it with ErrInvalid ("" for none: then
+	// ReadMetadata and every member read must succeed).
+	badMember string
+}
+
 // archiveSeeds are hand-built archives; valid ones first.
-func archiveSeeds(t testing.TB) [][]byte {
-	plain := checkpointTar()
-	podman := checkpointTar(member{name: "./" + ConfigDump, body: fuzzConfig}, member{name: "./stats-dump", body: "\xe2\x4f\x89\x57"})
-	return [][]byte{
-		plain,
-		compressed(t, plain, Gzip),
-		compressed(t, plain, Zstd),
-		zstdRaw(plain, 22, 0), // a 4 MiB window: accepted
-		podman,
-		checkpointTar(member{name: RootfsDiff, body: string(checkpointTar())}),
-		append(compressed(t, plain, Zstd), "trailing garbage"...),
-		compressed(t, plain, Gzip)[:200],
-		checkpointTar(member{name: "checkpoint/pages-1.img", typ: tar.TypeSymlink, body: "/etc/shadow"}),
-		checkpointTar(member{name: "checkpoint/link", typ: tar.TypeLink, body: ConfigDump}),
-		checkpointTar(member{name: "checkpoint/fifo", typ: tar.TypeFifo}),
-		checkpointTar(member{name: "checkpoint/null", typ: tar.TypeChar}),
-		checkpointTar(member{name: "../escape", body: "x"}),
-		checkpointTar(member{name: "/abs", body: "x"}),
-		checkpointTar(member{name: CheckpointDir + "/inventory.img", typ: tar.TypeDir}),
-		checkpointTar(member{name: CheckpointDir + "/", body: "not a dir"}),
-		checkpointTar(member{name: ConfigDump + "/", typ: tar.TypeDir}),
-		checkpointTar(member{name: SpecDump, body: `{"ociVersion":"1.2.0"}`}),
-		checkpointTar(member{name: ConfigDump, body: `{"name":`}),
-		[]byte("age-encryption.org/v1\n-> X25519 abc\n"),
-		zstdRaw(plain, 28, 0),    // a 256 MiB window
-		zstdRaw(plain, 0, 1<<40), // a single segment of a terabyte
-		zstdRaw(plain, 0, 1<<20), // a content size that is wrong
-		{},
+func archiveSeeds(t testing.TB) []archiveSeed {
+	plain := checkpointTar(t)
+	podman := checkpointTar(t, member{name: "./" + ConfigDump, body: fuzzConfig}, member{name: "./stats-dump", body: "\xe2\x4f\x89\x57"})
+	return []archiveSeed{
+		{name: "plain", b: plain},
+		{name: "gzip", b: compressed(t, plain, Gzip)},
+		{name: "zstd", b: compressed(t, plain, Zstd)},
+		{name: "zstd 4 MiB window", b: zstdRaw(plain, 22, 0)}, // accepted
+		{name: "podman names", b: podman},
+		{name: "rootfs diff", b: checkpointTar(t, member{name: RootfsDiff, body: string(checkpointTar(t))})},
+		{name: "zstd, trailing garbage", b: append(compressed(t, plain, Zstd), "trailing garbage"...), refused: ErrInvalid},
+		{name: "gzip, truncated", b: compressed(t, plain, Gzip)[:200], refused: ErrInvalid},
+		{name: "symlink image", b: checkpointTar(t, member{name: "checkpoint/pages-1.img", typ: tar.TypeSymlink, body: "/etc/shadow"}), refused: ErrInvalid},
+		{name: "hard link", b: checkpointTar(t, member{name: "checkpoint/link", typ: tar.TypeLink, body: ConfigDump}), refused: ErrInvalid},
+		{name: "fifo", b: checkpointTar(t, member{name: "checkpoint/fifo", typ: tar.TypeFifo}), refused: ErrInvalid},
+		{name: "char device", b: checkpointTar(t, member{name: "checkpoint/null", typ: tar.TypeChar}), refused: ErrInvalid},
+		{name: "dotdot", b: checkpointTar(t, member{name: "../escape", body: "x"}), refused: ErrInvalid},
+		{name: "absolute", b: checkpointTar(t, member{name: "/abs", body: "x"}), refused: ErrInvalid},
+		{name: "inventory is a dir", b: checkpointTar(t, member{name: CheckpointDir + "/inventory.img", typ: tar.TypeDir}), refused: ErrInvalid},
+		// Last, it replaces the directory and the image in it.
+		{name: "checkpoint is a file", b: checkpointTar(t, member{name: CheckpointDir, body: "not a dir"}), refused: ErrInvalid},
+		{name: "config is a dir", b: checkpointTar(t, member{name: ConfigDump + "/", typ: tar.TypeDir}), refused: ErrInvalid},
+		// Extract checks that the JSON members are there, not what they say.
+		{name: "spec without process", b: checkpointTar(t, member{name: SpecDump, body: `{"ociVersion":"1.2.0"}`}), badMember: SpecDump},
+		{name: "config truncated", b: checkpointTar(t, member{name: ConfigDump, body: `{"name":`}), badMember: ConfigDump},
+		{name: "encrypted", b: []byte("age-encryption.org/v1\n-> X25519 abc\n"), refused: ErrEncrypted},
+		{name: "zstd 256 MiB window", b: zstdRaw(plain, 28, 0), refused: ErrInvalid},
+		{name: "zstd terabyte segment", b: zstdRaw(plain, 0, 1<<40), refused: ErrInvalid},
+		{name: "zstd wrong content size", b: zstdRaw(plain, 0, 1<<20), refused: ErrInvalid},
+		{name: "empty", b: []byte{}, refused: ErrInvalid},
 	}
 }
 
-// fuzzTimeout bounds one run; a hang is a crash (see watchdog).
+// fuzzTimeout bounds one run; a hang is a crash (see treesnap.Watchdog).
 const fuzzTimeout = 20 * time.Second
 
 func FuzzExtract(f *testing.F) {
-	for _, b := range archiveSeeds(f) {
-		f.Add(b)
+	for _, s := range archiveSeeds(f) {
+		f.Add(s.b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		tmp := t.TempDir()
@@ -169,7 +196,7 @@ func FuzzExtract(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), fuzzTimeout)
 		defer cancel()
-		defer watchdog(fuzzTimeout + 10*time.Second)()
+		defer treesnap.Watchdog(fuzzTimeout + 10*time.Second)()
 		d, err := Extract(ctx, path, dir, ReadOptions{MaxUnpack: 4 << 20})
 		if ctx.Err() != nil {
 			t.Fatalf("Extract ran past its deadline: %v", err)
@@ -194,15 +221,15 @@ func FuzzExtract(f *testing.F) {
 }
 
 func FuzzReadMetadata(f *testing.F) {
-	for _, b := range archiveSeeds(f) {
-		f.Add(b)
+	for _, s := range archiveSeeds(f) {
+		f.Add(s.b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		path := filepath.Join(t.TempDir(), "archive")
 		if err := os.WriteFile(path, b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		defer watchdog(fuzzTimeout)()
+		defer treesnap.Watchdog(fuzzTimeout)()
 		cfg, spec, err := ReadMetadata(path)
 		switch {
 		case err != nil && !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrEncrypted):
@@ -227,7 +254,7 @@ func FuzzMembers(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		defer watchdog(fuzzTimeout)()
+		defer treesnap.Watchdog(fuzzTimeout)()
 		checkMembers(t, Dir(dir))
 	})
 }
@@ -250,20 +277,60 @@ func checkMembers(t *testing.T, d Dir) {
 }
 
 // TestSeedArchives checks what the seeds are for: the valid ones extract,
-// and a zstd window over MaxZstdWindow is refused however it is declared.
+// the hostile ones are refused (by Extract, or by the reader of the member
+// they spoil), and a zstd window over MaxZstdWindow is refused however it
+// is declared.
 func TestSeedArchives(t *testing.T) {
-	s := archiveSeeds(t)
-	for i, b := range map[string][]byte{"plain": s[0], "gzip": s[1], "zstd": s[2], "zstd 4 MiB window": s[3], "podman names": s[4], "rootfs diff": s[5]} {
-		path := filepath.Join(t.TempDir(), "a")
-		os.WriteFile(path, b, 0o600)
-		if _, err := Extract(context.Background(), path, t.TempDir(), ReadOptions{}); err != nil {
-			t.Errorf("%s: %v", i, err)
-		}
-		if _, _, err := ReadMetadata(path); err != nil {
-			t.Errorf("%s: metadata: %v", i, err)
-		}
+	seeds := archiveSeeds(t)
+	for _, s := range seeds {
+		t.Run(s.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "a")
+			if err := os.WriteFile(path, s.b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			d, err := Extract(context.Background(), path, t.TempDir(), ReadOptions{})
+			if s.refused != nil {
+				if !errors.Is(err, s.refused) {
+					t.Errorf("extract: got %v, want %v", err, s.refused)
+				}
+				if s.refused == ErrEncrypted {
+					if _, _, err := ReadMetadata(path); !errors.Is(err, ErrEncrypted) {
+						t.Errorf("metadata: got %v, want %v", err, ErrEncrypted)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("extract: %v", err)
+			}
+			read := map[string]func() error{
+				ConfigDump:   func() error { _, err := d.Config(); return err },
+				SpecDump:     func() error { _, err := d.Spec(); return err },
+				DeletedFiles: func() error { _, err := d.Deleted(); return err },
+			}
+			for m, r := range read {
+				err := r()
+				switch {
+				case m == s.badMember && !errors.Is(err, ErrInvalid):
+					t.Errorf("%s: got %v, want %v", m, err, ErrInvalid)
+				case m != s.badMember && err != nil:
+					t.Errorf("%s: %v", m, err)
+				}
+			}
+			_, _, err = ReadMetadata(path)
+			switch s.badMember {
+			case "", DeletedFiles:
+				if err != nil {
+					t.Errorf("metadata: %v", err)
+				}
+			case ConfigDump:
+				if !errors.Is(err, ErrInvalid) {
+					t.Errorf("metadata: got %v, want %v", err, ErrInvalid)
+				}
+			}
+		})
 	}
-	for _, b := range [][]byte{zstdRaw(s[0], 28, 0), zstdRaw(s[0], 0, MaxZstdWindow+1)} {
+	for _, b := range [][]byte{zstdRaw(seeds[0].b, 28, 0), zstdRaw(seeds[0].b, 0, MaxZstdWindow+1)} {
 		path := filepath.Join(t.TempDir(), "a")
 		os.WriteFile(path, b, 0o600)
 		_, err := Extract(context.Background(), path, t.TempDir(), ReadOptions{})
@@ -271,11 +338,4 @@ func TestSeedArchives(t *testing.T) {
 			t.Errorf("a zstd window over %d bytes: %v", MaxZstdWindow, err)
 		}
 	}
-}
-
-// watchdog crashes the process when a call outlives d: Go's fuzzer records
-// the input of a crashed worker, but has no timeout of its own.
-func watchdog(d time.Duration) (stop func()) {
-	tm := time.AfterFunc(d, func() { panic(fmt.Sprintf("still running after %v: a hang", d)) })
-	return func() { tm.Stop() }
 }

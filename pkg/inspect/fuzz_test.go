@@ -37,6 +37,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
+
+	"github.com/stasis-dev/stasis/internal/treesnap"
 )
 
 var (
@@ -198,7 +200,7 @@ func FuzzProcesses(f *testing.F) {
 		if c == nil {
 			return
 		}
-		defer watchdog(20 * time.Second)()
+		defer treesnap.Watchdog(20 * time.Second)()
 		c.Summary()
 		c.Processes(ProcessOptions{})
 		c.Processes(ProcessOptions{Files: true, Sockets: true})
@@ -227,7 +229,7 @@ func FuzzMemory(f *testing.F) {
 		if c == nil {
 			return
 		}
-		defer watchdog(20 * time.Second)()
+		defer treesnap.Watchdog(20 * time.Second)()
 		c.Processes(ProcessOptions{Cmdline: true, Env: true})
 		c.SearchMemory(1, "tok_", false, 16)
 		c.SearchMemory(1, `TOKEN=[a-z_]+`, true, 0)
@@ -244,7 +246,7 @@ func FuzzMounts(f *testing.F) {
 		if c == nil {
 			return
 		}
-		defer watchdog(20 * time.Second)()
+		defer treesnap.Watchdog(20 * time.Second)()
 		c.Mounts()
 	})
 }
@@ -274,7 +276,7 @@ func FuzzRootfs(f *testing.F) {
 		if c == nil {
 			return
 		}
-		defer watchdog(20 * time.Second)()
+		defer treesnap.Watchdog(20 * time.Second)()
 		c.Rootfs()
 		for _, p := range []string{"/etc/app.conf", "/etc/link", "/etc/hosts", "/etc", "/../../etc/passwd"} {
 			c.Cat(io.Discard, p, "")
@@ -292,7 +294,7 @@ func FuzzStats(f *testing.F) {
 		if c == nil {
 			return
 		}
-		defer watchdog(20 * time.Second)()
+		defer treesnap.Watchdog(20 * time.Second)()
 		c.Stats()
 	})
 }
@@ -335,11 +337,4 @@ func TestSeedCheckpoint(t *testing.T) {
 func dump(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
-}
-
-// watchdog crashes the process when a call outlives d: Go's fuzzer records
-// the input of a crashed worker, but has no timeout of its own.
-func watchdog(d time.Duration) (stop func()) {
-	tm := time.AfterFunc(d, func() { panic(fmt.Sprintf("still running after %v: a hang", d)) })
-	return func() { tm.Stop() }
 }

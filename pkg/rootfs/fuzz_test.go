@@ -16,7 +16,6 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"io/fs"
 	"os"
@@ -121,19 +120,19 @@ func FuzzApply(f *testing.F) {
 				t.Fatal(err)
 			}
 		}
-		before, rootBefore := snapshot(t, tmp, root), snapshot(t, root, "")
+		before, rootBefore := treesnap.MustTake(t, tmp, root), treesnap.MustTake(t, root, "")
 		var r io.Reader
 		if len(diff) > 0 {
 			r = bytes.NewReader(diff)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		defer watchdog(30 * time.Second)()
+		defer treesnap.Watchdog(30 * time.Second)()
 		err := Apply(ctx, root, r, deleted, 1<<20)
 		if ctx.Err() != nil {
 			t.Fatalf("Apply ran past its deadline: %v", err)
 		}
-		if d := snapshot(t, tmp, root).Diff(before); d != "" {
+		if d := treesnap.MustTake(t, tmp, root).Diff(before); d != "" {
 			t.Errorf("outside the root (apply: %v):\n%s", err, d)
 		}
 		if fi, lerr := os.Lstat(root); lerr != nil || !fi.IsDir() {
@@ -149,7 +148,7 @@ func FuzzApply(f *testing.F) {
 			if err == nil || !errors.Is(err, untar.ErrUnsafePath) {
 				t.Errorf("ValidateDeleted refuses the list (%v), Apply says %v", verr, err)
 			}
-			if d := snapshot(t, root, "").Diff(rootBefore); d != "" {
+			if d := treesnap.MustTake(t, root, "").Diff(rootBefore); d != "" {
 				t.Errorf("a refused deletion list changed the root:\n%s", d)
 			}
 			return
@@ -168,20 +167,4 @@ func FuzzApply(f *testing.F) {
 			}
 		}
 	})
-}
-
-// snapshot describes every entry under base except the subtree skip.
-func snapshot(t *testing.T, base, skip string) treesnap.Snapshot {
-	s, err := treesnap.Take(base, skip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// watchdog crashes the process when a call outlives d: Go's fuzzer records
-// the input of a crashed worker, but has no timeout of its own.
-func watchdog(d time.Duration) (stop func()) {
-	tm := time.AfterFunc(d, func() { panic(fmt.Sprintf("still running after %v: a hang", d)) })
-	return func() { tm.Stop() }
 }

@@ -330,15 +330,15 @@ func extractChecked(t *testing.T, tarball func(outside string) []byte, kind Kind
 		}
 	}
 	b := tarball(filepath.Join(tmp, "outside"))
-	before := snapshot(t, tmp, root)
+	before := treesnap.MustTake(t, tmp, root)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	defer watchdog(30 * time.Second)()
+	defer treesnap.Watchdog(30 * time.Second)()
 	err := Extract(ctx, bytes.NewReader(b), root, Options{Kind: kind, MaxBytes: maxBytes})
 	if ctx.Err() != nil {
 		t.Fatalf("extraction ran past its deadline: %v", err)
 	}
-	after := snapshot(t, tmp, root)
+	after := treesnap.MustTake(t, tmp, root)
 	if d := after.Diff(before); d != "" {
 		t.Errorf("outside the root (extract: %v):\n%s", err, d)
 	}
@@ -381,20 +381,4 @@ func extractChecked(t *testing.T, tarball func(outside string) []byte, kind Kind
 		t.Errorf("%d bytes written, more than the limit of %d", used, maxBytes)
 	}
 	return root, err
-}
-
-// snapshot describes every entry under base except the subtree skip.
-func snapshot(t *testing.T, base, skip string) treesnap.Snapshot {
-	s, err := treesnap.Take(base, skip)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
-}
-
-// watchdog crashes the process when a call outlives d: Go's fuzzer records
-// the input of a crashed worker, but has no timeout of its own.
-func watchdog(d time.Duration) (stop func()) {
-	tm := time.AfterFunc(d, func() { panic(fmt.Sprintf("still running after %v: a hang", d)) })
-	return func() { tm.Stop() }
 }
