@@ -94,21 +94,37 @@ func TestKubeReviewCachesSuccessesOnly(t *testing.T) {
 	if id, err := k.Authenticate(bearer("viewer-1")); err != nil || id.Role != "" {
 		t.Fatalf("viewer-1 without rights: %+v %v", id, err)
 	}
-	k.cache.ttl = 0
 	k.cache.entries = map[[sha256.Size]byte]cached{}
 	k.Authenticate(bearer("admin-1"))
-	time.Sleep(time.Millisecond)
+	// Its review expired an hour ago, with no sleep.
+	k.cache.mu.Lock()
+	for key, e := range k.cache.entries {
+		e.expires = time.Now().Add(-time.Hour)
+		k.cache.entries[key] = e
+	}
+	k.cache.mu.Unlock()
 	k.Authenticate(bearer("admin-1"))
 	if *reviews != 6 {
 		t.Fatalf("%d token reviews, want an expired review asked again", *reviews)
+	}
+	// The new review is remembered for the cache's ttl.
+	if id, err := k.Authenticate(bearer("admin-1")); err != nil || id.Role != Admin || *reviews != 6 {
+		t.Fatalf("admin after its review was renewed: %+v %v, %d token reviews, want 6", id, err, *reviews)
 	}
 }
 
 func TestReviewCacheIsBounded(t *testing.T) {
 	c := newReviewCache(time.Minute, 2)
-	for _, tok := range []string{"a", "b", "c"} {
-		c.put(sha256.Sum256([]byte(tok)), Identity{User: tok})
-		time.Sleep(time.Millisecond) // distinct expiry times
+	for i, tok := range []string{"a", "b", "c"} {
+		key := sha256.Sum256([]byte(tok))
+		c.put(key, Identity{User: tok})
+		// Distinct expiry times, each later than the one before, with
+		// no sleep.
+		c.mu.Lock()
+		e := c.entries[key]
+		e.expires = e.expires.Add(time.Duration(i) * time.Second)
+		c.entries[key] = e
+		c.mu.Unlock()
 	}
 	if len(c.entries) != 2 {
 		t.Fatalf("%d entries, want 2", len(c.entries))

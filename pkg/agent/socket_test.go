@@ -3,14 +3,8 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
-	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -25,19 +19,15 @@ import (
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
-func selfSignedTLS(t *testing.T) *tls.Config {
+// agentTLS is a TLS config serving a self-signed certificate (certs_test's
+// selfSigned).
+func agentTLS(t *testing.T) *tls.Config {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	cert, err := tls.X509KeyPair(selfSigned(t, "agent"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "agent"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	return &tls.Config{Certificates: []tls.Certificate{cert}}
 }
 
 func whoami(w http.ResponseWriter, _ *http.Request, caller *Identity) (string, error) {
@@ -66,7 +56,7 @@ func TestNodeSocketServesRootItsOwnRoutes(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	served := make(chan error, 1)
-	go func() { served <- s.Serve(ctx, "127.0.0.1:0", selfSignedTLS(t), 5*time.Second) }()
+	go func() { served <- s.Serve(ctx, "127.0.0.1:0", agentTLS(t), 5*time.Second) }()
 
 	c := wire.NewSocketClient(path)
 	var id Identity
@@ -80,8 +70,10 @@ func TestNodeSocketServesRootItsOwnRoutes(t *testing.T) {
 	if id != (Identity{User: "node", Role: Admin, Via: "node socket"}) {
 		t.Fatalf("the node socket's caller is %+v", id)
 	}
-	if fi, err := os.Stat(path); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("the socket's mode: %v %v", fi.Mode(), err)
+	if fi, err := os.Stat(path); err != nil {
+		t.Fatalf("the socket: %v", err)
+	} else if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("the socket's mode: %v", fi.Mode())
 	}
 	if code := call(t, s.Handler(), "GET", "/v1/node/whoami", "alice-0123456789"); code != http.StatusNotFound {
 		t.Fatalf("the HTTPS API serves a node route: %d", code)
@@ -111,15 +103,26 @@ func TestNodeSocketRefusesOthersThanRoot(t *testing.T) {
 	var audit bytes.Buffer
 	s := testServer(t, Config{Audit: &audit})
 	s.nodeRoute("GET /v1/node/whoami", "whoami", whoami)
-	for _, p := range []*peer{{cred: unix.Ucred{Pid: 42, Uid: 1000}}, {err: errors.New("no credentials")}, nil} {
+	for _, c := range []struct {
+		p    *peer
+		want int
+	}{
+		{&peer{cred: unix.Ucred{Pid: 42, Uid: 1000}}, http.StatusForbidden},
+		{&peer{err: errors.New("no credentials")}, http.StatusForbidden},
+		{nil, http.StatusForbidden},
+		// Root's credentials, but with an error reading them: not root.
+		{&peer{cred: unix.Ucred{Pid: 42, Uid: 0}, err: errors.New("no credentials")}, http.StatusForbidden},
+		// Root, as the kernel recorded it: served.
+		{&peer{cred: unix.Ucred{Pid: 42, Uid: 0, Gid: 1000}}, http.StatusOK},
+	} {
 		r := httptest.NewRequest("GET", "/v1/node/whoami", nil)
-		if p != nil {
-			r = r.WithContext(context.WithValue(r.Context(), peerKey{}, *p))
+		if c.p != nil {
+			r = r.WithContext(context.WithValue(r.Context(), peerKey{}, *c.p))
 		}
 		w := httptest.NewRecorder()
 		s.nodeHandler().ServeHTTP(w, r)
-		if w.Code != http.StatusForbidden {
-			t.Errorf("peer %+v: %d, want 403", p, w.Code)
+		if w.Code != c.want {
+			t.Errorf("peer %+v: %d, want %d", c.p, w.Code, c.want)
 		}
 	}
 	if !strings.Contains(audit.String(), `"user":"uid 1000"`) {

@@ -7,6 +7,7 @@ import (
 
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
+	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/runtime"
 )
 
@@ -101,5 +102,110 @@ func TestConfineSpecHostNamespacesNeedPrivileged(t *testing.T) {
 	}
 	if hasNamespace(s, specs.NetworkNamespace) || !strings.Contains(strings.Join(s.Process.Capabilities.Bounding, " "), "CAP_SYS_ADMIN") {
 		t.Errorf("--privileged: namespaces %v, capabilities %v", s.Linux.Namespaces, s.Process.Capabilities)
+	}
+}
+
+func TestConfineSpecPrivilegedDropsNamespacePaths(t *testing.T) {
+	h := hostile()
+	h.Mounts = h.Mounts[:2]
+	h.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace, Path: "/proc/1/ns/pid"},
+		{Type: specs.NetworkNamespace, Path: "/proc/1/ns/net"}, {Type: specs.IPCNamespace, Path: "/proc/1/ns/ipc"},
+		{Type: specs.MountNamespace, Path: "/proc/1/ns/mnt"}, {Type: specs.UserNamespace, Path: "/proc/1/ns/user"}}
+	for _, privileged := range []bool{false, true} {
+		s, err := confineSpec(h, nil, privileged)
+		if err != nil {
+			t.Fatalf("privileged=%v: %v", privileged, err)
+		}
+		types := map[specs.LinuxNamespaceType]bool{}
+		for _, ns := range s.Linux.Namespaces {
+			types[ns.Type] = true
+			if ns.Path != "" {
+				t.Errorf("privileged=%v: namespace path taken from the archive: %+v", privileged, ns)
+			}
+		}
+		if !types[specs.IPCNamespace] || !types[specs.UserNamespace] {
+			t.Errorf("privileged=%v: namespaces %+v, want the ipc and user namespaces kept (with no path)", privileged, s.Linux.Namespaces)
+		}
+	}
+}
+
+func TestConfineSpecRefusesMounts(t *testing.T) {
+	for _, tc := range []struct {
+		what  string
+		mount specs.Mount
+		want  error
+	}{
+		{"relative destination", specs.Mount{Destination: "data", Type: "tmpfs", Source: "tmpfs"}, archive.ErrInvalid},
+		{"relative bind destination", specs.Mount{Destination: "../data", Type: "bind", Source: "/root", Options: []string{"rbind"}}, archive.ErrInvalid},
+		{"host filesystem", specs.Mount{Type: "ext4", Source: "/dev/sda1", Destination: "/x"}, ErrNotAllowed},
+		{"host filesystem over a default: the default", specs.Mount{Type: "ext4", Source: "/dev/sda1", Destination: "/x/../proc/"}, nil},
+		{"overlay of host paths", specs.Mount{Type: "overlay", Source: "overlay", Destination: "/x", Options: []string{"lowerdir=/etc"}}, ErrNotAllowed},
+	} {
+		for _, privileged := range []bool{false, true} {
+			h := hostile()
+			h.Mounts = append(h.Mounts[:2], tc.mount)
+			s, err := confineSpec(h, nil, privileged)
+			if tc.want == nil {
+				// A destination stasis has a default for gets the default.
+				if err != nil {
+					t.Errorf("%s (privileged=%v): %v", tc.what, privileged, err)
+					continue
+				}
+				for _, m := range s.Mounts {
+					if m.Type == "ext4" || m.Source == "/dev/sda1" {
+						t.Errorf("%s (privileged=%v): mount taken from the archive: %+v", tc.what, privileged, m)
+					}
+				}
+				continue
+			}
+			if !errors.Is(err, tc.want) || s != nil {
+				t.Errorf("%s (privileged=%v): spec %v, error %v; want %v", tc.what, privileged, s != nil, err, tc.want)
+			}
+		}
+	}
+}
+
+// A dumped bind mount of /sys (runc's for a container without a network
+// namespace of its own) is not a host path to map: it becomes stasis' own
+// /sys, whatever source and options the archive gave it.
+func TestConfineSpecSysBindIsStasisOwn(t *testing.T) {
+	evil := specs.Mount{Destination: "/sys/", Type: "bind", Source: "/", Options: []string{"rbind", "rw"}}
+	for _, tc := range []struct {
+		what       string
+		hostNet    bool
+		wantType   string
+		wantSource string
+	}{
+		{"own network namespace", false, "sysfs", "sysfs"},
+		{"host network", true, "bind", "/sys"},
+	} {
+		h := hostile()
+		h.Mounts = append(h.Mounts[:2], evil)
+		if tc.hostNet {
+			h.Linux.Namespaces = []specs.LinuxNamespace{{Type: specs.PIDNamespace}, {Type: specs.IPCNamespace}, {Type: specs.MountNamespace}}
+		}
+		s, err := confineSpec(h, nil, tc.hostNet)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.what, err)
+		}
+		var sys []specs.Mount
+		for _, m := range s.Mounts {
+			if m.Destination == "/sys" {
+				sys = append(sys, m)
+			}
+		}
+		if len(sys) != 1 {
+			t.Fatalf("%s: /sys mounts %+v, want one", tc.what, sys)
+		}
+		if m := sys[0]; m.Type != tc.wantType || m.Source != tc.wantSource || !contains(m.Options, "ro") || contains(m.Options, "rw") {
+			t.Errorf("%s: /sys %+v, want stasis' own read-only %s from %s", tc.what, m, tc.wantType, tc.wantSource)
+		}
+	}
+	// Any other bind of a destination stasis has a default for still
+	// needs a volume.
+	h := hostile()
+	h.Mounts = append(h.Mounts[:2], specs.Mount{Destination: "/proc", Type: "bind", Source: "/proc", Options: []string{"rbind"}})
+	if _, err := confineSpec(h, nil, false); !errors.Is(err, ErrNotAllowed) || !strings.Contains(err.Error(), "/proc") {
+		t.Errorf("a bind over /proc: %v", err)
 	}
 }

@@ -184,6 +184,26 @@ func TestRefused(t *testing.T) {
 	badBase64 := layer{good.payload, "%%%"}
 	noAnnotation := layer{good.payload, ""}
 	garbage := signedPayload(t, priv, []byte("not json"))
+	// A payload signed by the trusted key, as good's but changed by edit.
+	edited := func(edit func(*payload.SimpleContainerImage)) layer {
+		t.Helper()
+		var sc payload.SimpleContainerImage
+		if err := json.Unmarshal(good.payload, &sc); err != nil {
+			t.Fatal(err)
+		}
+		edit(&sc)
+		p, err := json.Marshal(sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return signedPayload(t, priv, p)
+	}
+	nonString := edited(func(sc *payload.SimpleContainerImage) { sc.Optional["stasis.dev/namespace"] = []string{"shop"} })
+	numberContainer := edited(func(sc *payload.SimpleContainerImage) { sc.Optional["stasis.dev/container"] = 7 })
+	badTime := edited(func(sc *payload.SimpleContainerImage) { sc.Optional["stasis.dev/time"] = "yesterday" })
+	numberTime := edited(func(sc *payload.SimpleContainerImage) { sc.Optional["stasis.dev/time"] = 1777636800 })
+	notCosign := edited(func(sc *payload.SimpleContainerImage) { sc.Critical.Type = "atomic container signature" })
+	noType := edited(func(sc *payload.SimpleContainerImage) { sc.Critical.Type = "" })
 	big := sigImage(t, layer{bytes.Repeat([]byte("x"), maxLayerSize+1), good.sig})
 	bigConfig, err := mutate.Config(sigImage(t, good), v1.Config{Env: []string{strings.Repeat("x", maxLayerSize)}})
 	if err != nil {
@@ -210,6 +230,12 @@ func TestRefused(t *testing.T) {
 		{"bad base64", sigImage(t, badBase64), ErrUnsigned, "illegal base64"},
 		{"no annotation", sigImage(t, noAnnotation), ErrUnsigned, "no annotation"},
 		{"garbage payload", sigImage(t, garbage), nil, "signature payload"},
+		{"claim not a string", sigImage(t, nonString), nil, "claim stasis.dev/namespace is not a string"},
+		{"container claim a number", sigImage(t, numberContainer), nil, "claim stasis.dev/container is not a string"},
+		{"bad time", sigImage(t, badTime), nil, `claim stasis.dev/time: "yesterday" is not an RFC 3339 time`},
+		{"time a number", sigImage(t, numberTime), nil, "claim stasis.dev/time:"},
+		{"payload not cosign's type", sigImage(t, notCosign), nil, `of type "atomic container signature", not cosign's`},
+		{"payload of no type", sigImage(t, noType), nil, `of type "", not cosign's`},
 		{"layer too big", big, nil, "more than 65536"},
 		{"layer too big after a good one", bigAmongGood, nil, "more than 65536"},
 		{"too many layers", sigImage(t, many...), nil, "17 layers"},
@@ -239,6 +265,10 @@ func TestRefused(t *testing.T) {
 			}
 		})
 	}
+	// The edits alone refuse those payloads: unedited, one verifies.
+	if v, err := tr.Verify(sigImage(t, edited(func(*payload.SimpleContainerImage) {})), manifest, shop); err != nil || v.Claims != claims() {
+		t.Fatalf("an unedited payload: %+v, %v", v, err)
+	}
 	// Whatever layers come before it, a good signature is found:
 	// cosign skips what it cannot read, and anyone who may push the
 	// signature tag may add layers.
@@ -251,6 +281,7 @@ func TestRefused(t *testing.T) {
 		"garbage":       {garbage},
 		"elsewhere":     {elsewhere},
 		"all":           {badBase64, foreign, garbage, tampered, replayed, elsewhere, noAnnotation},
+		"bad claims":    {nonString, numberContainer, badTime, numberTime, notCosign, noType},
 	} {
 		v, err := tr.Verify(sigImage(t, append(before, good)...), manifest, shop)
 		if err != nil {
