@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+
+	"github.com/stasis-dev/stasis/pkg/policy"
 )
 
 // Pod annotations and labels stasis reads. They are part of the API: the
@@ -20,11 +22,12 @@ const (
 	// AnnotationLazyPages "true" restores the pod's containers lazily.
 	AnnotationLazyPages = "stasis.dev/lazy-pages"
 	// AnnotationCheckpoint "never" opts a pod out of checkpoints;
-	// AnnotationMigrate "never" keeps its checkpoints on its node.
-	AnnotationCheckpoint = "stasis.dev/checkpoint"
-	AnnotationMigrate    = "stasis.dev/migrate"
+	// AnnotationMigrate "never" keeps its checkpoints on its node. They
+	// are pkg/policy's, which enforces them on every path.
+	AnnotationCheckpoint = policy.Checkpoint
+	AnnotationMigrate    = policy.Migrate
 	// OptOut is the value of an opt-out annotation.
-	OptOut = "never"
+	OptOut = policy.Never
 	// LabelRestore, on a pod, names the Restore that made it.
 	LabelRestore = "stasis.dev/restore"
 )

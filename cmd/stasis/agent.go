@@ -15,7 +15,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/agent"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 	"github.com/stasis-dev/stasis/pkg/provenance"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -140,12 +140,12 @@ grant lets it restore. It serves none of the HTTPS API.`,
 				return fmt.Errorf("recover: %w", err)
 			}
 			if criRuncRoot != "" {
-				runc, err := exec.LookPath(g.runtime)
+				bin, err := exec.LookPath(g.runtime)
 				if err != nil {
 					return err
 				}
 				cfg.Pods = &podcheckpoint.Checkpointer{Engine: e, Mountinfo: mountinfo, HostRoot: hostRoot,
-					Runtime: &runtime.Runtime{Binary: runc, Root: criRuncRoot},
+					Runtime: &runc.Runtime{Binary: bin, Root: criRuncRoot},
 					Signer:  signer, Cluster: clusterName, Node: nodeName}
 			}
 			srv, err := agent.New(cfg)

@@ -11,7 +11,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/engine"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -206,7 +206,7 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 				req := wire.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
 					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, Privileged: o.Privileged}
 				for _, v := range volumes {
-					m, err := runtime.ParseMount(v)
+					m, err := runc.ParseMount(v)
 					if err != nil {
 						return err
 					}
@@ -228,7 +228,7 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 				o.Container = args[0]
 			}
 			for _, v := range volumes {
-				m, err := runtime.ParseMount(v)
+				m, err := runc.ParseMount(v)
 				if err != nil {
 					return err
 				}

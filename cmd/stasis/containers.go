@@ -11,7 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stasis-dev/stasis/pkg/engine"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 )
 
 func runCmd(g *globals) *cobra.Command {
@@ -35,7 +35,7 @@ with only loopback; "host" shares the host's.`,
 			}
 			o.Image, o.Args = args[0], args[1:]
 			for _, v := range volumes {
-				m, err := runtime.ParseMount(v)
+				m, err := runc.ParseMount(v)
 				if err != nil {
 					return err
 				}
@@ -66,7 +66,7 @@ with only loopback; "host" shares the host's.`,
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro]")
 	f.StringVarP(&o.Workdir, "workdir", "w", "", "working directory inside the container")
 	f.StringVarP(&o.User, "user", "u", "", "user (name, uid or uid:gid) to run as")
-	f.StringVar(&o.Network, "network", runtime.NetworkNone, "network mode: none or host")
+	f.StringVar(&o.Network, "network", runc.NetworkNone, "network mode: none or host")
 	f.StringArrayVarP(&labels, "label", "l", nil, "set a label KEY=VALUE (stasis.dev/checkpoint=never opts out of checkpoints, stasis.dev/migrate=never of exports)")
 	f.BoolVarP(&detach, "detach", "d", true, "run in the background (the only mode)")
 	return cmd

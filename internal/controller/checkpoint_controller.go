@@ -1,7 +1,7 @@
 // Package controller holds the reconcilers of the stasis.dev API: a
 // Checkpoint asks the stasis agent on the pod's node to checkpoint it; a
 // Restore creates a pod that the RuntimeClass "stasis" restores from the
-// checkpoint (pkg/ociwrap). Both are idempotent: a controller restarted in
+// checkpoint (pkg/runtimeclass). Both are idempotent: a controller restarted in
 // the middle of an operation picks it up from the status it recorded.
 package controller
 
@@ -19,6 +19,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -60,13 +61,8 @@ func (r *CheckpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		}
 		return ctrl.Result{}, err
 	}
-	if pod.Annotations[stasisv1.AnnotationCheckpoint] == stasisv1.OptOut {
-		return r.fail(ctx, &ck, "OptedOut", "pod %s is marked %s=%s: it is never checkpointed",
-			pod.Name, stasisv1.AnnotationCheckpoint, stasisv1.OptOut)
-	}
-	if pod.Annotations[stasisv1.AnnotationMigrate] == stasisv1.OptOut && ck.Spec.Destination.Image != nil {
-		return r.fail(ctx, &ck, "OptedOut", "pod %s is marked %s=%s: its checkpoints stay on its node, not in a registry",
-			pod.Name, stasisv1.AnnotationMigrate, stasisv1.OptOut)
+	if err := policy.MayCheckpoint("pod "+ck.Namespace+"/"+pod.Name, pod.Annotations, ck.Spec.Destination.Image != nil); err != nil {
+		return r.fail(ctx, &ck, "OptedOut", "%v", err)
 	}
 	containers, waiting, err := podContainers(&pod, ck.Spec.Containers)
 	if err != nil {

@@ -45,11 +45,7 @@ func TestMain(m *testing.M) {
 
 func run(m *testing.M) int {
 	ctrllog.SetLogger(logr.Discard())
-	bin := os.Getenv("STASIS_K8S_BIN")
-	if bin == "" {
-		bin = "/var/cache/stasis/k8s/bin"
-	}
-	n, err := kubenode.Start(ctx, kubenode.Options{K8sBin: bin, ControlPlaneOnly: true})
+	n, err := kubenode.Start(ctx, kubenode.Options{ControlPlaneOnly: true})
 	if err != nil {
 		fmt.Println(err)
 		return 1

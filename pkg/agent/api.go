@@ -15,7 +15,7 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -243,18 +243,11 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, caller *Identit
 	o := engine.RestoreOptions{Name: req.Name, LazyPages: req.LazyPages, TCPEstablished: req.TCPEstablished, FileLocks: req.FileLocks,
 		Privileged: req.Privileged}
 	for dst, src := range req.Volumes {
-		o.Volumes = append(o.Volumes, runtime.Mount{Source: src, Destination: dst})
+		o.Volumes = append(o.Volumes, runc.Mount{Source: src, Destination: dst})
 	}
 	o.Registry.TLSVerify = true
 	target := req.Checkpoint + req.Image
-	if ent, err := s.cfg.Engine.Checkpoints.Get(req.Checkpoint); err == nil {
-		o.Container, o.Checkpoint = ent.ContainerID, ent.ID
-		if o.Name == "" {
-			o.Name = ent.ContainerName
-		}
-	} else {
-		o.Container = target
-	}
+	o.Container = target
 	return target, s.run(w, r, caller, "restore", target, func(ctx context.Context) (any, error) {
 		return s.cfg.Engine.Restore(ctx, o)
 	})
@@ -267,9 +260,9 @@ func (s *Server) restore(w http.ResponseWriter, r *http.Request, caller *Identit
 func (s *Server) restoreUpload(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 	q := r.URL.Query()
 	name := q.Get("name")
-	var volumes []runtime.Mount
+	var volumes []runc.Mount
 	for _, v := range q["volume"] {
-		m, err := runtime.ParseMount(v)
+		m, err := runc.ParseMount(v)
 		if err != nil {
 			return name, fmt.Errorf("%w: %v", errBadRequest, err)
 		}

@@ -29,13 +29,24 @@ type operation struct {
 	// Via is how User proved who they are: a certificate's CN and a
 	// token's user of the same name are different callers.
 	Via     string    `json:"via"`
-	State   string    `json:"state"` // running, done, failed, cancelled
+	State   opState   `json:"state"`
 	Started time.Time `json:"started"`
 	Ended   time.Time `json:"ended,omitzero"`
 	Error   string    `json:"error,omitempty"`
 	Result  any       `json:"result,omitempty"`
 	cancel  context.CancelFunc
 }
+
+// opState is where an operation is. The values are the API's (clients
+// poll for "running" to end), so they are spelled once, here.
+type opState string
+
+const (
+	opRunning   opState = "running"
+	opDone      opState = "done"
+	opFailed    opState = "failed"
+	opCancelled opState = "cancelled"
+)
 
 func newOperations() *operations {
 	return &operations{ops: map[string]*operation{}, keep: time.Hour}
@@ -47,7 +58,7 @@ func (o *operations) start(action, target string, caller *Identity, cancel conte
 	defer o.mu.Unlock()
 	o.prune()
 	o.n++
-	op := &operation{ID: strconv.Itoa(o.n), Action: action, Target: target, User: caller.User, Via: caller.Via, State: "running",
+	op := &operation{ID: strconv.Itoa(o.n), Action: action, Target: target, User: caller.User, Via: caller.Via, State: opRunning,
 		Started: time.Now().UTC(), cancel: cancel}
 	o.ops[op.ID] = op
 	return op
@@ -59,11 +70,11 @@ func (o *operations) finish(op *operation, result any, err error) {
 	op.Ended, op.Result = time.Now().UTC(), result
 	switch {
 	case errors.Is(err, context.Canceled):
-		op.State, op.Error = "cancelled", err.Error()
+		op.State, op.Error = opCancelled, err.Error()
 	case err != nil:
-		op.State, op.Error = "failed", err.Error()
+		op.State, op.Error = opFailed, err.Error()
 	default:
-		op.State = "done"
+		op.State = opDone
 	}
 }
 
@@ -96,7 +107,7 @@ func (o *operations) cancel(id string, caller *Identity) bool {
 	if !ok || !op.visibleTo(caller) {
 		return false
 	}
-	if op.State == "running" {
+	if op.State == opRunning {
 		op.cancel()
 	}
 	return true

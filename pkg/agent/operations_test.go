@@ -1,6 +1,10 @@
 package agent
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -103,5 +107,35 @@ func TestFinishedOperationsArePruned(t *testing.T) {
 	}
 	if len(ops.ops) != 1 {
 		t.Fatalf("%d operations kept, want 1", len(ops.ops))
+	}
+}
+
+// The states are what clients poll for: the JSON spells them as before.
+func TestOperationStates(t *testing.T) {
+	ops := newOperations()
+	caller := &Identity{User: "alice", Via: "token"}
+	for _, c := range []struct {
+		err   error
+		state opState
+		json  string
+	}{
+		{nil, opDone, `"state":"done"`},
+		{errors.New("criu failed"), opFailed, `"state":"failed"`},
+		{fmt.Errorf("checkpoint web: %w", context.Canceled), opCancelled, `"state":"cancelled"`},
+	} {
+		op := ops.start("checkpoint", "web", caller, func() {})
+		if op.State != opRunning {
+			t.Fatalf("a started operation is %q", op.State)
+		}
+		if b, _ := json.Marshal(ops.snapshot(op)); !strings.Contains(string(b), `"state":"running"`) {
+			t.Fatalf("a started operation reads %s", b)
+		}
+		ops.finish(op, nil, c.err)
+		if op.State != c.state {
+			t.Errorf("finished with %v: %q, want %q", c.err, op.State, c.state)
+		}
+		if b, _ := json.Marshal(ops.snapshot(op)); !strings.Contains(string(b), c.json) {
+			t.Errorf("finished with %v: reads %s, want %s", c.err, b, c.json)
+		}
 	}
 }

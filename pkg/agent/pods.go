@@ -10,8 +10,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/engine"
+	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -66,13 +65,8 @@ func (s *Server) podContainers(ctx context.Context, req *wire.PodCheckpointReque
 	if pod.Spec.NodeName != s.cfg.NodeName {
 		return fmt.Errorf("%w: pod %s runs on node %q, not on this agent's node %q", errBadRequest, name, pod.Spec.NodeName, s.cfg.NodeName)
 	}
-	if pod.Annotations[stasisv1.AnnotationCheckpoint] == stasisv1.OptOut {
-		return fmt.Errorf("pod %s: %w: it is annotated %s=%s and has opted out of checkpoints", name, engine.ErrOptedOut,
-			stasisv1.AnnotationCheckpoint, stasisv1.OptOut)
-	}
-	if req.Repository != "" && pod.Annotations[stasisv1.AnnotationMigrate] == stasisv1.OptOut {
-		return fmt.Errorf("pod %s: %w: it is annotated %s=%s and has opted out of checkpoints that leave its node (no repository)",
-			name, engine.ErrOptedOut, stasisv1.AnnotationMigrate, stasisv1.OptOut)
+	if err := policy.MayCheckpoint("pod "+name, pod.Annotations, req.Repository != ""); err != nil {
+		return err
 	}
 	asked := req.Containers
 	if len(asked) == 0 {

@@ -26,6 +26,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
+	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/untar"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
@@ -253,7 +254,7 @@ func statusOf(err error) int {
 		return http.StatusNotFound
 	case errors.Is(err, engine.ErrBusy):
 		return http.StatusConflict
-	case errors.Is(err, engine.ErrOptedOut), errors.Is(err, errForbidden):
+	case errors.Is(err, policy.ErrOptedOut), errors.Is(err, errForbidden):
 		return http.StatusForbidden
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
@@ -272,7 +273,7 @@ func reason(code int, err error) string {
 	case http.StatusConflict:
 		return "busy"
 	case http.StatusForbidden:
-		if errors.Is(err, engine.ErrOptedOut) {
+		if errors.Is(err, policy.ErrOptedOut) {
 			return "opted_out"
 		}
 		return "forbidden"

@@ -215,26 +215,15 @@ func (a *tarWriter) addTree(root, member string) error {
 		if err != nil {
 			return err
 		}
-		link := ""
-		if fi.Mode()&os.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
+		rel, _ := filepath.Rel(root, p)
+		hdr, err := FileHeader(p, rel, fi)
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(root, p)
 		if m, ok := a.captured[filepath.ToSlash(rel)]; ok {
 			delete(a.captured, m.Name)
 			return a.addCaptured(m)
 		}
-		hdr.Name = filepath.ToSlash(rel)
-		if fi.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uname, hdr.Gname = "", ""
 		if err := a.tw.WriteHeader(hdr); err != nil {
 			return err
 		}
@@ -249,6 +238,35 @@ func (a *tarWriter) addTree(root, member string) error {
 		_, err = io.Copy(a.tw, f)
 		return err
 	})
+}
+
+// FileHeader is the tar header of the file at p, named rel (its path from
+// the root of the tree being written). The checkpoint archive's trees and
+// the rootfs diff inside it are written with it so that one reader
+// (untar, or another engine's) sees both framed alike.
+func FileHeader(p, rel string, fi fs.FileInfo) (*tar.Header, error) {
+	link := ""
+	if fi.Mode()&os.ModeSymlink != 0 {
+		var err error
+		if link, err = os.Readlink(p); err != nil {
+			return nil, err
+		}
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return nil, err
+	}
+	hdr.Name = filepath.ToSlash(rel)
+	if fi.IsDir() {
+		hdr.Name += "/"
+	}
+	// FileInfoHeader names the owner from this host's user database. The
+	// numeric IDs are what the container means; a name could make a
+	// reader that prefers names (GNU tar) give the file to whoever has it
+	// on the restoring host, and would make the bytes depend on the
+	// writer's /etc/passwd.
+	hdr.Uname, hdr.Gname = "", ""
+	return hdr, nil
 }
 
 type timedWriter struct {

@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 )
 
 // A checkpoint made elsewhere (an imported file, an upload, a checkpoint
@@ -45,17 +45,17 @@ var kernelMounts = map[string]bool{
 // stasis provides need a volume for their destination; host namespaces,
 // capabilities, devices, masked paths, seccomp and security labels are
 // taken from the dump only when privileged.
-func confineSpec(dumped *specs.Spec, volumes []runtime.Mount, privileged bool) (*specs.Spec, error) {
-	network := runtime.NetworkNone
+func confineSpec(dumped *specs.Spec, volumes []runc.Mount, privileged bool) (*specs.Spec, error) {
+	network := runc.NetworkNone
 	if !hasNamespace(dumped, specs.NetworkNamespace) {
-		network = runtime.NetworkHost
+		network = runc.NetworkHost
 	}
 	for _, t := range []specs.LinuxNamespaceType{specs.NetworkNamespace, specs.PIDNamespace, specs.IPCNamespace, specs.MountNamespace} {
 		if !hasNamespace(dumped, t) && !privileged {
 			return nil, fmt.Errorf("%w: the checkpoint shares the host's %s namespace: restore it with --privileged to allow that", ErrNotAllowed, t)
 		}
 	}
-	s := runtime.DefaultSpec(runtime.SpecOptions{Hostname: dumped.Hostname, Network: network})
+	s := runc.DefaultSpec(runc.SpecOptions{Hostname: dumped.Hostname, Network: network})
 	p := dumped.Process
 	s.Process.Args, s.Process.Env, s.Process.Cwd, s.Process.Terminal = p.Args, p.Env, p.Cwd, p.Terminal
 	s.Process.User = specs.User{UID: p.User.UID, GID: p.User.GID, AdditionalGids: p.User.AdditionalGids, Umask: p.User.Umask}
@@ -103,8 +103,8 @@ func confineSpec(dumped *specs.Spec, volumes []runtime.Mount, privileged bool) (
 // confineMounts keeps the dumped spec's mount destinations: stasis' own
 // defaults where it has one, kernel filesystems as dumped, bind mounts
 // only from volumes (or the files stasis provides).
-func confineMounts(defaults, dumped []specs.Mount, volumes []runtime.Mount) ([]specs.Mount, error) {
-	byDest := map[string]runtime.Mount{}
+func confineMounts(defaults, dumped []specs.Mount, volumes []runc.Mount) ([]specs.Mount, error) {
+	byDest := map[string]runc.Mount{}
 	for _, v := range volumes {
 		byDest[path.Clean(v.Destination)] = v
 	}
@@ -122,7 +122,7 @@ func confineMounts(defaults, dumped []specs.Mount, volumes []runtime.Mount) ([]s
 		}
 		bind := m.Type == "bind" || contains(m.Options, "bind") || contains(m.Options, "rbind")
 		switch {
-		case byDest[dst] != (runtime.Mount{}):
+		case byDest[dst] != (runc.Mount{}):
 			v := byDest[dst]
 			used[dst] = true
 			opts := []string{"rbind", "rprivate"}
@@ -162,7 +162,7 @@ func confineMounts(defaults, dumped []specs.Mount, volumes []runtime.Mount) ([]s
 
 // applyVolumes points bind mounts of a checkpoint of this node at the
 // volumes given for their destinations.
-func applyVolumes(s *specs.Spec, volumes []runtime.Mount) error {
+func applyVolumes(s *specs.Spec, volumes []runc.Mount) error {
 	for _, v := range volumes {
 		found := false
 		for i, m := range s.Mounts {

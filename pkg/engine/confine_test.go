@@ -8,7 +8,7 @@ import (
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 )
 
 // hostile is a spec.dump asking for everything a restore as root could
@@ -46,7 +46,7 @@ func TestConfineSpecTakesOnlyWhatCRIUNeeds(t *testing.T) {
 	if !errors.Is(err, ErrNotAllowed) || !strings.Contains(err.Error(), "/data") || !strings.Contains(err.Error(), "--volume") {
 		t.Fatalf("unmapped bind mount: %v", err)
 	}
-	s, err := confineSpec(hostile(), []runtime.Mount{{Source: "/srv/data", Destination: "/data"}}, false)
+	s, err := confineSpec(hostile(), []runc.Mount{{Source: "/srv/data", Destination: "/data"}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestConfineSpecTakesOnlyWhatCRIUNeeds(t *testing.T) {
 		t.Errorf("/scratch: %+v", m)
 	}
 
-	if _, err := confineSpec(hostile(), []runtime.Mount{{Source: "/a", Destination: "/data"}, {Source: "/b", Destination: "/nope"}}, false); err == nil || !strings.Contains(err.Error(), "/nope") {
+	if _, err := confineSpec(hostile(), []runc.Mount{{Source: "/a", Destination: "/data"}, {Source: "/b", Destination: "/nope"}}, false); err == nil || !strings.Contains(err.Error(), "/nope") {
 		t.Errorf("a volume for no mount: %v", err)
 	}
 }

@@ -19,13 +19,14 @@ import (
 
 	"filippo.io/age"
 
+	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/flock"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 	"github.com/stasis-dev/stasis/pkg/netns"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/rootfs"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 	"github.com/stasis-dev/stasis/pkg/store"
 )
 
@@ -60,7 +61,10 @@ type Engine struct {
 	trust          *provenance.Trust
 	Images         *image.Store
 	Checkpoints    store.Store
-	rt             *runtime.Runtime
+	rt             Runtime
+	// criuVersion finds CRIU and refuses one that cannot work here
+	// (criu.Check); tests without CRIU stand in for it.
+	criuVersion func() (string, error)
 }
 
 // New opens the state under o.Root, creating it if needed.
@@ -83,7 +87,8 @@ func New(o Options) (*Engine, error) {
 	}
 	return &Engine{
 		root: o.Root, runRoot: o.RunRoot, identities: o.Identities, decryptionKeys: o.DecryptionKeys, maxUnpack: o.MaxUnpack, trust: o.Trust, Images: imgs, Checkpoints: ck,
-		rt: &runtime.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
+		rt:          &runc.Runtime{Binary: o.Runtime, Root: filepath.Join(o.RunRoot, "runtime")},
+		criuVersion: criu.Check,
 	}, nil
 }
 
@@ -101,7 +106,7 @@ type Container struct {
 	Created  time.Time `json:"created"`
 	Restored bool      `json:"restored,omitempty"`
 	// Labels are the user's; stasis.dev/checkpoint and stasis.dev/migrate
-	// set to "never" opt the container out (see policy.go).
+	// set to "never" opt the container out (see pkg/policy).
 	Labels map[string]string `json:"labels,omitempty"`
 	// Checkpointed is set when a checkpoint stopped the container.
 	Checkpointed time.Time `json:"checkpointed,omitempty"`
@@ -235,7 +240,7 @@ func (e *Engine) getLocked(ctx context.Context, ref string) (*Container, func(),
 // release makes the runtime forget the container and unmounts its rootfs;
 // its files stay.
 func (e *Engine) release(ctx context.Context, c *Container) error {
-	if err := e.rt.Delete(ctx, c.ID, true); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+	if err := e.rt.Delete(ctx, c.ID, true); err != nil && !errors.Is(err, runc.ErrNotExist) {
 		return fmt.Errorf("delete %s from runtime: %w", c.Name, err)
 	}
 	if err := netns.Remove(e.paths(c.ID).netns()); err != nil {
@@ -249,7 +254,7 @@ func (e *Engine) refresh(ctx context.Context, c *Container) {
 	p := e.paths(c.ID)
 	st, err := e.rt.State(ctx, c.ID)
 	switch {
-	case err == nil && st.Status != runtime.Stopped:
+	case err == nil && st.Status != runc.Stopped:
 		c.Status, c.Pid = Status(st.Status), st.Pid
 	case !c.Checkpointed.IsZero():
 		c.Status = StatusCheckpointed
@@ -269,9 +274,9 @@ func (c *Container) Running() bool { return c.Status == StatusRunning || c.Statu
 type Status string
 
 const (
-	StatusCreated             = Status(runtime.Created)
-	StatusRunning             = Status(runtime.Running)
-	StatusPaused              = Status(runtime.Paused)
+	StatusCreated             = Status(runc.Created)
+	StatusRunning             = Status(runc.Running)
+	StatusPaused              = Status(runc.Paused)
 	StatusCheckpointed Status = "checkpointed"
 	StatusExited       Status = "exited"
 )
@@ -347,7 +352,7 @@ func writeEtc(dir, hostname, network string) (map[string]string, error) {
 	}
 	// Without a network there is no resolver to name, and Podman then
 	// mounts no resolv.conf either: the same mounts keep archives portable.
-	if network == runtime.NetworkHost {
+	if network == runc.NetworkHost {
 		files["/etc/resolv.conf"], _ = os.ReadFile("/etc/resolv.conf")
 	}
 	m := map[string]string{}

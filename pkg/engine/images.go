@@ -200,7 +200,13 @@ func (e *Engine) baseImage(cfg *archive.Config) (*image.Image, error) {
 // ensureBaseImage finds the base image, pulling it when it is missing and
 // its name says where it lives. digest, when known (from a checkpoint
 // image), pins exactly the image that was checkpointed.
-func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, digest string, o registry.Options, pulled *[]string) (*image.Image, error) {
+// The digest a checkpoint image records pins exactly the image that was
+// checkpointed; the pull is recorded in src, whose rollback removes it.
+func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, src *source, o registry.Options) (*image.Image, error) {
+	digest := ""
+	if src.image != nil {
+		digest = src.image.BaseImageDigest
+	}
 	img, err := e.baseImage(cfg)
 	if err == nil {
 		return img, nil
@@ -230,7 +236,7 @@ func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, diges
 	defer m.Done()
 	i, err := e.Images.Add(name, remoteImg, m)
 	if err == nil {
-		*pulled = append(*pulled, i.Name)
+		src.pulled = append(src.pulled, i.Name)
 	}
 	return i, err
 }
@@ -270,62 +276,53 @@ func (e *Engine) RemoveImage(ctx context.Context, ref string) error {
 	return e.Images.Remove(sig.Name)
 }
 
-// checkpointImageArchive finds a checkpoint image, locally or in its
-// registry, and returns its archive (the layer blob) and what it says. A
-// remote image is checked from its manifest before any blob is fetched.
-// With trust, its signature is verified (and checked against x, when
-// set) before its layer is fetched or read.
-func (e *Engine) checkpointImageArchive(ctx context.Context, ref string, o registry.Options, pulled *[]string, x *provenance.Expect) (*source, error) {
-	notCheckpoint := func(name string) error {
-		return fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", name)
-	}
+// errNotLocal: the store has no such image.
+var errNotLocal = errors.New("not in the store")
+
+func notCheckpoint(name string) error {
+	return fmt.Errorf("image %s is not a checkpoint (it has no checkpoint annotations); run it with 'stasis run'", name)
+}
+
+// localCheckpointImage is checkpoint image ref from the store, its
+// signature verified against x with trust; errNotLocal if the store has
+// no image of that name but ref could be pulled.
+func (e *Engine) localCheckpointImage(ref string, o registry.Options, x *provenance.Expect) (*image.Image, error) {
 	i, err := e.Images.Get(ref)
-	switch {
-	case errors.Is(err, image.ErrNotFound):
-		if _, perr := registry.ParseReference(ref, o); perr != nil {
-			return nil, err
-		}
-		remote, rerr := registry.Image(ctx, ref, o)
-		if rerr != nil {
-			return nil, rerr
-		}
-		m, merr := remote.Manifest()
-		if merr != nil {
-			return nil, fmt.Errorf("pull %s: %w", ref, merr)
-		}
-		if _, ok := checkpointimage.Read(m.Annotations); !ok {
-			return nil, notCheckpoint(ref)
-		}
-		var sig *image.Image
-		if i, sig, err = e.pull(ctx, ref, remote, x, o); err != nil {
-			return nil, err
-		}
-		*pulled = append(*pulled, i.Name)
-		if sig != nil {
-			*pulled = append(*pulled, sig.Name)
-		}
-	case err != nil:
-		return nil, err
-	default:
-		if _, ok := checkpointimage.Read(i.Annotations); !ok {
-			return nil, notCheckpoint(i.Name)
-		}
-		if err := e.verifyStored(i, x); err != nil {
-			return nil, err
+	if errors.Is(err, image.ErrNotFound) {
+		if _, perr := registry.ParseReference(ref, o); perr == nil {
+			return nil, errNotLocal
 		}
 	}
-	info, _ := checkpointimage.Read(i.Annotations)
-	path, err := e.Images.LayerPath(i)
 	if err != nil {
 		return nil, err
 	}
-	src := &source{archive: path, digest: blobDigest(path), image: info}
-	img, err := e.Images.Image(i)
+	if _, ok := checkpointimage.Read(i.Annotations); !ok {
+		return nil, notCheckpoint(i.Name)
+	}
+	return i, e.verifyStored(i, x)
+}
+
+// pullCheckpointImage pulls checkpoint image ref, and its signature with
+// trust (named sig), refusing before any blob moves an image that is no
+// checkpoint.
+func (e *Engine) pullCheckpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect) (i *image.Image, sig string, err error) {
+	remote, err := registry.Image(ctx, ref, o)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	if m, err := img.Manifest(); err == nil && len(m.Layers) == 1 && checkpointimage.IsEncrypted(m.Layers[0].MediaType) {
-		src.encryptedLayer = &m.Layers[0]
+	m, err := remote.Manifest()
+	if err != nil {
+		return nil, "", fmt.Errorf("pull %s: %w", ref, err)
 	}
-	return src, nil
+	if _, ok := checkpointimage.Read(m.Annotations); !ok {
+		return nil, "", notCheckpoint(ref)
+	}
+	i, s, err := e.pull(ctx, ref, remote, x, o)
+	if err != nil {
+		return nil, "", err
+	}
+	if s != nil {
+		sig = s.Name
+	}
+	return i, sig, nil
 }

@@ -8,10 +8,11 @@ import (
 	"github.com/stasis-dev/stasis/pkg/registry"
 )
 
-// OpenCheckpoint unpacks the checkpoint ref names (see checkpointOf) for
-// inspection; close removes the unpacked copy.
+// OpenCheckpoint unpacks the checkpoint ref names (an archive file, or
+// what Ref.Name says) for inspection; close removes the unpacked copy. An
+// image pulled for it stays in the store.
 func (e *Engine) OpenCheckpoint(ctx context.Context, ref string, o registry.Options) (c *inspect.Checkpoint, close func(), err error) {
-	src, err := e.checkpointOf(ctx, ref, o)
+	src, err := e.resolve(ctx, Ref{Name: ref, AnyFile: true, Registry: o})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -24,9 +24,9 @@ import (
 	"github.com/stasis-dev/stasis/pkg/store"
 )
 
-// writeArchive writes a small checkpoint archive (no CRIU needed: Prepare
-// only unpacks it).
-func writeArchive(t *testing.T) string {
+// testArchive writes a small checkpoint archive (no CRIU needed: resolving
+// and unpacking do not run it).
+func testArchive(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := archive.Config{ContainerConfig: metadata.ContainerConfig{Name: "web", RootfsImageName: "reg.example/app:1", OCIRuntime: "runc"}}
@@ -88,11 +88,11 @@ func engines(t *testing.T, trust *provenance.Trust) (plain, trusting *Engine) {
 	return plain, trusting
 }
 
-func TestPrepareVerifies(t *testing.T) {
+func TestResolveVerifies(t *testing.T) {
 	k := newKeys(t)
 	plain, trusting := engines(t, k.trust)
 	ctx := context.Background()
-	path := writeArchive(t)
+	path := testArchive(t)
 	const signed, unsigned = "reg.example/ckpt/web:signed", "reg.example/ckpt/web:unsigned"
 	for _, ref := range []string{signed, unsigned} {
 		if _, err := plain.BuildCheckpointImage(path, ref, false, nil); err != nil {
@@ -129,17 +129,18 @@ func TestPrepareVerifies(t *testing.T) {
 		{"container name", trusting, "web", provenance.Expect{Namespace: "shop"}, nil, "names a container's stored checkpoints"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			p, err := c.e.Prepare(ctx, c.ref, PrepareOptions{Expect: c.x})
+			src, err := c.e.resolve(ctx, Ref{Name: c.ref, Expect: &c.x, Signed: c.e == trusting})
+			if err == nil {
+				_, err = c.e.unpack(ctx, src, t.TempDir())
+			}
 			if c.want == nil && c.msg == "" {
 				if err != nil {
 					t.Fatal(err)
 				}
-				p.Close()
 				return
 			}
 			if err == nil {
-				p.Close()
-				t.Fatal("prepared")
+				t.Fatal("resolved")
 			}
 			if c.want != nil && !errors.Is(err, c.want) || !strings.Contains(err.Error(), c.msg) {
 				t.Fatalf("error %v, want %v %q", err, c.want, c.msg)
@@ -160,7 +161,7 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	o := registry.Options{}
-	path := writeArchive(t)
+	path := testArchive(t)
 	local, unsigned := "localhost/ckpt/web:1", "localhost/ckpt/unsigned:1"
 	for _, ref := range []string{local, unsigned} {
 		if _, err := plain.BuildCheckpointImage(path, ref, false, nil); err != nil {
@@ -201,23 +202,30 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var pulled []string
-	if _, err := trusting.checkpointImageArchive(ctx, dest, o, &pulled, &provenance.Expect{Namespace: "shop"}); err != nil {
+	src, err := trusting.checkpointImage(ctx, dest, o, &provenance.Expect{Namespace: "shop"})
+	if err != nil {
 		t.Fatal(err)
 	}
-	if len(pulled) != 2 {
-		t.Fatalf("pulled %v, want the image and its signature", pulled)
+	if len(src.pulled) != 2 {
+		t.Fatalf("pulled %v, want the image and its signature", src.pulled)
+	}
+	// A failed restore takes both away again.
+	if err := src.rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if all, _ := plain.Images.List(); len(all) != 0 {
+		t.Fatalf("after the rollback the store still holds %s", all[0].Name)
 	}
 	// By the index's digest (what a pod checkpoint reports), the
 	// signature is still the manifest's; and once stored, it is found
 	// beside the image under that name.
 	byIndex := host + "/team/ckpt@" + index
 	for range 2 {
-		if _, err := trusting.checkpointImageArchive(ctx, byIndex, o, &pulled, &provenance.Expect{Namespace: "shop"}); err != nil {
+		if _, err := trusting.checkpointImage(ctx, byIndex, o, &provenance.Expect{Namespace: "shop"}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = trusting.checkpointImageArchive(ctx, destUnsigned, o, &pulled, nil)
+	_, err = trusting.checkpointImage(ctx, destUnsigned, o, nil)
 	if !errors.Is(err, provenance.ErrUnsigned) {
 		t.Fatalf("an unsigned image with trust: %v", err)
 	}

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/stasis-dev/stasis/pkg/flock"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 )
 
 // workDir makes a private directory under <root>/work for one operation,
@@ -46,7 +46,7 @@ func (e *Engine) Recover(ctx context.Context) ([]string, error) {
 		if c.Status == StatusPaused {
 			if err := e.rt.Resume(ctx, c.ID); err != nil {
 				// The dying dump's CRIU may thaw it itself as we look.
-				if st, serr := e.rt.State(ctx, c.ID); serr == nil && st.Status != runtime.Paused {
+				if st, serr := e.rt.State(ctx, c.ID); serr == nil && st.Status != runc.Paused {
 					did = append(did, "found "+c.Name+" thawed already")
 					continue
 				}

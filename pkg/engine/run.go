@@ -10,14 +10,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/checkpoint-restore/checkpointctl/lib"
+	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
 	"github.com/stasis-dev/stasis/pkg/monitor"
 	"github.com/stasis-dev/stasis/pkg/netns"
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 )
 
 // RunOptions describe a new container.
@@ -29,7 +29,7 @@ type RunOptions struct {
 	Workdir string
 	User    string
 	Network string
-	Volumes []runtime.Mount
+	Volumes []runc.Mount
 	Labels  map[string]string
 }
 
@@ -67,7 +67,7 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 		return nil, fmt.Errorf("image %s has no command: give one after the image name", img.Name)
 	}
 	if o.Network == "" {
-		o.Network = runtime.NetworkNone
+		o.Network = runc.NetworkNone
 	}
 	workdir := o.Workdir
 	if workdir == "" {
@@ -103,13 +103,13 @@ func (e *Engine) Run(ctx context.Context, o RunOptions) (c *Container, err error
 		return c, err
 	}
 	ns := ""
-	if o.Network == runtime.NetworkNone {
+	if o.Network == runc.NetworkNone {
 		ns = p.netns()
 		if err := netns.New(ns); err != nil {
 			return c, err
 		}
 	}
-	spec, err := runtime.Spec(runtime.SpecOptions{
+	spec, err := runc.Spec(runc.SpecOptions{
 		ID: id, Hostname: o.Name, Rootfs: lay.Merged, Args: args,
 		Env: append(append([]string{}, img.Config.Env...), o.Env...), Cwd: workdir, User: user,
 		Network: o.Network, NetNSPath: ns, Mounts: o.Volumes, EtcFiles: etc, Annotations: e.annotations(c),
@@ -201,14 +201,14 @@ func (e *Engine) stop(ctx context.Context, c *Container, timeout time.Duration) 
 			e.rt.Resume(ctx, c.ID)
 		}
 		if timeout > 0 {
-			if err := e.rt.Kill(ctx, c.ID, "TERM"); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+			if err := e.rt.Kill(ctx, c.ID, "TERM"); err != nil && !errors.Is(err, runc.ErrNotExist) {
 				return fmt.Errorf("stop %s: %w", c.Name, err)
 			}
 			e.waitExit(ctx, c, timeout)
 		}
 		e.refresh(ctx, c)
 		if c.Running() {
-			if err := e.rt.Kill(ctx, c.ID, "KILL"); err != nil && !errors.Is(err, runtime.ErrNotExist) {
+			if err := e.rt.Kill(ctx, c.ID, "KILL"); err != nil && !errors.Is(err, runc.ErrNotExist) {
 				return fmt.Errorf("kill %s: %w", c.Name, err)
 			}
 			e.waitExit(ctx, c, 10*time.Second)

@@ -4,39 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"time"
 
-	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/store"
 )
-
-// checkpointOf finds the checkpoint a reference names: an archive file, a
-// stored checkpoint's ID, a container (its latest stored checkpoint), or a
-// checkpoint image (local, or pulled).
-func (e *Engine) checkpointOf(ctx context.Context, ref string, o registry.Options) (*source, error) {
-	if fi, err := os.Stat(ref); err == nil && fi.Mode().IsRegular() {
-		return &source{archive: ref}, nil
-	}
-	if ent, err := e.Checkpoints.Get(ref); err == nil {
-		return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff}, nil
-	}
-	key := ref
-	if c, err := e.Get(ctx, ref); err == nil {
-		key = c.ID
-	}
-	for _, k := range []string{key, ref} {
-		if ent, err := store.Latest(e.Checkpoints, k); err == nil {
-			return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff}, nil
-		}
-	}
-	var pulled []string
-	src, err := e.checkpointImageArchive(ctx, ref, o, &pulled, nil)
-	if err != nil {
-		return nil, fmt.Errorf("%s is no archive file, stored checkpoint or container with one, nor a checkpoint image: %w", ref, err)
-	}
-	return src, nil
-}
 
 // TimelineOptions make a timeline: a checkpoint of a running container
 // every Every, the Keep newest kept.

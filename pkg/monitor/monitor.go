@@ -22,7 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 )
 
 // Command is the hidden subcommand that runs the monitor.
@@ -184,5 +184,5 @@ func readPid(path string) (int, error) {
 
 func lastRuntimeError(errFile string, out io.Reader) string {
 	b, _ := io.ReadAll(io.LimitReader(out, 64<<10))
-	return runtime.LastError(errFile, string(b))
+	return runc.LastError(errFile, string(b))
 }

@@ -62,21 +62,10 @@ func (l Layout) Diff(w io.Writer) ([]string, error) {
 				}
 			}
 		}
-		link := ""
-		if fi.Mode()&os.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		hdr, err := tar.FileInfoHeader(fi, link)
+		hdr, err := archive.FileHeader(p, rel, fi)
 		if err != nil {
 			return err
 		}
-		hdr.Name = filepath.ToSlash(rel)
-		if fi.IsDir() {
-			hdr.Name += "/"
-		}
-		hdr.Uname, hdr.Gname = "", ""
 		if fi.Mode()&os.ModeSymlink == 0 {
 			if hdr.PAXRecords, err = ownXattrs(p, fi.Mode().IsRegular()); err != nil {
 				return err

@@ -70,6 +70,9 @@ func seeds(t testing.TB) []seed {
 		{name: "hardlink to dir", kind: Tree, script: "5|a/|||\n1|h|a", want: ErrUnsafePath},
 		{name: "hardlink through symlink", kind: Tree, script: "0|c||644|c\n2|s|/\n1|h|s/c", check: hasFile("h", "c")},
 		{name: "hardlink through escaping name", kind: Tree, script: "2|s|/\n1|h|s/../outside/sentinel", want: ErrUnsafePath},
+		// A work directory's lock, say: a member must not take its place.
+		{name: "members replacing what was there", kind: Members, script: "0|pre/old||644|mine", want: ErrUnsafePath, check: hasFile("pre/old", "sentinel")},
+		{name: "members replacing their own", kind: Members, script: "0|c||644|1\n0|c||644|2", check: hasFile("c", "2")},
 		{name: "hardlink in members", kind: Members, script: "0|c||644|c\n1|h|c", want: ErrUnsafePath},
 		{name: "whiteout char 0:0", kind: Tree, script: "0|w||644|w\n3|w||0||||0:0", check: absent("w")},
 		{name: "whiteout char 0:0 in members", kind: Members, script: "3|w||0||||0:0", want: ErrUnsafePath},

@@ -213,6 +213,12 @@ func (x *extractor) entry(tr io.Reader, hdr *tar.Header, name string) error {
 	// parent is inside dir and RemoveAll does not follow a symlink it
 	// removes, so only what is inside dir goes.
 	if fi, err := os.Lstat(target); err == nil && !(fi.IsDir() && hdr.Typeflag == tar.TypeDir) {
+		// Members unpack into a directory of the caller's (a work directory
+		// holding its lock): only what the archive itself put there may be
+		// replaced.
+		if x.o.Kind == Members && !x.created[name] {
+			return fmt.Errorf("%w: it would replace what was in %s before the archive", ErrUnsafePath, x.dir)
+		}
 		if err := os.RemoveAll(target); err != nil {
 			return err
 		}

@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"os"
 	"testing"
 
 	"github.com/stasis-dev/stasis/test/kubenode"
@@ -14,11 +13,7 @@ import (
 func startAPIServer(t *testing.T) *kubenode.Node {
 	t.Helper()
 	requireRoot(t)
-	bin := os.Getenv("STASIS_K8S_BIN")
-	if bin == "" {
-		bin = "/var/cache/stasis/k8s/bin"
-	}
-	n, err := kubenode.Start(context.Background(), kubenode.Options{K8sBin: bin, ControlPlaneOnly: true})
+	n, err := kubenode.Start(context.Background(), kubenode.Options{ControlPlaneOnly: true})
 	if err != nil {
 		t.Fatalf("start etcd and kube-apiserver (hack/k8s/build.sh builds them): %v", err)
 	}

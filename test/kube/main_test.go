@@ -75,7 +75,6 @@ func run(m *testing.M) int {
 	defer os.RemoveAll(stasisRoot)
 	defer os.RemoveAll(stasisRunRoot)
 	node, err = kubenode.Start(context.Background(), kubenode.Options{
-		K8sBin:        envOr("STASIS_K8S_BIN", "/var/cache/stasis/k8s/bin"),
 		ContainerdBin: envOr("STASIS_CONTAINERD_BIN", "/var/cache/stasis/containerd/bin"),
 		StasisRunc:    filepath.Join(bin, "stasis-runc"),
 		StasisRoot:    stasisRoot, StasisRunRoot: stasisRunRoot,

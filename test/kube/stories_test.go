@@ -23,7 +23,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
-	"github.com/stasis-dev/stasis/pkg/ociwrap"
+	"github.com/stasis-dev/stasis/pkg/runtimeclass"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -482,18 +482,18 @@ while true; do echo "established $(cat /proc/net/tcp /proc/net/tcp6 | grep -cE '
 
 // restoreRecord is what stasis-runc recorded of the restore of the pod's
 // first container.
-func restoreRecord(t *testing.T, ns, pod string) ociwrap.Record {
+func restoreRecord(t *testing.T, ns, pod string) runtimeclass.Record {
 	t.Helper()
 	p, err := node.Client.CoreV1().Pods(ns).Get(ctx, pod, metav1.GetOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_, id, _ := strings.Cut(p.Status.ContainerStatuses[0].ContainerID, "://")
-	b, err := os.ReadFile(filepath.Join(node.Run, "containerd", "io.containerd.runtime.v2.task", "k8s.io", id, ociwrap.RecordFile))
+	b, err := os.ReadFile(filepath.Join(node.Run, "containerd", "io.containerd.runtime.v2.task", "k8s.io", id, runtimeclass.RecordFile))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var rec ociwrap.Record
+	var rec runtimeclass.Record
 	if err := json.Unmarshal(b, &rec); err != nil {
 		t.Fatalf("%s: %v", b, err)
 	}

@@ -32,7 +32,9 @@ import (
 
 // Options say where the pieces are.
 type Options struct {
-	K8sBin        string // kube-apiserver, kubelet, ... (hack/k8s/build.sh)
+	// K8sBin holds kube-apiserver, kubelet, ... (hack/k8s/build.sh);
+	// by default $STASIS_K8S_BIN, else where the build script caches them.
+	K8sBin        string
 	ContainerdBin string // containerd, containerd-shim-runc-v2, ctr (hack/containerd/build.sh)
 	StasisRunc    string // the stasis-runc binary for the "stasis" handler
 	// StasisRoot and StasisRunRoot are the node's stasis store, which
@@ -86,6 +88,11 @@ func (n *Node) logf(format string, args ...any) {
 // Start brings the cluster up and returns once the node is Ready and the
 // default ServiceAccount exists. On failure it stops what it started.
 func Start(ctx context.Context, o Options) (_ *Node, err error) {
+	if o.K8sBin == "" {
+		if o.K8sBin = os.Getenv("STASIS_K8S_BIN"); o.K8sBin == "" {
+			o.K8sBin = "/var/cache/stasis/k8s/bin"
+		}
+	}
 	n := &Node{Name: "stasis-node", opts: o}
 	if n.IP, err = hostIP(); err != nil {
 		return nil, err
@@ -546,7 +553,7 @@ func (n *Node) KubeletClient() (*http.Client, error) {
 	return rest.HTTPClientFor(cfg)
 }
 
-// writeRuntimeConfig writes stasis-runc's config (pkg/ociwrap.Config) for
+// writeRuntimeConfig writes stasis-runc's config (pkg/runtimeclass.Config) for
 // the node's store and keys.
 func writeRuntimeConfig(path string, o Options) error {
 	b, err := json.Marshal(map[string]any{"runtime": "/usr/sbin/runc", "root": o.StasisRoot, "runRoot": o.StasisRunRoot,

@@ -1,4 +1,4 @@
-package ociwrap
+package runtimeclass
 
 import (
 	"encoding/json"
@@ -9,8 +9,7 @@ import (
 )
 
 // ociSpec is what the wrapper reads of a bundle's config.json. It is not
-// runtime-spec's type: the file is rewritten as generic JSON (setAnnotation)
-// so that fields newer than the wrapper's runtime-spec survive.
+// runtime-spec's type: only the fields it needs are read.
 type ociSpec struct {
 	Root struct {
 		Path string `json:"path"`
@@ -57,40 +56,4 @@ func (s *ociSpec) hostname(bundle string) string {
 		}
 	}
 	return ""
-}
-
-// setAnnotation adds an annotation to the bundle's config.json, keeping
-// everything else in it as it was.
-func setAnnotation(bundle, key, value string) error {
-	p := filepath.Join(bundle, "config.json")
-	b, err := os.ReadFile(p)
-	if err != nil {
-		return err
-	}
-	var spec map[string]json.RawMessage
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return err
-	}
-	ann := map[string]string{}
-	if raw, ok := spec["annotations"]; ok {
-		if err := json.Unmarshal(raw, &ann); err != nil {
-			return err
-		}
-	}
-	ann[key] = value
-	if spec["annotations"], err = json.Marshal(ann); err != nil {
-		return err
-	}
-	if b, err = json.Marshal(spec); err != nil {
-		return err
-	}
-	st, err := os.Stat(p)
-	if err != nil {
-		return err
-	}
-	tmp := p + ".stasis"
-	if err := os.WriteFile(tmp, b, st.Mode().Perm()); err != nil {
-		return err
-	}
-	return os.Rename(tmp, p)
 }

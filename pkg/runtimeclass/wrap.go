@@ -1,17 +1,17 @@
-// Package ociwrap is the OCI runtime that the RuntimeClass "stasis" selects
+// Package runtimeclass is the OCI runtime that the RuntimeClass "stasis" selects
 // on a node: a thin wrapper around runc. For a container whose pod names a
 // grant (the annotation restore.stasis.dev/from: Restore/<name> or
 // WarmStart/<name>), it asks the node's agent which checkpoint that grant
 // gives the container (the agent checks the grant with the API server),
-// verifies the checkpoint's signature against the keys this node trusts,
-// and only then turns `create` into a CRIU restore of it into the bundle
-// the shim (containerd) or conmon (CRI-O) prepared; the `start` that
+// and turns `create` into engine.RestoreBundle: the checkpoint's signature
+// verified against the keys this node trusts, then a CRIU restore into the
+// bundle the shim (containerd) or conmon (CRI-O) prepared. The `start` that
 // follows is a no-op. Every other call goes to runc untouched, by exec.
 //
 // Doing the restore here, not in the container runtime, is what makes it
 // work the same on containerd 2.2 to 2.4 (2.4 removed its own restore path)
 // and on CRI-O: both only ever see a runc that created a running container.
-package ociwrap
+package runtimeclass
 
 import (
 	"context"
@@ -36,7 +36,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
-	ocirt "github.com/stasis-dev/stasis/pkg/runtime"
+	"github.com/stasis-dev/stasis/pkg/runc"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -150,12 +150,12 @@ func Main(argv []string) int {
 		fmt.Fprintf(os.Stderr, "stasis-runc: %v\n", err)
 		return 1
 	}
-	runc, err := exec.LookPath(cfg.Runtime)
+	bin, err := exec.LookPath(cfg.Runtime)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "stasis-runc: runtime %q: %v\n", cfg.Runtime, err)
 		return 1
 	}
-	w := &wrapper{cfg: cfg, runc: runc}
+	w := &wrapper{cfg: cfg, runc: bin}
 	inv := parseInvocation(argv)
 	switch inv.command {
 	case "create":
@@ -255,95 +255,31 @@ func containerName(spec *ociSpec) string {
 	return ""
 }
 
-// restore restores the checkpoint the grant gave (asking took granted).
+// restore restores the checkpoint the grant gave (asking took granted)
+// into the bundle (engine.RestoreBundle), then gives the restored process
+// the new pod's hostname and records what it did.
 func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bundle string, spec *ociSpec, ans *wire.GrantAnswer,
 	granted time.Duration) error {
-	start := time.Now()
-	ref := ans.Image
-	rec := Record{Checkpoint: ref, Phases: map[string]int64{"grant_us": granted.Microseconds()}}
 	eng, err := w.engine()
 	if err != nil {
 		return err
 	}
 	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
+	// The agent read the grant's lazyPages and the pod's annotation.
+	lazy := ans.LazyPages || w.cfg.LazyPages
 	// The grant says whose checkpoint this must be; the signature, checked
 	// before anything is unpacked, says whose it is.
-	p, err := eng.Prepare(ctx, ref, engine.PrepareOptions{Registry: registry.Options{TLSVerify: tlsVerify},
+	res, err := eng.RestoreBundle(ctx, ans.Image, engine.Bundle{
+		Runtime: &runc.Runtime{Binary: w.runc, Globals: append([]string{}, inv.globals...)},
+		ID:      c.id, Dir: bundle, PidFile: c.pidFile, ConsoleSocket: c.consoleSocket, NoPivot: c.noPivot,
+	}, engine.BundleOptions{Registry: registry.Options{TLSVerify: tlsVerify}, LazyPages: lazy,
 		Expect: provenance.Expect{Namespace: ans.Namespace, Container: ans.Container, Archive: ans.Archive}})
 	if err != nil {
 		return err
 	}
-	// A lazy restore leaves the images to its page server, which removes
-	// them once every page is in.
-	keepWork := false
-	defer func() {
-		if keepWork {
-			p.HandOver()
-		} else {
-			p.Close()
-		}
-	}()
-	root := spec.rootPath(bundle)
-	if err := p.ApplyRootfs(ctx, root); err != nil {
-		return err
-	}
-	// skip-file-rwx-check: the new rootfs' directories need not have the
-	// modes of the checkpointed one. tcp-close: the pod has a new IP, so
-	// established connections cannot go on; listening sockets do.
-	conf := filepath.Join(bundle, "stasis-criu.conf")
-	if err := os.WriteFile(conf, []byte("skip-file-rwx-check\ntcp-close\n"), 0o600); err != nil {
-		return err
-	}
-	if err := setAnnotation(bundle, "org.criu.config", conf); err != nil {
-		return err
-	}
-	args := append([]string{}, inv.globals...)
-	args = append(args, "restore", "--detach", "--bundle", bundle, "--image-path", p.Images(), "--work-path", string(p.Dir))
-	var lazy *criu.LazyPagesServer
-	// The agent read the grant's lazyPages and the pod's annotation.
-	if ans.LazyPages || w.cfg.LazyPages {
-		if lazy, err = criu.StartLazyPages(criu.LazyPages{Images: p.Images(), Work: string(p.Dir),
-			LogDir: filepath.Join(w.cfg.Root, "logs")}, p.Lock()); err != nil {
-			return err
-		}
-		args = append(args, "--lazy-pages")
-		rec.LazyPages = true
-	}
-	if c.pidFile != "" {
-		args = append(args, "--pid-file", c.pidFile)
-	}
-	if c.consoleSocket != "" {
-		args = append(args, "--console-socket", c.consoleSocket)
-	}
-	if c.noPivot {
-		args = append(args, "--no-pivot")
-	}
-	args = append(args, c.id)
-	rec.Phases["prepare_ms"] = time.Since(start).Milliseconds()
-	rec.Phases["resolve_us"], rec.Phases["unpack_us"] = p.Resolved.Microseconds(), p.Unpacked.Microseconds()
-	t := time.Now()
-	cmd := exec.Command(w.runc, args...)
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
-	runErr := cmd.Run()
-	rec.Phases["criu_restore_ms"] = time.Since(t).Milliseconds()
-	if runErr != nil && lazy != nil {
-		lazy.Stop() // killed, it leaves the work directory and its log
-	}
-	// The CRIU log is kept beside the bundle, for as long as the container
-	// (a lazy restore's page server may have removed it already: it is
-	// done when every page is in, which can be before this line).
-	restoreLog, _ := p.ReadMember(archive.RestoreLog, 16<<20)
-	os.WriteFile(filepath.Join(bundle, "stasis-restore.log"), restoreLog, 0o600)
-	if runErr != nil {
-		msg := fmt.Sprintf("runc restore: %v", runErr)
-		for _, l := range criu.ErrorLines(restoreLog, 3) {
-			msg += "; " + l
-		}
-		return errors.New(msg)
-	}
-	if lazy != nil {
-		lazy.Detach()
-		keepWork = true
+	rec := Record{Checkpoint: ans.Image, LazyPages: lazy, Phases: map[string]int64{"grant_us": granted.Microseconds()}}
+	for k, v := range res.Phases {
+		rec.Phases[k+"_us"] = v
 	}
 	b, _ := json.Marshal(rec)
 	if err := os.WriteFile(filepath.Join(bundle, RecordFile), b, 0o600); err != nil {
@@ -389,7 +325,7 @@ func (w *wrapper) engine() (*engine.Engine, error) {
 // runcState is `runc state`'s answer, decoded, and kept whole to be
 // printed again.
 type runcState struct {
-	ocirt.State
+	runc.State
 	fields map[string]json.RawMessage
 }
 
@@ -408,7 +344,7 @@ func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 	if json.Unmarshal(out, &st.fields) != nil || json.Unmarshal(out, &st.State) != nil {
 		return nil, false
 	}
-	if st.Bundle == "" || st.Status != ocirt.Running {
+	if st.Bundle == "" || st.Status != runc.Running {
 		return nil, false
 	}
 	if _, err := os.Stat(filepath.Join(st.Bundle, RecordFile)); err != nil {
@@ -423,7 +359,7 @@ func (w *wrapper) restored(inv invocation) (*runcState, bool) {
 // state prints the state of a restored, not yet started container as
 // runc prints a created one's.
 func (w *wrapper) state(st *runcState) int {
-	st.fields["status"], _ = json.Marshal(ocirt.Created)
+	st.fields["status"], _ = json.Marshal(runc.Created)
 	b, err := json.MarshalIndent(st.fields, "", "  ")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

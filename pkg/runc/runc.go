@@ -1,7 +1,7 @@
-// Package runtime drives an OCI runtime (runc, or crun where chosen) through
+// Package runc drives an OCI runtime (runc, or crun where chosen) through
 // its command line, as Podman and containerd's shims do: create, start, kill,
 // delete, exec, and checkpoint/restore, which the runtime hands to CRIU.
-package runtime
+package runc
 
 import (
 	"bufio"
@@ -25,6 +25,10 @@ var ErrNotExist = errors.New("container does not exist in the runtime")
 type Runtime struct {
 	Binary string // "runc", "crun" or a path
 	Root   string // the runtime's --root
+	// Globals, when set, are the global flags to pass instead of --root
+	// and --log: those a CRI shim or conmon gave stasis-runc, passed on
+	// as they came.
+	Globals []string
 }
 
 // State is what `runc state` reports.
@@ -47,6 +51,9 @@ const (
 )
 
 func (r *Runtime) base(logFile string) []string {
+	if r.Globals != nil {
+		return append([]string{r.Binary}, r.Globals...)
+	}
 	args := []string{r.Binary, "--root", r.Root}
 	if logFile != "" {
 		args = append(args, "--log", logFile, "--log-format", "json")
@@ -173,21 +180,15 @@ type CheckpointOptions struct {
 	LeaveRunning   bool
 	TCPEstablished bool
 	FileLocks      bool
-	// LazyPages, on restore, leaves lazy memory to a CRIU lazy-pages
-	// server listening in WorkPath.
-	LazyPages bool
 }
 
-func (o CheckpointOptions) flags() []string {
-	f := []string{"--image-path", o.ImagePath, "--work-path", o.WorkPath}
-	if o.TCPEstablished {
+func criuFlags(imagePath, workPath string, tcp, locks bool) []string {
+	f := []string{"--image-path", imagePath, "--work-path", workPath}
+	if tcp {
 		f = append(f, "--tcp-established")
 	}
-	if o.FileLocks {
+	if locks {
 		f = append(f, "--file-locks")
-	}
-	if o.LazyPages {
-		f = append(f, "--lazy-pages")
 	}
 	return f
 }
@@ -195,7 +196,7 @@ func (o CheckpointOptions) flags() []string {
 // Checkpoint dumps the container with CRIU into opts.ImagePath.
 func (r *Runtime) Checkpoint(ctx context.Context, id string, opts CheckpointOptions, logFile string) error {
 	args := append(r.base(logFile), "checkpoint")
-	args = append(args, opts.flags()...)
+	args = append(args, criuFlags(opts.ImagePath, opts.WorkPath, opts.TCPEstablished, opts.FileLocks)...)
 	if opts.LeaveRunning {
 		args = append(args, "--leave-running")
 	}
@@ -230,11 +231,38 @@ func waitGroupGone(pgid int, max time.Duration) {
 	}
 }
 
+// RestoreOptions are a restore's: the bundle prepared for it, the CRIU
+// images and CRIU's choices, and what the caller of `runc create` asked.
+type RestoreOptions struct {
+	Bundle, PidFile, LogFile string
+	ImagePath, WorkPath      string
+	TCPEstablished           bool
+	FileLocks                bool
+	// LazyPages leaves lazy memory to a CRIU lazy-pages server listening
+	// in WorkPath.
+	LazyPages     bool
+	ConsoleSocket string
+	NoPivot       bool
+}
+
 // RestoreArgs is the argv that restores a container detached from CRIU
-// images into a prepared bundle; like RunArgs, the monitor runs it.
-func (r *Runtime) RestoreArgs(id, bundle, pidFile, logFile string, opts CheckpointOptions) []string {
-	args := append(r.base(logFile), "restore", "--detach", "--bundle", bundle, "--pid-file", pidFile)
-	args = append(args, opts.flags()...)
+// images into a prepared bundle; like RunArgs, the monitor (or the CRI
+// runtime's shim, through stasis-runc) runs it.
+func (r *Runtime) RestoreArgs(id string, o RestoreOptions) []string {
+	args := append(r.base(o.LogFile), "restore", "--detach", "--bundle", o.Bundle)
+	args = append(args, criuFlags(o.ImagePath, o.WorkPath, o.TCPEstablished, o.FileLocks)...)
+	if o.LazyPages {
+		args = append(args, "--lazy-pages")
+	}
+	if o.PidFile != "" {
+		args = append(args, "--pid-file", o.PidFile)
+	}
+	if o.ConsoleSocket != "" {
+		args = append(args, "--console-socket", o.ConsoleSocket)
+	}
+	if o.NoPivot {
+		args = append(args, "--no-pivot")
+	}
 	return append(args, id)
 }
 

@@ -1,4 +1,4 @@
-package ociwrap
+package runtimeclass
 
 import (
 	"context"

@@ -1,0 +1,220 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/checkpointimage"
+	"github.com/stasis-dev/stasis/pkg/provenance"
+	"github.com/stasis-dev/stasis/pkg/registry"
+	"github.com/stasis-dev/stasis/pkg/store"
+)
+
+// Ref names a checkpoint, for a restore or an inspection.
+type Ref struct {
+	// Name is a container (its latest stored checkpoint; once it is
+	// removed, the latest stored under its name), a stored checkpoint's
+	// ID, or a checkpoint image in the store or a registry.
+	Name string
+	// Checkpoint picks one of Name's stored checkpoints by ID (a rewind).
+	Checkpoint string
+	// File is an archive file to read instead; Digest is the sha256 it
+	// must have, by default the one recorded beside it
+	// (archive.DigestSuffix), if any.
+	File, Digest string
+	// AnyFile lets Name be an archive file's path too (inspect, diff).
+	AnyFile bool
+	// Registry is how to pull a checkpoint image.
+	Registry registry.Options
+	// Expect is what a checkpoint image's signature must say of it when
+	// the engine verifies signatures (Options.Trust); nil: anything.
+	Expect *provenance.Expect
+	// Signed admits only a checkpoint image whose signature verifies
+	// (the engine must have trust): an archive file, a container's or a
+	// stored checkpoint carries no signature.
+	Signed bool
+}
+
+// source is a checkpoint found: where its archive is, what else is known
+// of it, and what finding it fetched, which rollback removes.
+type source struct {
+	archive string
+	// digest, when known, is what the archive's bytes must hash to.
+	digest string
+	// rootfsDiff is a stored checkpoint's shared rootfs diff, kept beside
+	// its archive (store.Entry.RootfsDiff).
+	rootfsDiff string
+	// container is the container whose stored checkpoint this is, if it
+	// still exists (an in-place restore brings it back).
+	container *Container
+	// image is what a checkpoint image says about itself.
+	image *checkpointimage.Info
+	// encryptedLayer describes the layer of an encrypted checkpoint
+	// image: the archive must be decrypted first.
+	encryptedLayer *v1.Descriptor
+	// stored is set for a checkpoint this node's store made: its spec.dump
+	// is stasis' own. Any other is restored into a spec of stasis' making.
+	stored bool
+	// pulled are the images fetched for this checkpoint (its image, a
+	// signature, a base image), in the engine's store.
+	pulled []string
+	e      *Engine
+}
+
+// rollback removes what resolving (and restoring) the source pulled: a
+// failed restore leaves the image store as it found it.
+func (s *source) rollback() error {
+	var errs []error
+	for _, name := range s.pulled {
+		if err := s.e.Images.Remove(name); err != nil {
+			errs = append(errs, fmt.Errorf("remove %s, pulled for the restore: %w", name, err))
+		}
+	}
+	s.pulled = nil
+	return errors.Join(errs...)
+}
+
+// resolve is the one way a reference becomes a checkpoint. With trust
+// (Options.Trust), a checkpoint image is one only if its signature
+// verifies and says what r.Expect says.
+func (e *Engine) resolve(ctx context.Context, r Ref) (*source, error) {
+	if r.Signed {
+		if e.trust == nil {
+			return nil, fmt.Errorf("%s: only a signed checkpoint image may be restored here, and no key to verify it with is set", r.Name)
+		}
+		return e.signedSource(ctx, r)
+	}
+	if r.File != "" {
+		if r.Name != "" {
+			return nil, errors.New("give either a container or an archive file, not both")
+		}
+		if _, err := os.Stat(r.File); err != nil {
+			return nil, err
+		}
+		digest := r.Digest
+		if digest == "" {
+			var err error
+			if digest, err = archive.ReadDigestFile(r.File); err != nil {
+				return nil, err
+			}
+		}
+		return &source{archive: r.File, digest: digest, e: e}, nil
+	}
+	if r.Name == "" {
+		return nil, errors.New("name a container, a stored checkpoint or a checkpoint image, or give an archive file")
+	}
+	if fi, err := os.Stat(r.Name); r.AnyFile && err == nil && fi.Mode().IsRegular() {
+		return &source{archive: r.Name, e: e}, nil
+	}
+	c, err := e.Get(ctx, r.Name)
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	ent, err := e.storedCheckpoint(c, r)
+	if err == nil {
+		if c == nil {
+			// Named by its ID, a checkpoint still belongs to its container.
+			c, _ = e.Get(ctx, ent.ContainerID)
+		}
+		return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff, container: c, stored: true, e: e}, nil
+	}
+	if c != nil || r.Checkpoint != "" {
+		return nil, fmt.Errorf("%s: %w", r.Name, err)
+	}
+	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect)
+	if err != nil {
+		return nil, fmt.Errorf("%s names no container, no stored checkpoint, and as a checkpoint image: %w", r.Name, err)
+	}
+	return src, nil
+}
+
+// storedCheckpoint is the stored checkpoint r means: the one r.Checkpoint
+// names, the one r.Name names, or the latest of container c (or, with no
+// such container, of the container that had the name r.Name).
+func (e *Engine) storedCheckpoint(c *Container, r Ref) (*store.Entry, error) {
+	if r.Checkpoint != "" {
+		return e.Checkpoints.Get(r.Checkpoint)
+	}
+	if c == nil {
+		if ent, err := e.Checkpoints.Get(r.Name); err == nil {
+			return ent, nil
+		}
+		return store.Latest(e.Checkpoints, r.Name)
+	}
+	ent, err := store.Latest(e.Checkpoints, c.ID)
+	if err != nil {
+		ent, err = store.Latest(e.Checkpoints, c.Name)
+	}
+	return ent, err
+}
+
+// signedSource resolves r.Signed: only a verified checkpoint image is
+// restored. The archive of a container or of a stored checkpoint carries
+// no signature; what else r names is looked up only to say so when it is
+// no such image, off the restore's path.
+func (e *Engine) signedSource(ctx context.Context, r Ref) (*source, error) {
+	refuse := func(what string) error {
+		return fmt.Errorf("%s %s, and with trusted keys only signed checkpoint images are restored", r.Name, what)
+	}
+	if r.File != "" {
+		return nil, fmt.Errorf("archive file %s: with trusted keys only signed checkpoint images are restored", r.File)
+	}
+	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect)
+	if err == nil {
+		return src, nil
+	}
+	if _, cerr := e.Checkpoints.Get(r.Name); cerr == nil {
+		return nil, refuse("names a stored checkpoint")
+	}
+	if _, cerr := e.Get(ctx, r.Name); cerr == nil {
+		return nil, refuse("names a container")
+	}
+	if _, serr := store.Latest(e.Checkpoints, r.Name); serr == nil {
+		return nil, refuse("names a container's stored checkpoints")
+	}
+	return nil, fmt.Errorf("%s (with trusted keys, only as a signed checkpoint image): %w", r.Name, err)
+}
+
+// checkpointImage finds checkpoint image ref in the store, or pulls it
+// (verified against x with trust), checking that it is a checkpoint
+// before any layer moves.
+func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect) (*source, error) {
+	src := &source{e: e}
+	i, err := e.localCheckpointImage(ref, o, x)
+	if errors.Is(err, errNotLocal) {
+		var sig string
+		if i, sig, err = e.pullCheckpointImage(ctx, ref, o, x); err == nil {
+			src.pulled = append(src.pulled, i.Name)
+			if sig != "" {
+				src.pulled = append(src.pulled, sig)
+			}
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	src.image, _ = checkpointimage.Read(i.Annotations)
+	if src.archive, err = e.Images.LayerPath(i); err != nil {
+		return nil, errors.Join(err, src.rollback())
+	}
+	src.digest = blobDigest(src.archive)
+	img, err := e.Images.Image(i)
+	if err != nil {
+		return nil, errors.Join(err, src.rollback())
+	}
+	if m, err := img.Manifest(); err == nil && len(m.Layers) == 1 && checkpointimage.IsEncrypted(m.Layers[0].MediaType) {
+		src.encryptedLayer = &m.Layers[0]
+	}
+	return src, nil
+}
+
+// blobDigest is the digest a content-addressed blob's name says it has.
+func blobDigest(path string) string {
+	return "sha256:" + filepath.Base(path)
+}

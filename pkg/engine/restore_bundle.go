@@ -1,0 +1,181 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/criu"
+	"github.com/stasis-dev/stasis/pkg/provenance"
+	"github.com/stasis-dev/stasis/pkg/registry"
+	"github.com/stasis-dev/stasis/pkg/runc"
+)
+
+// Bundle is a container that a CRI runtime's shim or conmon prepared and
+// asked stasis-runc to `create`: the restore goes into its bundle, with its
+// rootfs, cgroup and namespaces; only the CRIU images and the rootfs
+// changes come from the checkpoint.
+type Bundle struct {
+	// Runtime is the runc the shim meant to call, with the global flags it
+	// gave (runc.Runtime.Globals).
+	Runtime *runc.Runtime
+	ID, Dir string
+	// PidFile, ConsoleSocket and NoPivot are what `create` was told.
+	PidFile, ConsoleSocket string
+	NoPivot                bool
+}
+
+// BundleOptions say how RestoreBundle finds the checkpoint and restores it.
+type BundleOptions struct {
+	// Registry is how to pull a checkpoint image.
+	Registry registry.Options
+	// Expect is what the checkpoint image's signature must say of it when
+	// the engine verifies signatures (Options.Trust): the namespace the
+	// pod is restored into, and its container.
+	Expect    provenance.Expect
+	LazyPages bool
+}
+
+// Files RestoreBundle leaves in the bundle, for as long as the container.
+const (
+	// BundleCRIUConfig is the CRIU config file runc passes on.
+	BundleCRIUConfig = "stasis-criu.conf"
+	// BundleRestoreLog is CRIU's log of the restore.
+	BundleRestoreLog = "stasis-restore.log"
+)
+
+// RestoreBundle restores checkpoint image ref, signed as o.Expect says
+// (the engine must have trust), into b and returns once the restored
+// process runs. The work directory it unpacks into is under the
+// engine's root, on disk: a checkpoint may be larger than the tmpfs a
+// bundle lives on. A pulled image stays in the store, so the next replica
+// restored from it does not pull again; a failed restore removes it.
+func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o BundleOptions) (*RestoreResult, error) {
+	start := time.Now()
+	src, err := e.resolve(ctx, Ref{Name: ref, Registry: o.Registry, Expect: &o.Expect, Signed: true})
+	if err != nil {
+		return nil, err
+	}
+	resolved := time.Since(start)
+	res, err := e.restore(ctx, src, &bundleTarget{b: b}, restoreOptions{LazyPages: o.LazyPages})
+	if err != nil {
+		return nil, errors.Join(err, src.rollback())
+	}
+	res.Container, res.ID = b.ID, b.ID
+	res.Phases.add("resolve", resolved)
+	res.Phases["total"] = time.Since(start).Microseconds()
+	return res, nil
+}
+
+// bundleTarget restores into a Bundle.
+type bundleTarget struct{ b Bundle }
+
+func (t *bundleTarget) prepare(ctx context.Context, e *Engine, ck *unpacked) (string, error) {
+	var spec struct {
+		Root struct {
+			Path string `json:"path"`
+		} `json:"root"`
+	}
+	b, err := os.ReadFile(filepath.Join(t.b.Dir, "config.json"))
+	if err != nil {
+		return "", err
+	}
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return "", fmt.Errorf("bundle %s: config.json: %w", t.b.Dir, err)
+	}
+	if filepath.IsAbs(spec.Root.Path) {
+		return spec.Root.Path, nil
+	}
+	return filepath.Join(t.b.Dir, spec.Root.Path), nil
+}
+
+// configure gives runc a CRIU config file. skip-file-rwx-check: the new
+// rootfs' directories need not have the modes of the checkpointed one.
+// tcp-close: the pod has a new IP, so established connections cannot go
+// on; listening sockets do.
+func (t *bundleTarget) configure(ctx context.Context, e *Engine, ck *unpacked) error {
+	conf := filepath.Join(t.b.Dir, BundleCRIUConfig)
+	if err := os.WriteFile(conf, []byte("skip-file-rwx-check\ntcp-close\n"), 0o600); err != nil {
+		return err
+	}
+	return setBundleAnnotation(t.b.Dir, "org.criu.config", conf)
+}
+
+func (t *bundleTarget) start(ctx context.Context, e *Engine, ck *unpacked, o runc.RestoreOptions, _ *criu.LazyPagesServer) (int, error) {
+	o.Bundle, o.PidFile, o.ConsoleSocket, o.NoPivot = t.b.Dir, t.b.PidFile, t.b.ConsoleSocket, t.b.NoPivot
+	argv := t.b.Runtime.RestoreArgs(t.b.ID, o)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	// The shim or conmon gave stasis-runc the container's stdio.
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	runErr := cmd.Run()
+	// The log is kept beside the bundle (a lazy restore's page server may
+	// have removed it already: it is done when every page is in, which can
+	// be before this line).
+	log, _ := ck.ReadMember(archive.RestoreLog, 16<<20)
+	os.WriteFile(filepath.Join(t.b.Dir, BundleRestoreLog), log, 0o600)
+	if runErr != nil {
+		msg := fmt.Sprintf("runc restore: %v", runErr)
+		for _, l := range criu.ErrorLines(log, 3) {
+			msg += "; " + l
+		}
+		return 0, errors.New(msg)
+	}
+	if t.b.PidFile == "" {
+		return 0, nil
+	}
+	b, err := os.ReadFile(t.b.PidFile)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(strings.TrimSpace(string(b)))
+}
+
+// abort has nothing to undo: the bundle is the shim's, which deletes what
+// a failed create left.
+func (t *bundleTarget) abort(context.Context, *Engine) error { return nil }
+func (t *bundleTarget) close()                               {}
+
+// setBundleAnnotation adds an annotation to the bundle's config.json,
+// keeping everything else as it was: the file is rewritten as generic
+// JSON, so fields newer than stasis' runtime-spec survive.
+func setBundleAnnotation(bundle, key, value string) error {
+	p := filepath.Join(bundle, "config.json")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		return err
+	}
+	var spec map[string]json.RawMessage
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return err
+	}
+	ann := map[string]string{}
+	if raw, ok := spec["annotations"]; ok {
+		if err := json.Unmarshal(raw, &ann); err != nil {
+			return err
+		}
+	}
+	ann[key] = value
+	if spec["annotations"], err = json.Marshal(ann); err != nil {
+		return err
+	}
+	if b, err = json.Marshal(spec); err != nil {
+		return err
+	}
+	st, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	tmp := p + ".stasis"
+	if err := os.WriteFile(tmp, b, st.Mode().Perm()); err != nil {
+		return err
+	}
+	return os.Rename(tmp, p)
+}
