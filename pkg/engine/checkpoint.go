@@ -135,6 +135,7 @@ func (e *Engine) subject(c *Container) (*Subject, error) {
 		return nil, err
 	}
 	return &Subject{
+		own:     true,
 		Runtime: e.rt, ID: c.ID, Name: c.Name, Marks: c.Labels, Spec: spec, Layout: p.layout(lower),
 		Config: archive.Config{
 			ContainerConfig: metadata.ContainerConfig{

@@ -41,6 +41,9 @@ type Subject struct {
 	// runtime's name, the time).
 	Config archive.Config
 
+	// own is set for the engine's own containers, whose spec is stasis'
+	// and may be restored as recorded (a StoreSink takes only those).
+	own bool
 	// stopped, when the dump ended the container's processes, records
 	// that before anything else can fail: the engine's own containers are
 	// then "checkpointed", whatever comes.
@@ -102,14 +105,22 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 			return nil, err
 		}
 	}
+	prepared := time.Since(start)
 	thaw := func() error { return nil }
 	if o.LeaveRunning {
+		t := time.Now()
 		if thaw, err = freeze(ctx, jobs); err != nil {
 			return nil, err
 		}
-		defer thaw()
+		defer func() {
+			if err != nil {
+				err = errors.Join(err, thaw())
+			}
+		}()
+		for _, d := range ds {
+			d.res.Phases.add("freeze", time.Since(t))
+		}
 	}
-	prepared := time.Since(start)
 	for _, d := range ds {
 		d.res.Phases.add("prepare", prepared)
 		if err := e.dumpOne(ctx, d, o); err != nil {
@@ -118,8 +129,9 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 	}
 	// Dumped, the checkpoint is finished even if a signal comes now:
 	// without LeaveRunning the processes are gone, and their memory is
-	// only in work until the archives are written.
-	ctx = context.WithoutCancel(ctx)
+	// only in work until the archives are written. Publishing may be
+	// cancelled: a repeated request completes it.
+	publishCtx, ctx := ctx, context.WithoutCancel(ctx)
 	for _, d := range ds {
 		t := time.Now()
 		if err := writeMembers(d.Subject, d.dir, version); err != nil {
@@ -146,7 +158,7 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 	}
 	out := make([]*CheckpointResult, len(ds))
 	for i, d := range ds {
-		if err := d.To.publish(ctx, e, d); err != nil {
+		if err := d.To.publish(publishCtx, e, d); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", d.Subject.Name, err)
 		}
 		d.res.Phases.add("total", time.Since(start))

@@ -151,7 +151,9 @@ func testSubject(t *testing.T, rt Runtime, id string) *Subject {
 		t.Fatal(err)
 	}
 	writeFile(t, filepath.Join(lay.Upper, "etc", "changed"), "changed by "+id+"\n")
+	// One of the engine's own, as e.subject makes them, unless a test says.
 	return &Subject{
+		own:     true,
 		Runtime: rt, ID: id, Name: "ctr-" + id, Layout: lay,
 		Spec: &specs.Spec{
 			Process: &specs.Process{Args: []string{"/app"}},
@@ -531,4 +533,35 @@ func TestDumpFailedSinkTakesBackTheOthers(t *testing.T) {
 	}
 	assertEmpty(t, out)
 	assertEmpty(t, filepath.Join(e.root, "work"))
+}
+
+// A pod's containers (not the engine's) stay off the checkpoint store,
+// whose entries are restored with their spec as recorded; migrate=never
+// keeps a pod's local checkpoint image, not one made to travel.
+func TestDumpSinksForeignSubjects(t *testing.T) {
+	ctx := context.Background()
+	e, rt := testEngine(t), newFakeRuntime()
+	s := testSubject(t, rt, "a")
+	s.own = false
+	if _, err := e.Dump(ctx, DumpOptions{LeaveRunning: true}, DumpJob{Subject: s, To: StoreSink{}}); err == nil || !strings.Contains(err.Error(), "own containers") {
+		t.Fatalf("a foreign subject into the store: %v", err)
+	}
+	if all, _ := e.Checkpoints.List(); len(all) != 0 {
+		t.Fatalf("stored %+v", all[0])
+	}
+	s.Marks = map[string]string{policy.Migrate: policy.Never}
+	if _, err := e.Dump(ctx, DumpOptions{LeaveRunning: true}, DumpJob{Subject: s, To: ImageSink{Name: "localhost/ckpt/a:1"}}); !errors.Is(err, policy.ErrOptedOut) {
+		t.Fatalf("migrate=never into an image made to travel: %v", err)
+	}
+	res, err := e.Dump(ctx, DumpOptions{LeaveRunning: true}, DumpJob{Subject: s, To: ImageSink{Name: "localhost/ckpt/a:1", Local: true}})
+	if err != nil {
+		t.Fatalf("migrate=never into the node's own image: %v", err)
+	}
+	if _, err := e.Images.Get(res[0].Image); err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.Dump(ctx, DumpOptions{LeaveRunning: true}, DumpJob{Subject: s, To: ImageSink{Name: "localhost/ckpt/a:2", Local: true, Push: true}})
+	if !errors.Is(err, policy.ErrOptedOut) {
+		t.Fatalf("migrate=never pushed: %v", err)
+	}
 }

@@ -198,10 +198,9 @@ func (e *Engine) baseImage(cfg *archive.Config) (*image.Image, error) {
 }
 
 // ensureBaseImage finds the base image, pulling it when it is missing and
-// its name says where it lives. digest, when known (from a checkpoint
-// image), pins exactly the image that was checkpointed.
-// The digest a checkpoint image records pins exactly the image that was
-// checkpointed; the pull is recorded in src, whose rollback removes it.
+// its name says where it lives. The digest a checkpoint image records
+// pins exactly the image that was checkpointed; the pull is recorded in
+// src, whose rollback removes it.
 func (e *Engine) ensureBaseImage(ctx context.Context, cfg *archive.Config, src *source, o registry.Options) (*image.Image, error) {
 	digest := ""
 	if src.image != nil {

@@ -66,6 +66,9 @@ type RestoreResult struct {
 // are removed again.
 func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult, error) {
 	start := time.Now()
+	if _, err := e.criuVersion(); err != nil {
+		return nil, err
+	}
 	src, err := e.resolve(ctx, Ref{Name: o.Container, Checkpoint: o.Checkpoint, File: o.Import, Digest: o.ImportDigest, Registry: o.Registry})
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
@@ -75,7 +78,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	if src.container != nil && (o.Name == "" || o.Name == src.container.Name) {
 		t.existing = src.container
 	}
-	res, err := e.restore(ctx, src, t, restoreOptions{TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, LazyPages: o.LazyPages})
+	res, err := e.restore(ctx, src, t, runc.RestoreOptions{TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, LazyPages: o.LazyPages})
 	if err != nil {
 		if t.c != nil {
 			err = fmt.Errorf("restore %s: %w", t.c.Name, err)
@@ -88,14 +91,6 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	res.Phases.add("resolve", resolved)
 	res.Phases["total"] = time.Since(start).Microseconds()
 	return res, nil
-}
-
-// restoreOptions are CRIU's choices for a restore.
-type restoreOptions struct {
-	TCPEstablished, FileLocks bool
-	// LazyPages starts the container before its memory is restored: pages
-	// come in on first touch and in the background (criu.LazyPages).
-	LazyPages bool
 }
 
 // target is where a restore brings a checkpoint back: one of the engine's
@@ -129,15 +124,12 @@ type unpacked struct {
 // restore is the one restore pipeline: the checkpoint unpacked, the
 // target's rootfs prepared and the checkpoint's file changes replayed onto
 // it, the target configured, the lazy-pages server started (with
-// o.LazyPages), and `runc restore` run. On failure the target undoes what
+// o.LazyPages), and `runc restore` run. Of o, the pipeline reads CRIU's
+// choices (TCPEstablished, FileLocks, LazyPages) and fills in the rest. On failure the target undoes what
 // it did and the work directory goes; with lazy pages, success hands the
 // directory (the pages still to come) and its lock to the page server.
-func (e *Engine) restore(ctx context.Context, src *source, t target, o restoreOptions) (_ *RestoreResult, err error) {
-	start := time.Now()
+func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.RestoreOptions) (_ *RestoreResult, err error) {
 	defer t.close()
-	if _, err := e.criuVersion(); err != nil {
-		return nil, err
-	}
 	res := &RestoreResult{Phases: Phases{}}
 	work, lock, err := e.workDir("restore-")
 	if err != nil {
@@ -167,6 +159,8 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o restoreOp
 	if err != nil {
 		return nil, err
 	}
+	res.Phases.add("prepare", time.Since(tm))
+	tm = time.Now()
 	if err := applyRootfs(ctx, ck.Dir, root, ck.deleted, e.maxUnpack); err != nil {
 		return nil, err
 	}
@@ -176,8 +170,7 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o restoreOp
 	}
 
 	tm = time.Now()
-	ro := runc.RestoreOptions{ImagePath: ck.Images(), WorkPath: string(ck.Dir),
-		TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, LazyPages: o.LazyPages}
+	o.ImagePath, o.WorkPath = ck.Images(), string(ck.Dir)
 	var lazy *criu.LazyPagesServer
 	if o.LazyPages {
 		lazy, err = criu.StartLazyPages(criu.LazyPages{Images: ck.Images(), Work: string(ck.Dir), LogDir: filepath.Join(e.root, "logs")}, lock)
@@ -185,7 +178,7 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o restoreOp
 			return nil, err
 		}
 	}
-	pid, err := t.start(ctx, e, ck, ro, lazy)
+	pid, err := t.start(ctx, e, ck, o, lazy)
 	if err != nil {
 		if lazy != nil {
 			lazy.Stop() // killed, it leaves the work directory and its log
@@ -201,7 +194,6 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o restoreOp
 		lazy.Detach()
 		keepWork = true
 	}
-	res.Phases.add("total", time.Since(start))
 	return res, nil
 }
 

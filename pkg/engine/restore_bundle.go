@@ -28,6 +28,8 @@ type Bundle struct {
 	// gave (runc.Runtime.Globals).
 	Runtime *runc.Runtime
 	ID, Dir string
+	// Rootfs is the bundle's root filesystem, as its config.json says.
+	Rootfs string
 	// PidFile, ConsoleSocket and NoPivot are what `create` was told.
 	PidFile, ConsoleSocket string
 	NoPivot                bool
@@ -56,8 +58,10 @@ const (
 // (the engine must have trust), into b and returns once the restored
 // process runs. The work directory it unpacks into is under the
 // engine's root, on disk: a checkpoint may be larger than the tmpfs a
-// bundle lives on. A pulled image stays in the store, so the next replica
-// restored from it does not pull again; a failed restore removes it.
+// bundle lives on. A pulled image stays in the store, even when the
+// restore fails: the next replica, or the kubelet's retry of this one,
+// does not pull again (and what is pulled is verified before it is
+// stored).
 func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o BundleOptions) (*RestoreResult, error) {
 	start := time.Now()
 	src, err := e.resolve(ctx, Ref{Name: ref, Registry: o.Registry, Expect: &o.Expect, Signed: true})
@@ -65,9 +69,9 @@ func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o Bund
 		return nil, err
 	}
 	resolved := time.Since(start)
-	res, err := e.restore(ctx, src, &bundleTarget{b: b}, restoreOptions{LazyPages: o.LazyPages})
+	res, err := e.restore(ctx, src, &bundleTarget{b: b}, runc.RestoreOptions{LazyPages: o.LazyPages})
 	if err != nil {
-		return nil, errors.Join(err, src.rollback())
+		return nil, err
 	}
 	res.Container, res.ID = b.ID, b.ID
 	res.Phases.add("resolve", resolved)
@@ -78,23 +82,8 @@ func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o Bund
 // bundleTarget restores into a Bundle.
 type bundleTarget struct{ b Bundle }
 
-func (t *bundleTarget) prepare(ctx context.Context, e *Engine, ck *unpacked) (string, error) {
-	var spec struct {
-		Root struct {
-			Path string `json:"path"`
-		} `json:"root"`
-	}
-	b, err := os.ReadFile(filepath.Join(t.b.Dir, "config.json"))
-	if err != nil {
-		return "", err
-	}
-	if err := json.Unmarshal(b, &spec); err != nil {
-		return "", fmt.Errorf("bundle %s: config.json: %w", t.b.Dir, err)
-	}
-	if filepath.IsAbs(spec.Root.Path) {
-		return spec.Root.Path, nil
-	}
-	return filepath.Join(t.b.Dir, spec.Root.Path), nil
+func (t *bundleTarget) prepare(context.Context, *Engine, *unpacked) (string, error) {
+	return t.b.Rootfs, nil
 }
 
 // configure gives runc a CRIU config file. skip-file-rwx-check: the new

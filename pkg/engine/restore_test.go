@@ -190,7 +190,7 @@ func TestRestorePipelineOrder(t *testing.T) {
 	src := resolveFile(t, e, restoreArchive(t, goodDiff, []string{"/etc/old"}))
 	tg := newFakeTarget(t)
 
-	res, err := e.restore(context.Background(), src, tg, restoreOptions{TCPEstablished: true})
+	res, err := e.restore(context.Background(), src, tg, runc.RestoreOptions{TCPEstablished: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -218,7 +218,7 @@ func TestRestorePipelineOrder(t *testing.T) {
 	if res.Pid != 4242 {
 		t.Errorf("pid %d", res.Pid)
 	}
-	for _, p := range []string{"extract", "rootfs", "criu_restore", "total"} {
+	for _, p := range []string{"extract", "prepare", "rootfs", "criu_restore"} {
 		if _, ok := res.Phases[p]; !ok {
 			t.Errorf("no phase %q in %v", p, res.Phases)
 		}
@@ -234,7 +234,7 @@ func TestRestorePipelineStartFails(t *testing.T) {
 	tg := newFakeTarget(t)
 	tg.startErr = errors.New("runc restore: exit status 1")
 
-	_, err := e.restore(context.Background(), src, tg, restoreOptions{})
+	_, err := e.restore(context.Background(), src, tg, runc.RestoreOptions{})
 	if !errors.Is(err, tg.startErr) {
 		t.Fatalf("error %v, want the start's", err)
 	}
@@ -249,7 +249,7 @@ func TestRestorePipelineRefusesUnsafeDeleted(t *testing.T) {
 	src := resolveFile(t, e, restoreArchive(t, goodDiff, []string{"/etc/old", "../../etc/passwd"}))
 	tg := newFakeTarget(t)
 
-	_, err := e.restore(context.Background(), src, tg, restoreOptions{})
+	_, err := e.restore(context.Background(), src, tg, runc.RestoreOptions{})
 	if !errors.Is(err, untar.ErrUnsafePath) {
 		t.Fatalf("error %v, want ErrUnsafePath", err)
 	}
@@ -268,7 +268,7 @@ func TestRestorePipelineUnsafeDiffAborts(t *testing.T) {
 	src := resolveFile(t, e, restoreArchive(t, []diffEntry{{"../escaped", "x", tar.TypeReg}}, nil))
 	tg := newFakeTarget(t)
 
-	_, err := e.restore(context.Background(), src, tg, restoreOptions{})
+	_, err := e.restore(context.Background(), src, tg, runc.RestoreOptions{})
 	if !errors.Is(err, archive.ErrInvalid) || !errors.Is(err, untar.ErrUnsafePath) {
 		t.Fatalf("error %v, want ErrInvalid and ErrUnsafePath", err)
 	}
@@ -297,7 +297,7 @@ func TestRestorePipelineSharedRootfsDiff(t *testing.T) {
 	}
 	tg := newFakeTarget(t)
 
-	if _, err := e.restore(context.Background(), src, tg, restoreOptions{}); err != nil {
+	if _, err := e.restore(context.Background(), src, tg, runc.RestoreOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	tg.assertCalls(t, "prepare", "configure", "start", "close")

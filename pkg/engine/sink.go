@@ -72,11 +72,16 @@ type ImageSink struct {
 	Push     bool
 	PushTo   string
 	Registry registry.Options
+	// Local says the image is the node's own until pushed: a pod
+	// checkpoint's, which the agent keeps for its node's restores. An
+	// image the CLI makes is made to travel, so it counts as leaving the
+	// node, pushed or not.
+	Local bool
 }
 
 func (s StoreSink) leaves() bool                     { return false }
 func (s FileSink) leaves() bool                      { return true }
-func (s ImageSink) leaves() bool                     { return true }
+func (s ImageSink) leaves() bool                     { return !s.Local || s.Push }
 func (s StoreSink) compression() archive.Compression { return orZstd(s.Compression) }
 func (s FileSink) compression() archive.Compression {
 	if s.Compression == "" {
@@ -94,6 +99,10 @@ func orZstd(c archive.Compression) archive.Compression {
 }
 
 func (s StoreSink) write(ctx context.Context, e *Engine, d *dumped, _ string) (func() error, error) {
+	if !d.Subject.own {
+		// The store's checkpoints are restored with their spec as recorded.
+		return nil, fmt.Errorf("only the engine's own containers are kept in its checkpoint store")
+	}
 	members := archive.Members
 	summary := summarize(d.dir, d.res.CRIU, s.ShareRootfs)
 	shared := ""

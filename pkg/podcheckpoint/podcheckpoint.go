@@ -125,7 +125,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r wire.PodCheckpointReque
 // sink is where a container's checkpoint goes: its name in the node's
 // store, signed with the cluster's key, pushed to the request's repository.
 func (c *Checkpointer) sink(r wire.PodCheckpointRequest, container string) engine.ImageSink {
-	s := engine.ImageSink{Name: LocalImage(r, container), Signer: c.Signer,
+	s := engine.ImageSink{Name: LocalImage(r, container), Local: true, Signer: c.Signer,
 		Claims: provenance.Claims{Cluster: c.Cluster, Namespace: r.Namespace, Pod: r.Pod, Container: container, Node: c.Node}}
 	if r.Repository != "" {
 		s.Push, s.PushTo, s.Registry = true, r.Repository+":"+r.Name+"-"+container, registry.Options{TLSVerify: !r.Insecure}

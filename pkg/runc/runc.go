@@ -24,10 +24,10 @@ var ErrNotExist = errors.New("container does not exist in the runtime")
 // Runtime is one OCI runtime binary with its state directory.
 type Runtime struct {
 	Binary string // "runc", "crun" or a path
-	Root   string // the runtime's --root
-	// Globals, when set, are the global flags to pass instead of --root
-	// and --log: those a CRI shim or conmon gave stasis-runc, passed on
-	// as they came.
+	// Root is the runtime's --root. Without one, Globals are the global
+	// flags instead of --root and --log: those a CRI shim or conmon gave
+	// stasis-runc, passed on as they came.
+	Root    string
 	Globals []string
 }
 
@@ -51,7 +51,7 @@ const (
 )
 
 func (r *Runtime) base(logFile string) []string {
-	if r.Globals != nil {
+	if r.Root == "" {
 		return append([]string{r.Binary}, r.Globals...)
 	}
 	args := []string{r.Binary, "--root", r.Root}
@@ -135,7 +135,6 @@ func (r *Runtime) Delete(ctx context.Context, id string, force bool) error {
 	return err
 }
 
-// Resume thaws a frozen container.
 // Pause freezes the container's processes.
 func (r *Runtime) Pause(ctx context.Context, id string) error {
 	_, err := r.run(ctx, "pause", id)

@@ -270,8 +270,9 @@ func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bu
 	// The grant says whose checkpoint this must be; the signature, checked
 	// before anything is unpacked, says whose it is.
 	res, err := eng.RestoreBundle(ctx, ans.Image, engine.Bundle{
-		Runtime: &runc.Runtime{Binary: w.runc, Globals: append([]string{}, inv.globals...)},
-		ID:      c.id, Dir: bundle, PidFile: c.pidFile, ConsoleSocket: c.consoleSocket, NoPivot: c.noPivot,
+		Runtime: &runc.Runtime{Binary: w.runc, Globals: inv.globals},
+		ID:      c.id, Dir: bundle, Rootfs: spec.rootPath(bundle),
+		PidFile: c.pidFile, ConsoleSocket: c.consoleSocket, NoPivot: c.noPivot,
 	}, engine.BundleOptions{Registry: registry.Options{TLSVerify: tlsVerify}, LazyPages: lazy,
 		Expect: provenance.Expect{Namespace: ans.Namespace, Container: ans.Container, Archive: ans.Archive}})
 	if err != nil {
