@@ -6,7 +6,6 @@ import (
 	"os"
 	"text/tabwriter"
 
-	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/store"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
@@ -51,7 +50,7 @@ func remoteCheckpoints(ctx context.Context, c *wire.Client) error {
 }
 
 func remoteCheckpoint(ctx context.Context, c *wire.Client, name string, req wire.CheckpointRequest, stats bool) error {
-	var res engine.CheckpointResult
+	var res wire.CheckpointResult
 	if err := c.Do(ctx, "POST", "/v1/containers/"+name+"/checkpoint", req, &res); err != nil {
 		return err
 	}
@@ -70,7 +69,7 @@ func remoteCheckpoint(ctx context.Context, c *wire.Client, name string, req wire
 }
 
 func remoteRestore(ctx context.Context, c *wire.Client, req wire.RestoreRequest, stats bool) error {
-	var res engine.RestoreResult
+	var res wire.RestoreResult
 	if err := c.Do(ctx, "POST", "/v1/restore", req, &res); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/checkpoint-restore/go-criu/v8/stats"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // MinMajor is the oldest CRIU major version stasis accepts: 3.x cannot dump
@@ -56,22 +57,13 @@ func Check() (string, error) {
 	return v, nil
 }
 
-// DumpStats are the figures CRIU records for a dump, in microseconds and pages.
-type DumpStats struct {
-	FreezingTime uint32 `json:"freezing_time_us"`
-	FrozenTime   uint32 `json:"frozen_time_us"`
-	MemdumpTime  uint32 `json:"memdump_time_us"`
-	MemwriteTime uint32 `json:"memwrite_time_us"`
-	PagesScanned uint64 `json:"pages_scanned"`
-	PagesWritten uint64 `json:"pages_written"`
-}
-
-// RestoreStats are the figures CRIU records for a restore.
-type RestoreStats struct {
-	ForkingTime   uint32 `json:"forking_time_us"`
-	RestoreTime   uint32 `json:"restore_time_us"`
-	PagesRestored uint64 `json:"pages_restored"`
-}
+// DumpStats and RestoreStats are the figures CRIU records, in
+// microseconds and pages; they are the wire's, so that the agent's answers
+// carry them as they are.
+type (
+	DumpStats    = wire.DumpStats
+	RestoreStats = wire.RestoreStats
+)
 
 // ReadDumpStats reads stats-dump from dir.
 func ReadDumpStats(dir string) (*DumpStats, error) {

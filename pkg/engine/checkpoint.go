@@ -17,6 +17,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/runc"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // CheckpointOptions are a checkpoint's choices.
@@ -43,24 +44,12 @@ type CheckpointOptions struct {
 	ShareRootfs bool
 }
 
-// CheckpointResult says where the checkpoint went and where time went.
-type CheckpointResult struct {
-	Container string `json:"container"`
-	Archive   string `json:"archive"`
-	StoreID   string `json:"store_id,omitempty"`
-	Image     string `json:"image,omitempty"`
-	// Pushed is the digest of the image's manifest as pushed.
-	Pushed string          `json:"pushed,omitempty"`
-	Size   int64           `json:"size"`
-	Digest string          `json:"digest"`
-	CRIU   *criu.DumpStats `json:"criu,omitempty"`
-	Phases Phases          `json:"phases_us"`
-}
+// CheckpointResult says where a checkpoint went and where time went, as
+// the agent answers it.
+type CheckpointResult = wire.CheckpointResult
 
 // Phases are stasis' own timings in microseconds.
-type Phases map[string]int64
-
-func (p Phases) add(name string, d time.Duration) { p[name] += d.Microseconds() }
+type Phases = wire.Phases
 
 // Checkpoint dumps one of the engine's running containers with CRIU and
 // writes one archive where o says (Dump does the work). If anything fails

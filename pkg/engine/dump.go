@@ -118,11 +118,11 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 			}
 		}()
 		for _, d := range ds {
-			d.res.Phases.add("freeze", time.Since(t))
+			d.res.Phases.Add("freeze", time.Since(t))
 		}
 	}
 	for _, d := range ds {
-		d.res.Phases.add("prepare", prepared)
+		d.res.Phases.Add("prepare", prepared)
 		if err := e.dumpOne(ctx, d, o); err != nil {
 			return nil, err
 		}
@@ -137,7 +137,7 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 		if err := writeMembers(d.Subject, d.dir, version); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", d.Subject.Name, err)
 		}
-		d.res.Phases.add("rootfs", time.Since(t))
+		d.res.Phases.Add("rootfs", time.Since(t))
 	}
 	if err := thaw(); err != nil {
 		return nil, err
@@ -161,7 +161,7 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 		if err := d.To.publish(publishCtx, e, d); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", d.Subject.Name, err)
 		}
-		d.res.Phases.add("total", time.Since(start))
+		d.res.Phases.Add("total", time.Since(start))
 		out[i] = d.res
 	}
 	return out, nil
@@ -213,13 +213,13 @@ func (e *Engine) dumpOne(ctx context.Context, d *dumped, o DumpOptions) error {
 		}
 		return fmt.Errorf("checkpoint %s: %w%s", s.Name, err, e.criuErrors(filepath.Join(d.dir, archive.DumpLog)))
 	}
-	d.res.Phases.add("dump", time.Since(t))
+	d.res.Phases.Add("dump", time.Since(t))
 	if !o.LeaveRunning && s.stopped != nil {
 		t := time.Now()
 		if err := s.stopped(context.WithoutCancel(ctx)); err != nil {
 			return fmt.Errorf("checkpoint %s: %w", s.Name, err)
 		}
-		d.res.Phases.add("stop", time.Since(t))
+		d.res.Phases.Add("stop", time.Since(t))
 	}
 	if st, err := criu.ReadDumpStats(d.dir); err == nil {
 		d.res.CRIU = st

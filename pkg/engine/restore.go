@@ -16,6 +16,7 @@ import (
 	"github.com/stasis-dev/stasis/pkg/rootfs"
 	"github.com/stasis-dev/stasis/pkg/runc"
 	"github.com/stasis-dev/stasis/pkg/untar"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // RestoreOptions say what to restore and as what.
@@ -50,14 +51,8 @@ type RestoreOptions struct {
 	Privileged bool
 }
 
-// RestoreResult reports a restore.
-type RestoreResult struct {
-	Container string             `json:"container"`
-	ID        string             `json:"id"`
-	Pid       int                `json:"pid"`
-	CRIU      *criu.RestoreStats `json:"criu,omitempty"`
-	Phases    Phases             `json:"phases_us"`
-}
+// RestoreResult reports a restore, as the agent answers it.
+type RestoreResult = wire.RestoreResult
 
 // Restore brings a checkpoint back to life as one of the engine's
 // containers: in place of the container it was checkpointed from, or as a
@@ -88,7 +83,7 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 		return nil, errors.Join(err, src.rollback())
 	}
 	res.Container, res.ID = t.c.Name, t.c.ID
-	res.Phases.add("resolve", resolved)
+	res.Phases.Add("resolve", resolved)
 	res.Phases["total"] = time.Since(start).Microseconds()
 	return res, nil
 }
@@ -147,7 +142,7 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	if err != nil {
 		return nil, err
 	}
-	res.Phases.add("extract", time.Since(tm))
+	res.Phases.Add("extract", time.Since(tm))
 
 	tm = time.Now()
 	defer func() {
@@ -159,12 +154,12 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	if err != nil {
 		return nil, err
 	}
-	res.Phases.add("prepare", time.Since(tm))
+	res.Phases.Add("prepare", time.Since(tm))
 	tm = time.Now()
 	if err := applyRootfs(ctx, ck.Dir, root, ck.deleted, e.maxUnpack); err != nil {
 		return nil, err
 	}
-	res.Phases.add("rootfs", time.Since(tm))
+	res.Phases.Add("rootfs", time.Since(tm))
 	if err := t.configure(ctx, e, ck); err != nil {
 		return nil, err
 	}
@@ -185,7 +180,7 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 		}
 		return nil, err
 	}
-	res.Phases.add("criu_restore", time.Since(tm))
+	res.Phases.Add("criu_restore", time.Since(tm))
 	res.Pid = pid
 	if st, err := criu.ReadRestoreStats(string(ck.Dir)); err == nil {
 		res.CRIU = st

@@ -74,7 +74,7 @@ func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o Bund
 		return nil, err
 	}
 	res.Container, res.ID = b.ID, b.ID
-	res.Phases.add("resolve", resolved)
+	res.Phases.Add("resolve", resolved)
 	res.Phases["total"] = time.Since(start).Microseconds()
 	return res, nil
 }

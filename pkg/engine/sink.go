@@ -175,7 +175,7 @@ func (s ImageSink) publish(ctx context.Context, e *Engine, d *dumped) (err error
 		return err
 	}
 	if s.Push {
-		d.res.Phases.add("push", time.Since(t))
+		d.res.Phases.Add("push", time.Since(t))
 	}
 	return nil
 }
@@ -224,9 +224,9 @@ func writeArchive(d *dumped, dest string, c archive.Compression, recipients []ag
 		return nil, err
 	}
 	d.res.Size, d.res.Digest = ws.Bytes, ws.Digest
-	d.res.Phases.add("archive", ws.Archive)
-	d.res.Phases.add("compress", ws.Compress)
-	d.res.Phases.add("write", ws.Write)
+	d.res.Phases.Add("archive", ws.Archive)
+	d.res.Phases.Add("compress", ws.Compress)
+	d.res.Phases.Add("write", ws.Write)
 	return ws, nil
 }
 

@@ -1,5 +1,7 @@
 package wire
 
+import "time"
+
 // CheckpointRequest is the body of POST /v1/containers/{name}/checkpoint.
 type CheckpointRequest struct {
 	LeaveRunning   bool   `json:"leave_running"`
@@ -30,3 +32,49 @@ type RestoreRequest struct {
 	// Privileged is the CLI's --privileged.
 	Privileged bool `json:"privileged"`
 }
+
+// CheckpointResult answers a checkpoint: where it went and where time went.
+type CheckpointResult struct {
+	Container string `json:"container"`
+	Archive   string `json:"archive"`
+	StoreID   string `json:"store_id,omitempty"`
+	Image     string `json:"image,omitempty"`
+	// Pushed is the digest of the image's manifest as pushed.
+	Pushed string     `json:"pushed,omitempty"`
+	Size   int64      `json:"size"`
+	Digest string     `json:"digest"`
+	CRIU   *DumpStats `json:"criu,omitempty"`
+	Phases Phases     `json:"phases_us"`
+}
+
+// DumpStats are the figures CRIU records for a dump.
+type DumpStats struct {
+	FreezingTime uint32 `json:"freezing_time_us"`
+	FrozenTime   uint32 `json:"frozen_time_us"`
+	MemdumpTime  uint32 `json:"memdump_time_us"`
+	MemwriteTime uint32 `json:"memwrite_time_us"`
+	PagesScanned uint64 `json:"pages_scanned"`
+	PagesWritten uint64 `json:"pages_written"`
+}
+
+// RestoreResult answers a restore.
+type RestoreResult struct {
+	Container string        `json:"container"`
+	ID        string        `json:"id"`
+	Pid       int           `json:"pid"`
+	CRIU      *RestoreStats `json:"criu,omitempty"`
+	Phases    Phases        `json:"phases_us"`
+}
+
+// RestoreStats are the figures CRIU records for a restore.
+type RestoreStats struct {
+	ForkingTime   uint32 `json:"forking_time_us"`
+	RestoreTime   uint32 `json:"restore_time_us"`
+	PagesRestored uint64 `json:"pages_restored"`
+}
+
+// Phases are stasis' own timings of an operation's steps, in microseconds.
+type Phases map[string]int64
+
+// Add counts d against the step name.
+func (p Phases) Add(name string, d time.Duration) { p[name] += d.Microseconds() }
