@@ -19,6 +19,10 @@ var ErrLocked = errors.New("locked by another process")
 // it. Closing the file releases it.
 func Lock(path string) (*os.File, error) { return lock(path, unix.LOCK_EX) }
 
+// Shared takes a shared lock on path, creating the file, and waits for
+// it: any number of holders, but none while an exclusive lock is held.
+func Shared(path string) (*os.File, error) { return lock(path, unix.LOCK_SH) }
+
 // TryLock takes the lock only if it is free, else fails with ErrLocked.
 func TryLock(path string) (*os.File, error) { return lock(path, unix.LOCK_EX|unix.LOCK_NB) }
 

@@ -84,9 +84,15 @@ func (s *Store) removeStale() {
 func (s *Store) layoutDir() string { return filepath.Join(s.dir, "oci") }
 func (s *Store) rootfsDir() string { return filepath.Join(s.dir, "rootfs") }
 
-// lock serialises writers of the store across processes.
-func (s *Store) lock() (func(), error) {
-	f, err := flock.Lock(filepath.Join(s.dir, ".lock"))
+// lock serialises writers of the store across processes; rlock keeps
+// them out while a reader reads the index, which the OCI layout rewrites
+// in place. flock(2) locks belong to an open file, so a holder of lock
+// must not take rlock: under lock, only the unexported readers are used.
+func (s *Store) lock() (func(), error)  { return s.take(flock.Lock) }
+func (s *Store) rlock() (func(), error) { return s.take(flock.Shared) }
+
+func (s *Store) take(how func(string) (*os.File, error)) (func(), error) {
+	f, err := how(filepath.Join(s.dir, ".lock"))
 	if err != nil {
 		return nil, err
 	}
@@ -253,7 +259,7 @@ func (s *Store) Rootfs(i *Image) (string, error) {
 	if _, err := os.Stat(dest); err == nil {
 		return dest, nil
 	}
-	img, err := s.Image(i)
+	img, err := s.image(i)
 	if err != nil {
 		return "", err
 	}
@@ -353,7 +359,14 @@ func unpack(img v1.Image, dest string) error {
 }
 
 // List returns every image in the store, sorted by name.
-func (s *Store) List() ([]*Image, error) { return s.list() }
+func (s *Store) List() ([]*Image, error) {
+	unlock, err := s.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return s.list()
+}
 
 func (s *Store) list() ([]*Image, error) {
 	p := layout.Path(s.layoutDir())
@@ -384,7 +397,14 @@ func (s *Store) list() ([]*Image, error) {
 
 // Get finds an image by name (normalised as on import) or by ID or ID prefix
 // of at least 12 characters.
-func (s *Store) Get(ref string) (*Image, error) { return s.get(ref) }
+func (s *Store) Get(ref string) (*Image, error) {
+	unlock, err := s.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return s.get(ref)
+}
 
 func (s *Store) get(ref string) (*Image, error) {
 	all, err := s.list()
@@ -410,6 +430,15 @@ func (s *Store) get(ref string) (*Image, error) {
 
 // Image returns the stored v1.Image for a store entry.
 func (s *Store) Image(i *Image) (v1.Image, error) {
+	unlock, err := s.rlock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	return s.image(i)
+}
+
+func (s *Store) image(i *Image) (v1.Image, error) {
 	h, err := v1.NewHash(i.Digest)
 	if err != nil {
 		return nil, err

@@ -106,3 +106,55 @@ func TestRepository(t *testing.T) {
 		}
 	}
 }
+
+// Readers in other processes (the CLI, stasis-runc, the agent share one
+// store) see the store whole while a writer rewrites its index, which the
+// OCI layout does in place. The lock is flock(2), per open file, so
+// goroutines stand in for the processes.
+func TestReadersNeverSeeAHalfWrittenIndex(t *testing.T) {
+	dir := t.TempDir()
+	w, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, _ := random.Image(1024, 1)
+	if _, err := w.Add("keep:1", keep, nil); err != nil {
+		t.Fatal(err)
+	}
+	churn, _ := random.Image(1024, 1)
+	done := make(chan error, 1)
+	go func() {
+		for i := 0; i < 200; i++ {
+			if _, err := w.Add("churn:1", churn, nil); err != nil {
+				done <- err
+				return
+			}
+			if err := w.Remove("churn:1"); err != nil {
+				done <- err
+				return
+			}
+		}
+		done <- nil
+	}()
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			return
+		default:
+		}
+		i, err := r.Get("keep:1")
+		if err != nil {
+			t.Fatalf("while another writes: %v", err)
+		}
+		if _, err := r.Image(i); err != nil {
+			t.Fatalf("while another writes: %v", err)
+		}
+	}
+}
