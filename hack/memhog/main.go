@@ -1,0 +1,58 @@
+// memhog holds N MiB of memory that does not compress (random bytes) and
+// ticks 50 times a second: hack/bench-scale.sh's stand-in for a process
+// whose memory is its state. Usage: memhog MIB [LOG]. It prints "ready"
+// once the memory is filled, then "tick N S", each tick reading one page
+// of the memory, so a process restored without its pages would stop
+// ticking. With LOG, its output goes to that file (inside its own root)
+// and no descriptor of the host's stays open: raw runc can then
+// checkpoint it without a shim to hand its stdio over.
+package main
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+func main() {
+	mib, err := strconv.Atoi(os.Args[1])
+	if err != nil || mib < 1 {
+		fmt.Fprintln(os.Stderr, "usage: memhog MIB [LOG]")
+		os.Exit(2)
+	}
+	if len(os.Args) > 2 {
+		if err := redirect(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	mem := make([]byte, mib<<20)
+	rand.NewChaCha8([32]byte{1}).Read(mem)
+	fmt.Println("ready")
+	var sum byte
+	for n := 0; ; n++ {
+		sum += mem[(n*4096)%len(mem)]
+		fmt.Println("tick", n, sum)
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func redirect(log string) error {
+	out, err := os.OpenFile(log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	in, err := os.Open("/dev/null")
+	if err != nil {
+		return err
+	}
+	for fd, f := range []*os.File{in, out, out} {
+		if err := syscall.Dup2(int(f.Fd()), fd); err != nil {
+			return err
+		}
+	}
+	return nil
+}
