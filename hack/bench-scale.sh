@@ -98,10 +98,12 @@ PY
   $S run --name mem $IMG /memhog $mib >/dev/null
   wait_ready "$S logs mem"; sleep 0.5
   at=$($S logs mem | last_tick)
-  t=$(now); $S checkpoint mem --export $work/s.tar.zst --print-stats > $work/ck-$mib.json; R[s_ck_$mib]=$(since $t)
+  # /usr/bin/time: the largest RSS of stasis and what it waited for (runc, CRIU).
+  t=$(now); /usr/bin/time -f %M -o $work/rss-ck-$mib $S checkpoint mem --export $work/s.tar.zst --print-stats > $work/ck-$mib.json
+  R[s_ck_$mib]=$(since $t)
   R[s_size_$mib]=$(stat -c %s $work/s.tar.zst)
   $S rm -f mem >/dev/null
-  t=$(now); $S restore --import $work/s.tar.zst --name mem --print-stats > $work/rs-$mib.json
+  t=$(now); /usr/bin/time -f %M -o $work/rss-rs-$mib $S restore --import $work/s.tar.zst --name mem --print-stats > $work/rs-$mib.json
   wait_tick "$S logs mem" $at; R[s_rs_$mib]=$(since $t)
   $S rm -f mem >/dev/null
   t=$(now); id=$($S restore --import $work/s.tar.zst --name mem --lazy-pages)
@@ -144,6 +146,10 @@ row "stasis --lazy-pages (store), first tick" s_lzs
 row "  same, every page in" s_lzsall
 row "  stasis eager / Podman" s_rs p_rs
 row "  stasis eager / raw runc" s_rs raw_rs
+for k in ck rs; do
+  printf '%-40s' "stasis $([ $k = ck ] && echo checkpoint || echo restore), max RSS (MiB)"
+  for mib in $SIZES; do printf '%10.0f' "$(echo "$(cat $work/rss-$k-$mib)/1024" | bc -l)"; done; echo
+done
 printf '%-40s' "stasis archive (MiB)"; for mib in $SIZES; do printf '%10.0f' "$(echo "${R[s_size_$mib]}/1048576" | bc -l)"; done; echo
 # Where stasis' time goes (its own phases, --print-stats), in seconds.
 python3 - "$work" $SIZES <<'PY'
