@@ -3,11 +3,14 @@
 # by stasis and by Podman 4.3 in the same run, on the same image. Prints
 # cold start to ready, checkpoint time, archive size and restore time to the
 # first sign of life, with the ratios. Needs root and hack/deps.sh.
+# RANDOM_HEAP=1: a heap of random bytes instead of one that compresses
+# 180:1 (hack/jvm-image.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 HEAP_MIB=${HEAP_MIB:-500}
 WARM_PASSES=${WARM_PASSES:-80}
+RANDOM_HEAP=${RANDOM_HEAP:-0}
 JDK=${JDK:-$(ls -d /usr/lib/jvm/java-17-openjdk-* 2>/dev/null | head -1)}
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
 
@@ -24,7 +27,7 @@ cleanup() {
 trap cleanup EXIT
 
 # The image: busybox, a jlink'ed JRE and a program that warms up (hack/jvm-image.sh).
-HEAP_MIB=$HEAP_MIB WARM_PASSES=$WARM_PASSES JDK=$JDK bash hack/jvm-image.sh $work/jvm.tar
+HEAP_MIB=$HEAP_MIB WARM_PASSES=$WARM_PASSES RANDOM_HEAP=$RANDOM_HEAP JDK=$JDK bash hack/jvm-image.sh $work/jvm.tar
 $S image import $work/jvm.tar $IMG >/dev/null
 podman import -q $work/jvm.tar $IMG >/dev/null
 JAVA_ARGS="/opt/jre/bin/java -XX:+UseSerialGC -XX:-UsePerfData -Xms$((HEAP_MIB+100))m -Xmx$((HEAP_MIB+200))m -cp /app Warm"
@@ -63,7 +66,8 @@ p_size=$(stat -c %s $work/p.tar.zst)
 podman rm -f jvm-bench >/dev/null
 t=$(now); podman container restore --import $work/p.tar.zst --name jvm-bench >/dev/null; wait_log podman jvm-bench 'tick'; p_rest=$(since $t)
 
-printf '\nJVM with %d MiB heap, %d warm-up passes, one run, same image (seconds, MiB)\n' $HEAP_MIB $WARM_PASSES
+printf '\nJVM with %d MiB heap%s, %d warm-up passes, one run, same image (seconds, MiB)\n' $HEAP_MIB \
+  "$([ "$RANDOM_HEAP" != 0 ] && echo ' of random bytes')" $WARM_PASSES
 printf '%-28s %10s %10s %8s\n' "" stasis podman ratio
 printf '%-28s %10.3f %10.3f %8.2f\n' "cold start to ready" $s_cold $p_cold $(echo "$s_cold/$p_cold" | bc -l)
 printf '%-28s %10.3f %10.3f %8.2f\n' "checkpoint (export)" $s_ckpt $p_ckpt $(echo "$s_ckpt/$p_ckpt" | bc -l)

@@ -3,10 +3,13 @@
 # jlink'ed JRE from the JDK under /usr/lib/jvm and a program that holds
 # HEAP_MIB of heap and warms up for WARM_PASSES passes before it says ready
 # (a line "ready after ..." and the file /tmp/ready), then ticks.
+# RANDOM_HEAP=1 fills the heap with random bytes first: a heap that holds
+# real data, which does not compress as the default one (mostly zeros) does.
 set -euo pipefail
 out=${1:?usage: jvm-image.sh OUT.tar}
 HEAP_MIB=${HEAP_MIB:-500}
 WARM_PASSES=${WARM_PASSES:-80}
+RANDOM_HEAP=${RANDOM_HEAP:-0}
 JDK=${JDK:-$(ls -d /usr/lib/jvm/java-17-openjdk-* 2>/dev/null | head -1)}
 [ -x "$JDK/bin/jlink" ] || { echo "no JDK with jlink under /usr/lib/jvm" >&2; exit 1; }
 work=$(mktemp -d /var/tmp/stasis-jvm-image.XXXXXX)
@@ -24,10 +27,14 @@ public class Warm {
   public static void main(String[] a) throws Exception {
     long t0 = System.nanoTime();
     byte[][] heap = new byte[$HEAP_MIB][];
+    java.util.SplittableRandom rnd = new java.util.SplittableRandom(1);
     long sum = 0;
     for (int p = 0; p < $WARM_PASSES; p++) {
       for (int i = 0; i < heap.length; i++) {
-        if (heap[i] == null) heap[i] = new byte[1 << 20];
+        if (heap[i] == null) {
+          heap[i] = new byte[1 << 20];
+          if ($RANDOM_HEAP != 0) rnd.nextBytes(heap[i]);
+        }
         for (int j = 0; j < heap[i].length; j += 64) {
           heap[i][j] = (byte) (heap[i][j] * 31 + i + j + p);
           sum += heap[i][j];
