@@ -369,23 +369,13 @@ func (s *Store) List() ([]*Image, error) {
 }
 
 func (s *Store) list() ([]*Image, error) {
-	p := layout.Path(s.layoutDir())
-	idx, err := p.ImageIndex()
-	if err != nil {
-		return nil, err
-	}
-	im, err := idx.IndexManifest()
+	idx, im, err := s.index()
 	if err != nil {
 		return nil, err
 	}
 	var out []*Image
 	for _, d := range im.Manifests {
-		name := d.Annotations[refAnnotation]
-		img, err := p.Image(d.Digest)
-		if err != nil {
-			return nil, fmt.Errorf("image %s: %w", name, err)
-		}
-		i, err := s.describe(name, d.Digest, img)
+		i, err := s.describeEntry(idx, d)
 		if err != nil {
 			return nil, err
 		}
@@ -393,6 +383,26 @@ func (s *Store) list() ([]*Image, error) {
 	}
 	sort.Slice(out, func(a, b int) bool { return out[a].Name < out[b].Name })
 	return out, nil
+}
+
+// index reads the layout's index once: every image of it is read from
+// that copy (the layout's own Image re-reads index.json at each call).
+func (s *Store) index() (v1.ImageIndex, *v1.IndexManifest, error) {
+	idx, err := layout.Path(s.layoutDir()).ImageIndex()
+	if err != nil {
+		return nil, nil, err
+	}
+	im, err := idx.IndexManifest()
+	return idx, im, err
+}
+
+func (s *Store) describeEntry(idx v1.ImageIndex, d v1.Descriptor) (*Image, error) {
+	name := d.Annotations[refAnnotation]
+	img, err := idx.Image(d.Digest)
+	if err != nil {
+		return nil, fmt.Errorf("image %s: %w", name, err)
+	}
+	return s.describe(name, d.Digest, img)
 }
 
 // Get finds an image by name (normalised as on import) or by ID or ID prefix
@@ -407,18 +417,24 @@ func (s *Store) Get(ref string) (*Image, error) {
 }
 
 func (s *Store) get(ref string) (*Image, error) {
-	all, err := s.list()
+	// By name, only the image of that name is read (a restore looks up
+	// its checkpoint and signature by name, in a store of many).
+	idx, im, err := s.index()
 	if err != nil {
 		return nil, err
 	}
 	norm := NormalizeName(ref)
-	id := strings.TrimPrefix(ref, "sha256:")
-	for _, i := range all {
-		if i.Name == ref || i.Name == norm {
-			return i, nil
+	for _, d := range im.Manifests {
+		if name := d.Annotations[refAnnotation]; name == ref || name == norm {
+			return s.describeEntry(idx, d)
 		}
 	}
+	id := strings.TrimPrefix(ref, "sha256:")
 	if len(id) >= 12 {
+		all, err := s.list()
+		if err != nil {
+			return nil, err
+		}
 		for _, i := range all {
 			if strings.HasPrefix(i.ID, id) {
 				return i, nil
