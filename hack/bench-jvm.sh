@@ -32,8 +32,7 @@ $S image import $work/jvm.tar $IMG >/dev/null
 podman import -q $work/jvm.tar $IMG >/dev/null
 JAVA_ARGS="/opt/jre/bin/java -XX:+UseSerialGC -XX:-UsePerfData -Xms$((HEAP_MIB+100))m -Xmx$((HEAP_MIB+200))m -cp /app Warm"
 
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc; }
+. hack/lib/bench.sh
 wait_log() { # tool container regex
   for _ in $(seq 1 6000); do
     if [ "$1" = stasis ]; then $S logs "$2" 2>/dev/null | grep -qE "$3" && return 0
@@ -42,7 +41,6 @@ wait_log() { # tool container regex
   done
   echo "timed out waiting for $3 in $2" >&2; exit 1
 }
-command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 
 # stasis
 t=$(now); $S run --name jvm $IMG $JAVA_ARGS >/dev/null; wait_log stasis jvm 'ready after'; s_cold=$(since $t)

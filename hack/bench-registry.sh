@@ -45,9 +45,7 @@ $S run --name big localhost/bench-sample:1 /sample __sample --warmup 0s --mib "$
 until $S logs big | grep -q tick; do sleep 0.2; done
 $S checkpoint big --create-image localhost/bench-ckpt:1 >/dev/null
 
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc; }
-command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
+. hack/lib/bench.sh
 
 t=$(now); $S push localhost/bench-ckpt:1 "$REG1/s/ckpt:1" --tls-verify=false; s_push=$(since $t)
 $S rm -f big >/dev/null

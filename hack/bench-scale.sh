@@ -11,7 +11,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=/usr/local/sbin:/usr/local/go/bin:$PATH
 SIZES=${SIZES:-64 512 1024 2048}
-command -v bc >/dev/null || apt-get install -y -qq bc >/dev/null
 CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
 
 work=$(mktemp -d /var/tmp/stasis-bench-scale.XXXXXX)
@@ -38,8 +37,9 @@ podman import -q $work/memhog.tar $IMG >/dev/null
 mkdir -p $work/bundle && cp -a $work/rootfs $work/bundle/rootfs
 (cd $work/bundle && runc spec)
 
-now() { date +%s.%N; }
-since() { echo "$(now) - $1" | bc; }
+. hack/lib/bench.sh
+# runc for Podman too: the runtime is not what is compared.
+podman() { command podman --runtime runc "$@"; }
 last_tick() { grep -o 'tick [0-9]*' | tail -1 | cut -d' ' -f2; }
 # wait_tick LOGCOMMAND AFTER: until the process prints a tick past AFTER.
 wait_tick() {
@@ -83,7 +83,6 @@ PY
   runc --root $rr delete -f raw 2>/dev/null || true; rm -rf $shm/raw $shm/raw-work
 
   # Podman
-  podman() { command podman --runtime runc "$@"; }
   podman run -d --name mem-bench --network none --ulimit nofile=1024:1024 --ulimit nproc=1024:1024 $IMG /memhog $mib >/dev/null
   wait_ready "podman logs mem-bench"; sleep 0.5
   at=$(podman logs mem-bench 2>/dev/null | last_tick)
@@ -92,7 +91,6 @@ PY
   t=$(now); podman container restore --import $work/p.tar.zst --name mem-bench >/dev/null
   wait_tick "podman logs mem-bench" $at; R[p_rs_$mib]=$(since $t)
   podman rm -f mem-bench >/dev/null; rm -f $work/p.tar.zst
-  unset -f podman
 
   # stasis: export, restore eager and lazy from the file
   $S run --name mem $IMG /memhog $mib >/dev/null
