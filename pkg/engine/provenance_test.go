@@ -37,9 +37,13 @@ func testArchive(t *testing.T) string {
 	if err := archive.WriteJSON(dir, archive.SpecDump, &spec); err != nil {
 		t.Fatal(err)
 	}
-	os.MkdirAll(filepath.Join(dir, archive.CheckpointDir), 0o700)
+	if err := os.MkdirAll(filepath.Join(dir, archive.CheckpointDir), 0o700); err != nil {
+		t.Fatal(err)
+	}
 	for _, f := range []string{"inventory.img", "pages-1.img"} {
-		os.WriteFile(filepath.Join(dir, archive.CheckpointDir, f), make([]byte, 4096), 0o600)
+		if err := os.WriteFile(filepath.Join(dir, archive.CheckpointDir, f), make([]byte, 4096), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
 	out := filepath.Join(t.TempDir(), "a.tar.zst")
 	if _, err := archive.WriteFile(out, archive.Contents{Dir: dir, Members: archive.Members}, archive.WriteOptions{Compression: archive.Zstd}); err != nil {
@@ -60,8 +64,12 @@ func newKeys(t *testing.T) keys {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, "k.key"), priv, 0o600)
-	os.WriteFile(filepath.Join(dir, "k.pub"), pub, 0o600)
+	if err := os.WriteFile(filepath.Join(dir, "k.key"), priv, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "k.pub"), pub, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	s, err := provenance.LoadSigner(filepath.Join(dir, "k.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -110,26 +118,45 @@ func TestResolveVerifies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// A container with no checkpoint: its record is all the engine knows
+	// of it (Get asks the runtime only for its status).
+	api := &Container{ID: "0123456789abcdef", Name: "api", Image: "reg.example/api:1", Created: time.Now()}
+	if err := os.MkdirAll(plain.paths(api.ID).dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := plain.save(api); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := plain.Get(ctx, "api"); err != nil || c.ID != api.ID {
+		t.Fatalf("the container record: %+v, %v", c, err)
+	}
 
 	for _, c := range []struct {
 		name string
 		e    *Engine
 		ref  string
-		x    provenance.Expect
-		want error
-		msg  string
+		// file is Ref.File; signed asks for Signed on the plain engine too
+		// (the trusting engine always asks for it).
+		file   string
+		signed bool
+		x      provenance.Expect
+		want   error
+		msg    string
 	}{
-		{"signed", trusting, signed, provenance.Expect{Namespace: "shop", Container: "app"}, nil, ""},
-		{"no trust, unsigned", plain, unsigned, provenance.Expect{}, nil, ""},
-		{"no trust, a container's stored checkpoint", plain, "web", provenance.Expect{}, nil, ""},
-		{"unsigned", trusting, unsigned, provenance.Expect{Namespace: "shop"}, provenance.ErrUnsigned, ""},
-		{"another namespace", trusting, signed, provenance.Expect{Namespace: "other"}, provenance.ErrMismatch, "namespace"},
-		{"another container", trusting, signed, provenance.Expect{Namespace: "shop", Container: "db"}, provenance.ErrMismatch, "container"},
-		{"stored checkpoint", trusting, ent.ID, provenance.Expect{Namespace: "shop"}, nil, "names a stored checkpoint"},
-		{"container name", trusting, "web", provenance.Expect{Namespace: "shop"}, nil, "names a container's stored checkpoints"},
+		{"signed", trusting, signed, "", false, provenance.Expect{Namespace: "shop", Container: "app"}, nil, ""},
+		{"no trust, unsigned", plain, unsigned, "", false, provenance.Expect{}, nil, ""},
+		{"no trust, a container's stored checkpoint", plain, "web", "", false, provenance.Expect{}, nil, ""},
+		{"unsigned", trusting, unsigned, "", false, provenance.Expect{Namespace: "shop"}, provenance.ErrUnsigned, ""},
+		{"another namespace", trusting, signed, "", false, provenance.Expect{Namespace: "other"}, provenance.ErrMismatch, "namespace"},
+		{"another container", trusting, signed, "", false, provenance.Expect{Namespace: "shop", Container: "db"}, provenance.ErrMismatch, "container"},
+		{"stored checkpoint", trusting, ent.ID, "", false, provenance.Expect{Namespace: "shop"}, nil, "names a stored checkpoint"},
+		{"container name", trusting, "web", "", false, provenance.Expect{Namespace: "shop"}, nil, "names a container's stored checkpoints"},
+		{"container", trusting, "api", "", false, provenance.Expect{Namespace: "shop"}, nil, "names a container,"},
+		{"archive file", trusting, "", path, false, provenance.Expect{Namespace: "shop"}, nil, "archive file " + path},
+		{"no trust, signed asked", plain, signed, "", true, provenance.Expect{Namespace: "shop", Container: "app"}, nil, "no key to verify it with"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			src, err := c.e.resolve(ctx, Ref{Name: c.ref, Expect: &c.x, Signed: c.e == trusting})
+			src, err := c.e.resolve(ctx, Ref{Name: c.ref, File: c.file, Expect: &c.x, Signed: c.e == trusting || c.signed})
 			if err == nil {
 				_, err = c.e.unpack(ctx, src, t.TempDir())
 			}
@@ -202,7 +229,7 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	src, err := trusting.checkpointImage(ctx, dest, o, &provenance.Expect{Namespace: "shop"})
+	src, err := trusting.checkpointImage(ctx, dest, o, &provenance.Expect{Namespace: "shop"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,11 +248,11 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 	// beside the image under that name.
 	byIndex := host + "/team/ckpt@" + index
 	for range 2 {
-		if _, err := trusting.checkpointImage(ctx, byIndex, o, &provenance.Expect{Namespace: "shop"}); err != nil {
+		if _, err := trusting.checkpointImage(ctx, byIndex, o, &provenance.Expect{Namespace: "shop"}, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = trusting.checkpointImage(ctx, destUnsigned, o, nil)
+	_, err = trusting.checkpointImage(ctx, destUnsigned, o, nil, nil)
 	if !errors.Is(err, provenance.ErrUnsigned) {
 		t.Fatalf("an unsigned image with trust: %v", err)
 	}

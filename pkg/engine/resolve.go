@@ -127,7 +127,7 @@ func (e *Engine) resolve(ctx context.Context, r Ref) (*source, error) {
 	if c != nil || r.Checkpoint != "" {
 		return nil, fmt.Errorf("%s: %w", r.Name, err)
 	}
-	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect)
+	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s names no container, no stored checkpoint, and as a checkpoint image: %w", r.Name, err)
 	}
@@ -165,28 +165,43 @@ func (e *Engine) signedSource(ctx context.Context, r Ref) (*source, error) {
 	if r.File != "" {
 		return nil, fmt.Errorf("archive file %s: with trusted keys only signed checkpoint images are restored", r.File)
 	}
-	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect)
+	// What else the name means is asked only when no image of that name
+	// is here: before a pull, so that a local name never goes to a
+	// registry, and to explain a failure.
+	unsigned := func() error {
+		if _, err := e.Checkpoints.Get(r.Name); err == nil {
+			return refuse("names a stored checkpoint")
+		}
+		if _, err := e.Get(ctx, r.Name); err == nil {
+			return refuse("names a container")
+		}
+		if _, err := store.Latest(e.Checkpoints, r.Name); err == nil {
+			return refuse("names a container's stored checkpoints")
+		}
+		return nil
+	}
+	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect, unsigned)
 	if err == nil {
 		return src, nil
 	}
-	if _, cerr := e.Checkpoints.Get(r.Name); cerr == nil {
-		return nil, refuse("names a stored checkpoint")
-	}
-	if _, cerr := e.Get(ctx, r.Name); cerr == nil {
-		return nil, refuse("names a container")
-	}
-	if _, serr := store.Latest(e.Checkpoints, r.Name); serr == nil {
-		return nil, refuse("names a container's stored checkpoints")
+	if uerr := unsigned(); uerr != nil {
+		return nil, uerr
 	}
 	return nil, fmt.Errorf("%s (with trusted keys, only as a signed checkpoint image): %w", r.Name, err)
 }
 
 // checkpointImage finds checkpoint image ref in the store, or pulls it
 // (verified against x with trust), checking that it is a checkpoint
-// before any layer moves.
-func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect) (*source, error) {
+// before any layer moves; beforePull, when set, may refuse the pull.
+func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect, beforePull func() error) (*source, error) {
 	src := &source{e: e}
 	i, err := e.localCheckpointImage(ref, o, x)
+	if errors.Is(err, errNotLocal) && beforePull != nil {
+		err = beforePull()
+		if err == nil {
+			err = errNotLocal
+		}
+	}
 	if errors.Is(err, errNotLocal) {
 		var sig string
 		if i, sig, err = e.pullCheckpointImage(ctx, ref, o, x); err == nil {
