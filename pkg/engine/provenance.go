@@ -91,7 +91,13 @@ func remoteSignature(ctx context.Context, ref string, manifest v1.Hash, o regist
 	if errors.Is(err, registry.ErrNotFound) {
 		return nil, nil
 	}
-	return sig, err
+	if err != nil {
+		return nil, err
+	}
+	if _, err := provenance.Bounded(sig); err != nil {
+		return nil, fmt.Errorf("pull %s: %w", ref, err)
+	}
+	return sig, nil
 }
 
 // pushSignature sends the stored signature image of checkpoint image i,

@@ -225,6 +225,28 @@ type Verified struct {
 	Claims  Claims
 }
 
+// Bounded returns a signature image's manifest if the image is small
+// enough to read and store: the whole image is bounded, not only the layers
+// Verify reads, since a node stores it as it came, with trust or without.
+func Bounded(sig v1.Image) (*v1.Manifest, error) {
+	m, err := sig.Manifest()
+	if err != nil {
+		return nil, fmt.Errorf("signature image: %w", err)
+	}
+	if len(m.Layers) > maxLayers {
+		return nil, fmt.Errorf("signature image has %d layers, more than %d", len(m.Layers), maxLayers)
+	}
+	if m.Config.Size > maxLayerSize {
+		return nil, fmt.Errorf("signature image has a config of %d bytes, more than %d", m.Config.Size, maxLayerSize)
+	}
+	for _, d := range m.Layers {
+		if d.Size > maxLayerSize {
+			return nil, fmt.Errorf("signature layer %s has %d bytes, more than %d", d.Digest, d.Size, maxLayerSize)
+		}
+	}
+	return m, nil
+}
+
 // Verify finds in sig (the signature image; nil when there is none) a
 // signature of the image with manifest digest manifest by a key t
 // trusts whose claims x admits (Check): the first such in layer order.
@@ -245,22 +267,9 @@ func (t *Trust) Verify(sig v1.Image, manifest v1.Hash, x Expect) (*Verified, err
 	if sig == nil {
 		return nil, ErrUnsigned
 	}
-	m, err := sig.Manifest()
+	m, err := Bounded(sig)
 	if err != nil {
-		return nil, fmt.Errorf("signature image: %w", err)
-	}
-	// The whole image is bounded, not only the layers read here: a node
-	// stores it as it came.
-	if len(m.Layers) > maxLayers {
-		return nil, fmt.Errorf("signature image has %d layers, more than %d", len(m.Layers), maxLayers)
-	}
-	if m.Config.Size > maxLayerSize {
-		return nil, fmt.Errorf("signature image has a config of %d bytes, more than %d", m.Config.Size, maxLayerSize)
-	}
-	for _, d := range m.Layers {
-		if d.Size > maxLayerSize {
-			return nil, fmt.Errorf("signature layer %s has %d bytes, more than %d", d.Digest, d.Size, maxLayerSize)
-		}
+		return nil, err
 	}
 	var (
 		mismatch, badPayload, malformed error // the first of each
@@ -408,6 +417,11 @@ func (v *Verified) Check(x Expect) error {
 		return nil
 	}
 	c := v.Claims
+	if v.Cluster && c.Namespace == "" {
+		// Not only a namespace of "": Expect's zero value must not admit
+		// a signature the cluster's agents never make.
+		return fmt.Errorf("%w: the cluster's signature names no namespace (key %s)", ErrMismatch, v.Key)
+	}
 	if v.Cluster || c.Namespace != "" {
 		if c.Namespace != x.Namespace {
 			return fmt.Errorf("%w: namespace %q, not %q (key %s)", ErrMismatch, c.Namespace, x.Namespace, v.Key)

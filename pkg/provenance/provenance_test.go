@@ -355,6 +355,16 @@ func TestCheck(t *testing.T) {
 		{&Verified{Cluster: true, Claims: Claims{Namespace: "shop"}}, Expect{Namespace: "shop", Container: "app"}, true},
 		{trusted, Expect{Namespace: "shop", Container: "any", Archive: "sha256:00"}, false},
 		{trusted, Expect{Namespace: "other"}, true},
+		// A trusted key's claims that name no namespace still bind what
+		// they do name.
+		{&Verified{Key: "admin.pub", Claims: Claims{Container: "app"}}, Expect{Namespace: "shop", Container: "db"}, true},
+		{&Verified{Key: "admin.pub", Claims: Claims{Archive: c.Archive}}, Expect{Namespace: "shop", Archive: "sha256:00"}, true},
+		// The cluster's signature naming no namespace is no namespace's.
+		{&Verified{Key: "cluster.pub", Cluster: true}, Expect{Namespace: "shop"}, true},
+		// Nor does Expect's zero value admit it: a restore always has a
+		// namespace, and only Anything asks for none.
+		{&Verified{Key: "cluster.pub", Cluster: true}, Expect{}, true},
+		{&Verified{Key: "cluster.pub", Cluster: true}, Anything, false},
 	} {
 		err := x.v.Check(x.exp)
 		if (err != nil) != x.fail || err != nil && !errors.Is(err, ErrMismatch) {
