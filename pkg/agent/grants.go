@@ -148,8 +148,9 @@ func (g *Grants) createdBy(ctx context.Context, rs *stasisv1.Restore, pod *corev
 	return nil
 }
 
-// recordWait bounds the wait for a Restore to record the pod it created.
-const recordWait = 15 * time.Second
+// recordWait bounds the wait for a Restore to record the pod it created;
+// a var so that tests can shorten it.
+var recordWait = 15 * time.Second
 
 // pod is the pod being created, checked against what the request says.
 func (g *Grants) pod(ctx context.Context, req wire.GrantRequest) (*corev1.Pod, error) {

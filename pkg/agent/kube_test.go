@@ -18,18 +18,21 @@ import (
 
 // fakeAPIServer knows tokens by the audiences they were issued for, and
 // lets "admin" create checkpoints; it counts the token reviews it answers.
+// A token known with no audiences is authenticated with none, as by an
+// authenticator that does not know audiences.
 func fakeAPIServer(tokens map[string][]string) (*fake.Clientset, *int) {
 	c := fake.NewClientset()
 	reviews := new(int)
 	c.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
 		*reviews++
 		tr := a.(k8stesting.CreateAction).GetObject().(*authnv1.TokenReview).DeepCopy()
+		auds, known := tokens[tr.Spec.Token]
 		for _, aud := range tr.Spec.Audiences {
-			if slices.Contains(tokens[tr.Spec.Token], aud) {
+			if slices.Contains(auds, aud) {
 				tr.Status.Audiences = append(tr.Status.Audiences, aud)
 			}
 		}
-		tr.Status.Authenticated = len(tr.Status.Audiences) > 0
+		tr.Status.Authenticated = len(tr.Status.Audiences) > 0 || known && len(auds) == 0
 		tr.Status.User.Username, _, _ = strings.Cut(tr.Spec.Token, "-")
 		return true, tr, nil
 	})
@@ -48,9 +51,10 @@ func bearer(tok string) *http.Request {
 }
 
 func TestKubeReviewWantsTheAgentsAudience(t *testing.T) {
-	c, _ := fakeAPIServer(map[string][]string{
+	c, reviews := fakeAPIServer(map[string][]string{
 		"admin-agent":     {"stasis-agent"},
 		"admin-apiserver": {"https://kubernetes.default.svc"},
+		"admin-anyone":    {},
 	})
 	k, err := NewKubeReview(c, "stasis-agent")
 	if err != nil {
@@ -62,6 +66,17 @@ func TestKubeReviewWantsTheAgentsAudience(t *testing.T) {
 	}
 	if id, err := k.Authenticate(bearer("admin-apiserver")); err == nil {
 		t.Fatalf("a token for the API server was accepted: %+v", id)
+	}
+	// Authenticated, but for no audience the API server names: refused
+	// by the agent's own check, and asked about again.
+	before := *reviews
+	for range 2 {
+		if id, err := k.Authenticate(bearer("admin-anyone")); err == nil || !strings.Contains(err.Error(), `audience "stasis-agent"`) {
+			t.Fatalf("a token authenticated for no audience: %+v %v", id, err)
+		}
+	}
+	if *reviews != before+2 {
+		t.Fatalf("%d token reviews for a refused token asked twice, want 2", *reviews-before)
 	}
 	if _, err := NewKubeReview(c, ""); err == nil {
 		t.Fatal("a review without an audience was made")

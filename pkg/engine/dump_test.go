@@ -524,12 +524,16 @@ func TestDumpFailedSinkTakesBackTheOthers(t *testing.T) {
 	_, err := e.Dump(context.Background(), DumpOptions{LeaveRunning: true},
 		DumpJob{Subject: testSubject(t, rt, "a"), To: StoreSink{}},
 		DumpJob{Subject: testSubject(t, rt, "b"), To: FileSink{Path: filepath.Join(out, "b.tar.zst")}},
+		DumpJob{Subject: testSubject(t, rt, "d"), To: ImageSink{Name: "localhost/ckpt/d:1", Local: true}},
 		DumpJob{Subject: testSubject(t, rt, "c"), To: FileSink{Path: filepath.Join(out, "missing", "c.tar.zst")}})
 	if err == nil || !strings.Contains(err.Error(), "c.tar.zst") {
 		t.Fatalf("error %v, want the failed write of c", err)
 	}
 	if all, _ := e.Checkpoints.List(); len(all) != 0 {
 		t.Errorf("a's store entry stayed: %+v", all[0])
+	}
+	if all, err := e.Images.List(); err != nil || len(all) != 0 {
+		t.Errorf("d's checkpoint image stayed: %v, %v", all, err)
 	}
 	assertEmpty(t, out)
 	assertEmpty(t, filepath.Join(e.root, "work"))
