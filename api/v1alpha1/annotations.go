@@ -3,9 +3,8 @@ package v1alpha1
 import (
 	"fmt"
 	"regexp"
+	"sort"
 	"strings"
-
-	"github.com/stasis-dev/stasis/pkg/policy"
 )
 
 // Pod annotations and labels stasis reads. They are part of the API: the
@@ -21,13 +20,8 @@ const (
 	AnnotationPrefixRestore = "restore.stasis.dev/"
 	// AnnotationLazyPages "true" restores the pod's containers lazily.
 	AnnotationLazyPages = "stasis.dev/lazy-pages"
-	// AnnotationCheckpoint "never" opts a pod out of checkpoints;
-	// AnnotationMigrate "never" keeps its checkpoints on its node. They
+	// The opt-out annotations (stasis.dev/checkpoint, stasis.dev/migrate)
 	// are pkg/policy's, which enforces them on every path.
-	AnnotationCheckpoint = policy.Checkpoint
-	AnnotationMigrate    = policy.Migrate
-	// OptOut is the value of an opt-out annotation.
-	OptOut = policy.Never
 	// LabelRestore, on a pod, names the Restore that made it.
 	LabelRestore = "stasis.dev/restore"
 )
@@ -37,6 +31,21 @@ const (
 // made from a checkpointed pod gets its own, never the source's.
 func IsRestoreAnnotation(key string) bool {
 	return strings.HasPrefix(key, AnnotationPrefixRestore) || key == AnnotationLazyPages
+}
+
+// LegacyRestoreAnnotations are a pod's restore.stasis.dev/ annotations
+// other than the grant, sorted: once they named a checkpoint image
+// directly, which is exactly what a pod author must not be able to do, so
+// a pod that has one is refused, never restored.
+func LegacyRestoreAnnotations(annotations map[string]string) []string {
+	var keys []string
+	for k := range annotations {
+		if strings.HasPrefix(k, AnnotationPrefixRestore) && k != AnnotationRestoreFrom {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 // Grant kinds an AnnotationRestoreFrom names.

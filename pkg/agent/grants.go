@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -62,11 +61,9 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 		return nil, err
 	}
 	from := pod.Annotations[stasisv1.AnnotationRestoreFrom]
-	for k := range pod.Annotations {
-		if strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) && k != stasisv1.AnnotationRestoreFrom {
-			return nil, grantRefused("pod %s/%s: annotation %s names a checkpoint directly, which is never honoured: "+
-				"a pod restores only through a grant, %s: Restore/<name> or WarmStart/<name>", req.Namespace, req.Pod, k, stasisv1.AnnotationRestoreFrom)
-		}
+	if legacy := stasisv1.LegacyRestoreAnnotations(pod.Annotations); len(legacy) > 0 {
+		return nil, grantRefused("pod %s/%s: annotation %s names a checkpoint directly, which is never honoured: "+
+			"a pod restores only through a grant, %s: Restore/<name> or WarmStart/<name>", req.Namespace, req.Pod, legacy[0], stasisv1.AnnotationRestoreFrom)
 	}
 	if req.Grant != "" && req.Grant != from {
 		return nil, grantRefused("pod %s/%s names %q in %s, not %q", req.Namespace, req.Pod, from, stasisv1.AnnotationRestoreFrom, req.Grant)

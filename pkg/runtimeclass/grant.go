@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"sort"
 	"strings"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
@@ -38,20 +37,6 @@ func podOf(spec *ociSpec) podRef {
 	a := spec.Annotations
 	p.Namespace, p.Name, p.UID = a["io.kubernetes.cri.sandbox-namespace"], a["io.kubernetes.cri.sandbox-name"], a["io.kubernetes.cri.sandbox-uid"]
 	return p
-}
-
-// legacyRestoreAnnotations are restore.stasis.dev/ annotations other than
-// the grant: once they named a checkpoint image directly, which is exactly
-// what a pod author must not be able to do.
-func legacyRestoreAnnotations(spec *ociSpec) []string {
-	var keys []string
-	for k := range spec.Annotations {
-		if strings.HasPrefix(k, stasisv1.AnnotationPrefixRestore) && k != stasisv1.AnnotationRestoreFrom {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	return keys
 }
 
 // resolveGrant asks the node's agent which checkpoint the grant gives

@@ -208,7 +208,7 @@ func (w *wrapper) create(inv invocation) int {
 	if pod.Container == "" || pod.Namespace == "" || pod.Name == "" {
 		return passThrough() // the pod's sandbox, or not a Kubernetes container
 	}
-	if legacy := legacyRestoreAnnotations(spec); len(legacy) > 0 {
+	if legacy := stasisv1.LegacyRestoreAnnotations(spec.Annotations); len(legacy) > 0 {
 		return w.fail(inv, fmt.Errorf("stasis: container %s: pod annotation %s names a checkpoint directly, which is never honoured: "+
 			"a pod restores only through a grant, %s: Restore/<name> or WarmStart/<name> (docs/kubernetes.md)",
 			pod.Container, legacy[0], stasisv1.AnnotationRestoreFrom))

@@ -2,6 +2,8 @@ package runtimeclass
 
 import (
 	"testing"
+
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 )
 
 // The command lines containerd's shim and conmon give runc.
@@ -54,7 +56,7 @@ func TestPodOfEitherRuntime(t *testing.T) {
 		if got := podOf(spec); got != tc.want {
 			t.Errorf("%v: got %+v, want %+v", tc.ann, got, tc.want)
 		}
-		if got := legacyRestoreAnnotations(spec); len(got) != tc.legacy {
+		if got := stasisv1.LegacyRestoreAnnotations(spec.Annotations); len(got) != tc.legacy {
 			t.Errorf("%v: legacy annotations %v", tc.ann, got)
 		}
 	}
