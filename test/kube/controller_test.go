@@ -50,10 +50,7 @@ func restoreCounter(t *testing.T, c client.Client, ns, name string, ref stasisv1
 		t.Fatal(err)
 	}
 	mustRestore(t, ns, name)
-	waitCount(t, ns, name, "counter", at+1)
-	if got, _ := counts(t, ns, name, "counter"); got[0] < at {
-		t.Fatalf("restored counter started at %d, before the checkpoint's %d: it did not restore", got[0], at)
-	}
+	waitRestoredFrom(t, ns, name, at)
 }
 
 // The first story: a Checkpoint of a counter pod, a Restore of it

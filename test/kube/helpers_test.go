@@ -146,6 +146,19 @@ func waitCount(t *testing.T, ns, pod, container string, n int) int {
 	return 0
 }
 
+// waitRestoredFrom waits until the restored pod's counter counts past at,
+// the checkpoint's count, and fails unless its first line is at or past at:
+// a counter that started again from 0 was not restored. It returns the
+// last count.
+func waitRestoredFrom(t *testing.T, ns, pod string, at int) int {
+	t.Helper()
+	last := waitCount(t, ns, pod, "counter", at+1)
+	if got, _ := counts(t, ns, pod, "counter"); len(got) == 0 || got[0] < at {
+		t.Fatalf("%s/%s: restored counter logged %v, not from the checkpoint's %d on: it did not restore", ns, pod, got, at)
+	}
+	return last
+}
+
 // kubeletCheckpoint checkpoints a container through the kubelet's API and
 // returns the archive's path on the node.
 func kubeletCheckpoint(t *testing.T, ns, pod, container string) string {
