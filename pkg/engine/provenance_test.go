@@ -12,45 +12,14 @@ import (
 	"testing"
 	"time"
 
-	metadata "github.com/checkpoint-restore/checkpointctl/lib"
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
-	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"github.com/sigstore/sigstore/pkg/signature"
 
-	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/store"
 )
-
-// testArchive writes a small checkpoint archive (no CRIU needed: resolving
-// and unpacking do not run it).
-func testArchive(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := archive.Config{ContainerConfig: metadata.ContainerConfig{Name: "web", RootfsImageName: "reg.example/app:1", OCIRuntime: "runc"}}
-	if err := archive.WriteJSON(dir, archive.ConfigDump, &cfg); err != nil {
-		t.Fatal(err)
-	}
-	spec := specs.Spec{Process: &specs.Process{Args: []string{"/app"}}, Annotations: map[string]string{metadata.CheckpointAnnotationEngine: "stasis"}}
-	if err := archive.WriteJSON(dir, archive.SpecDump, &spec); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.MkdirAll(filepath.Join(dir, archive.CheckpointDir), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	for _, f := range []string{"inventory.img", "pages-1.img"} {
-		if err := os.WriteFile(filepath.Join(dir, archive.CheckpointDir, f), make([]byte, 4096), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	out := filepath.Join(t.TempDir(), "a.tar.zst")
-	if _, err := archive.WriteFile(out, archive.Contents{Dir: dir, Members: archive.Members}, archive.WriteOptions{Compression: archive.Zstd}); err != nil {
-		t.Fatal(err)
-	}
-	return out
-}
 
 type keys struct {
 	signer signature.Signer
@@ -100,7 +69,7 @@ func TestResolveVerifies(t *testing.T) {
 	k := newKeys(t)
 	plain, trusting := engines(t, k.trust)
 	ctx := context.Background()
-	path := testArchive(t)
+	path := restoreArchive(t, nil, nil)
 	const signed, unsigned = "reg.example/ckpt/web:signed", "reg.example/ckpt/web:unsigned"
 	for _, ref := range []string{signed, unsigned} {
 		if _, err := plain.BuildCheckpointImage(path, ref, false, nil); err != nil {
@@ -188,7 +157,7 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 	defer srv.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	o := registry.Options{}
-	path := testArchive(t)
+	path := restoreArchive(t, nil, nil)
 	local, unsigned := "localhost/ckpt/web:1", "localhost/ckpt/unsigned:1"
 	for _, ref := range []string{local, unsigned} {
 		if _, err := plain.BuildCheckpointImage(path, ref, false, nil); err != nil {
