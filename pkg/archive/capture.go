@@ -17,6 +17,7 @@ type Captured struct {
 	Size    int64 // uncompressed
 	ModTime time.Time
 	spool   string
+	frames  []Frame
 }
 
 // Capture reads r to its end and compresses it into spool. The caller
@@ -38,5 +39,5 @@ func Capture(name string, r io.Reader, spool string) (*Captured, error) {
 	if err != nil {
 		return nil, fmt.Errorf("capture %s: %w", name, err)
 	}
-	return &Captured{Name: name, Size: n, ModTime: time.Now(), spool: spool}, nil
+	return &Captured{Name: name, Size: n, ModTime: time.Now(), spool: spool, frames: fw.frames}, nil
 }

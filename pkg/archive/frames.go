@@ -1,6 +1,8 @@
 package archive
 
 import (
+	"crypto/sha256"
+	"fmt"
 	"io"
 	"runtime"
 
@@ -29,11 +31,15 @@ type frameWriter struct {
 
 	// queue holds one result channel per submitted frame, in submission
 	// order; the drain goroutine writes results in that order.
-	queue   chan chan []byte
+	queue chan chan frameOut
+	// frames records every frame written, in order, for the index.
+	frames  []Frame
 	open    bool
 	sem     chan struct{}
 	drained chan error
 	err     error
+	// index ends the stream with the frames' index (index.go).
+	index bool
 }
 
 func newFrameWriter(out io.Writer) (*frameWriter, error) {
@@ -63,18 +69,25 @@ func (fw *frameWriter) put(b []byte) {
 	}
 }
 
+// frameOut is one compressed frame and what the index records of it.
+type frameOut struct {
+	data []byte
+	f    Frame
+}
+
 func (fw *frameWriter) start() {
-	fw.queue = make(chan chan []byte, 2*cap(fw.sem))
+	fw.queue = make(chan chan frameOut, 2*cap(fw.sem))
 	fw.drained = make(chan error, 1)
 	fw.open = true
-	go func(queue chan chan []byte, done chan error) {
+	go func(queue chan chan frameOut, done chan error) {
 		var err error
 		for res := range queue {
-			frame := <-res
+			out := <-res
 			if err == nil {
-				_, err = fw.out.Write(frame)
+				_, err = fw.out.Write(out.data)
+				fw.frames = append(fw.frames, out.f)
 			}
-			fw.put(frame)
+			fw.put(out.data)
 		}
 		done <- err
 	}(fw.queue, fw.drained)
@@ -108,14 +121,15 @@ func (fw *frameWriter) submit() {
 	}
 	in := fw.buf
 	fw.buf = nil
-	res := make(chan []byte, 1)
+	res := make(chan frameOut, 1)
 	fw.queue <- res
 	fw.sem <- struct{}{}
 	go func() {
 		out := fw.enc.EncodeAll(in, fw.get())
+		f := Frame{Compressed: uint32(len(out)), Size: uint32(len(in)), Digest: sha256.Sum256(out)}
 		fw.put(in)
 		<-fw.sem
-		res <- out
+		res <- frameOut{data: out, f: f}
 	}()
 }
 
@@ -143,20 +157,33 @@ func (fw *frameWriter) wait() error {
 }
 
 // WriteRaw writes bytes that already are whole zstd frames, between the
-// frames of this stream.
-func (fw *frameWriter) WriteRaw(r io.Reader) (int64, error) {
+// frames of this stream; frames is what the index records of them.
+func (fw *frameWriter) WriteRaw(r io.Reader, frames []Frame) (int64, error) {
 	if err := fw.Flush(); err != nil {
 		return 0, err
 	}
 	n, err := io.Copy(fw.out, r)
+	var want int64
+	for _, f := range frames {
+		want += int64(f.Compressed)
+	}
+	if err == nil && n != want {
+		err = fmt.Errorf("captured frames: %d bytes, their index says %d", n, want)
+	}
 	if err != nil {
 		fw.err = err
+		return n, err
 	}
-	return n, err
+	fw.frames = append(fw.frames, frames...)
+	return n, nil
 }
 
 func (fw *frameWriter) Close() error {
 	err := fw.wait()
+	if err == nil && fw.index {
+		_, err = fw.out.Write(encodeIndex(fw.frames))
+		fw.err = err
+	}
 	if fw.err == nil {
 		fw.err = io.ErrClosedPipe
 	}

@@ -33,6 +33,9 @@ type WriteStats struct {
 	Write  time.Duration
 	Bytes  int64
 	Digest string
+	// IndexDigest is the sha256 of the frame index that ends a zstd
+	// archive (index.go), "" when it has none (gzip, none, encrypted).
+	IndexDigest string
 }
 
 // Contents is what an archive holds: the members found in Dir, where a
@@ -72,6 +75,12 @@ func Write(w io.Writer, src Contents, o WriteOptions) (*WriteStats, error) {
 	if err != nil {
 		return nil, err
 	}
+	fw, indexed := cw.(*frameWriter)
+	if indexed && enc == nil {
+		// Encrypted, frames could not be reached without reading all
+		// that comes before them.
+		fw.index = true
+	}
 	closed := false
 	defer func() {
 		if !closed { // stops the compressor's goroutines on an error
@@ -85,8 +94,7 @@ func Write(w io.Writer, src Contents, o WriteOptions) (*WriteStats, error) {
 	}
 	a.tw = tar.NewWriter(a.compressed)
 	if len(src.Captured) > 0 {
-		fw, ok := cw.(*frameWriter)
-		if !ok {
+		if !indexed {
 			return nil, fmt.Errorf("archive: captured members need zstd, not %s", c)
 		}
 		a.frames = fw
@@ -118,6 +126,9 @@ func Write(w io.Writer, src Contents, o WriteOptions) (*WriteStats, error) {
 	st.Compress += time.Since(closeStart)
 	st.Archive = time.Since(start) - st.Compress
 	st.Digest = digestOf(h)
+	if indexed && fw.index {
+		st.IndexDigest = digestOfSum(sha256.Sum256(encodeIndex(fw.frames)))
+	}
 	return st, nil
 }
 
@@ -195,7 +206,7 @@ func (a *tarWriter) addCaptured(m *Captured) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := a.frames.WriteRaw(f); err != nil {
+	if _, err := a.frames.WriteRaw(f, m.frames); err != nil {
 		return err
 	}
 	_, err = a.compressed.Write(make([]byte, (512-m.Size%512)%512))

@@ -50,6 +50,9 @@ type Options struct {
 	// block per entry). The bound is never above the free space of dir's
 	// filesystem less 5 % of its size; 0 means just that.
 	MaxBytes int64
+	// Skip, when it returns true for an entry, leaves the entry out: its
+	// contents are not read (a reader that can seek passes over them).
+	Skip func(hdr *tar.Header, name string) bool
 }
 
 // blockCost is what each entry is counted for besides its contents, so a
@@ -147,7 +150,7 @@ func Extract(ctx context.Context, r io.Reader, dir string, o Options) error {
 		if err != nil {
 			return err
 		}
-		if name == "" {
+		if name == "" || (o.Skip != nil && o.Skip(hdr, name)) {
 			continue
 		}
 		if err := x.entry(tr, hdr, name); err != nil {

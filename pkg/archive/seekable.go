@@ -1,0 +1,196 @@
+package archive
+
+import (
+	"archive/tar"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/stasis-dev/stasis/pkg/untar"
+)
+
+// Seekable reads an indexed zstd archive's tar stream at any offset,
+// decompressing only the frames it needs, each checked against its digest
+// in the index before it is decompressed. Its source is any io.ReaderAt of
+// the archive's bytes: a file, a store entry, a registry blob read by range.
+// It is safe for concurrent use.
+type Seekable struct {
+	src io.ReaderAt
+	ix  *Index
+	dec *zstd.Decoder
+
+	mu sync.Mutex
+	// cache holds the last frames decompressed, most recent last; loading
+	// those being decompressed, so two readers of a frame wait for one.
+	cache   []cachedFrame
+	loading map[int]*loadingFrame
+}
+
+type cachedFrame struct {
+	i    int
+	data []byte
+}
+
+type loadingFrame struct {
+	done chan struct{}
+	data []byte
+	err  error
+}
+
+// cachedFrames is how many decompressed frames a Seekable keeps: a few, so
+// a page server's reads and its read-ahead share them, in bounded memory.
+const cachedFrames = 6
+
+// ErrIndexDigest is returned when an archive's index is not the one recorded.
+var ErrIndexDigest = errors.New("archive's frame index is not the one recorded")
+
+// OpenSeekable reads the index of the size-byte archive in src. With a
+// non-empty digest, the index must have it (IndexDigest), and then every
+// frame read is the one written; without, frames are only checked to be
+// what the index itself says.
+func OpenSeekable(src io.ReaderAt, size int64, digest string) (*Seekable, error) {
+	ix, err := ReadIndex(src, size)
+	if err != nil {
+		return nil, err
+	}
+	if digest != "" && ix.Digest != digest {
+		return nil, fmt.Errorf("%w: %s, recorded %s", ErrIndexDigest, ix.Digest, digest)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxWindow(MaxZstdWindow),
+		zstd.WithDecoderMaxMemory(maxFrameSize))
+	if err != nil {
+		return nil, err
+	}
+	return &Seekable{src: src, ix: ix, dec: dec, loading: map[int]*loadingFrame{}}, nil
+}
+
+// Index is the archive's frame index.
+func (s *Seekable) Index() *Index { return s.ix }
+
+// Size is the length of the tar stream.
+func (s *Seekable) Size() int64 { return s.ix.Size() }
+
+// ReadAt reads the tar stream.
+func (s *Seekable) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("archive: negative offset %d", off)
+	}
+	n := 0
+	for n < len(p) {
+		pos := off + int64(n)
+		if pos >= s.Size() {
+			return n, io.EOF
+		}
+		i := s.ix.frameAt(pos)
+		data, err := s.frame(i)
+		if err != nil {
+			return n, err
+		}
+		n += copy(p[n:], data[pos-s.ix.starts[i]:])
+	}
+	return n, nil
+}
+
+// Prefetch decompresses, in the background, the frame after the one that
+// holds off: readers going forward find it ready.
+func (s *Seekable) Prefetch(off int64) {
+	if i := s.ix.frameAt(off) + 1; i < len(s.ix.Frames) {
+		go s.frame(i) //nolint:errcheck // a reader that needs it sees the error
+	}
+}
+
+// frame returns frame i decompressed, from the cache or the source.
+func (s *Seekable) frame(i int) ([]byte, error) {
+	s.mu.Lock()
+	for k, c := range s.cache {
+		if c.i == i {
+			s.cache = append(append(s.cache[:k:k], s.cache[k+1:]...), c)
+			s.mu.Unlock()
+			return c.data, nil
+		}
+	}
+	if l, ok := s.loading[i]; ok {
+		s.mu.Unlock()
+		<-l.done
+		return l.data, l.err
+	}
+	l := &loadingFrame{done: make(chan struct{})}
+	s.loading[i] = l
+	s.mu.Unlock()
+
+	l.data, l.err = s.load(i)
+	s.mu.Lock()
+	delete(s.loading, i)
+	if l.err == nil {
+		if len(s.cache) == cachedFrames {
+			s.cache = s.cache[1:]
+		}
+		s.cache = append(s.cache, cachedFrame{i: i, data: l.data})
+	}
+	s.mu.Unlock()
+	close(l.done)
+	return l.data, l.err
+}
+
+func (s *Seekable) load(i int) ([]byte, error) {
+	f := s.ix.Frames[i]
+	comp := make([]byte, f.Compressed)
+	if _, err := s.src.ReadAt(comp, s.ix.offsets[i]); err != nil {
+		return nil, fmt.Errorf("read frame %d: %w", i, err)
+	}
+	if sha256.Sum256(comp) != f.Digest {
+		return nil, fmt.Errorf("%w: frame %d does not match its digest", ErrDigest, i)
+	}
+	data, err := s.dec.DecodeAll(comp, make([]byte, 0, f.Size))
+	if err != nil {
+		return nil, fmt.Errorf("%w: frame %d: %w", ErrInvalid, i, err)
+	}
+	if len(data) != int(f.Size) {
+		return nil, fmt.Errorf("%w: frame %d decompresses to %d bytes, its index says %d", ErrInvalid, i, len(data), f.Size)
+	}
+	return data, nil
+}
+
+// Span is where a member's bytes lie in the tar stream.
+type Span struct {
+	Offset int64 `json:"offset"`
+	Size   int64 `json:"size"`
+}
+
+// ExtractExcept unpacks the members of an indexed archive into dir as
+// Extract does, except those skip picks, which it only locates: their
+// bytes are neither read nor written, and stay where they are for a
+// reader of s. It reads only the frames that hold what it unpacks.
+func ExtractExcept(ctx context.Context, s *Seekable, dir string, o ReadOptions, skip func(name string) bool) (Dir, map[string]Span, error) {
+	sr := io.NewSectionReader(s, 0, s.Size())
+	spans := map[string]Span{}
+	opts := untar.Options{Kind: untar.Members, MaxBytes: o.MaxUnpack, Skip: func(hdr *tar.Header, name string) bool {
+		if hdr.Typeflag != tar.TypeReg || !skip(name) {
+			return false
+		}
+		// tar reads headers block by block, with no read-ahead: the
+		// section's position is the member's first byte.
+		off, _ := sr.Seek(0, io.SeekCurrent)
+		spans[name] = Span{Offset: off, Size: hdr.Size}
+		return true
+	}}
+	if err := untar.Extract(ctx, sr, dir, opts); err != nil {
+		if errors.Is(err, untar.ErrUnsafePath) {
+			return "", nil, fmt.Errorf("archive is unsafe: %w: %w", ErrInvalid, err)
+		}
+		if errors.Is(err, ErrDigest) || errors.Is(err, untar.ErrTooLarge) {
+			return "", nil, err
+		}
+		return "", nil, fmt.Errorf("archive is corrupt or truncated: %w: %w", ErrInvalid, err)
+	}
+	d := Dir(dir)
+	if err := d.Validate(); err != nil {
+		return "", nil, err
+	}
+	return d, spans, nil
+}

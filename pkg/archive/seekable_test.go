@@ -1,0 +1,181 @@
+package archive
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"filippo.io/age"
+)
+
+// indexedArchive writes a zstd archive with a captured pages image and a
+// written one, and returns its path, the pages and the write's stats.
+func indexedArchive(t *testing.T) (string, []byte, *WriteStats) {
+	t.Helper()
+	dir := t.TempDir()
+	pages := pageLike(t, 3*frameSize+12345)
+	writeFile(t, filepath.Join(dir, ConfigDump), []byte(`{"id":"x"}`))
+	writeFile(t, filepath.Join(dir, SpecDump), []byte(`{}`))
+	writeFile(t, filepath.Join(dir, CheckpointDir, "inventory.img"), []byte("inv"))
+	writeFile(t, filepath.Join(dir, CheckpointDir, "core-1.img"), pageLike(t, 5000))
+	writeFile(t, filepath.Join(dir, CheckpointDir, "pages-1.img"), nil)
+	writeFile(t, filepath.Join(dir, CheckpointDir, "pages-2.img"), pageLike(t, frameSize+99))
+	m, err := Capture("checkpoint/pages-1.img", bytes.NewReader(pages), filepath.Join(t.TempDir(), "spool"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dest := filepath.Join(t.TempDir(), "a.tar.zst")
+	st, err := WriteFile(dest, Contents{Dir: dir, Members: Members, Captured: []*Captured{m}}, WriteOptions{Compression: Zstd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dest, pages, st
+}
+
+func openSeekable(t *testing.T, path, digest string) (*Seekable, error) {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	fi, _ := f.Stat()
+	return OpenSeekable(f, fi.Size(), digest)
+}
+
+// The index lets a reader reach every byte of the tar stream, and the
+// stream it gives is the one every zstd reader decompresses.
+func TestSeekableReadsTheTarStream(t *testing.T) {
+	dest, pages, st := indexedArchive(t)
+	if st.IndexDigest == "" {
+		t.Fatal("a zstd archive was written without an index digest")
+	}
+	s, err := openSeekable(t, dest, st.IndexDigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _, err := Open(dest, ReadOptions{Digest: st.Digest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := io.ReadAll(r)
+	r.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.Size() != int64(len(want)) {
+		t.Fatalf("index says the tar is %d bytes, the stream is %d", s.Size(), len(want))
+	}
+	got := make([]byte, len(want))
+	// Odd reads that straddle frames, backwards.
+	for off := int64(len(got)); off > 0; {
+		n := min(off, 1<<20+7)
+		off -= n
+		if _, err := s.ReadAt(got[off:off+n], off); err != nil {
+			t.Fatalf("ReadAt %d+%d: %v", off, n, err)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the seekable reader's stream differs from the decompressed one")
+	}
+
+	work := t.TempDir()
+	d, spans, err := ExtractExcept(context.Background(), s, work, ReadOptions{}, func(name string) bool {
+		return strings.HasPrefix(name, "checkpoint/pages-")
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(string(d), "checkpoint", "pages-1.img")); !os.IsNotExist(err) {
+		t.Fatalf("a skipped member was written: %v", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(string(d), "checkpoint", "inventory.img")); string(b) != "inv" {
+		t.Fatalf("inventory.img = %q", b)
+	}
+	sp, ok := spans["checkpoint/pages-1.img"]
+	if !ok || sp.Size != int64(len(pages)) || len(spans) != 2 {
+		t.Fatalf("spans %v", spans)
+	}
+	back := make([]byte, sp.Size)
+	if _, err := s.ReadAt(back, sp.Offset); err != nil || !bytes.Equal(back, pages) {
+		t.Fatalf("pages-1.img read at its span differs (%v)", err)
+	}
+
+	if _, err := exec.LookPath("zstd"); err == nil {
+		out, err := exec.Command("zstd", "-dc", dest).Output()
+		if err != nil || !bytes.Equal(out, want) {
+			t.Fatalf("zstd does not read an indexed archive as stasis does: %v", err)
+		}
+	}
+}
+
+// A frame altered in the file is refused when read, and an index that is
+// not the recorded one is refused when opened.
+func TestSeekableRefusesAlteredFramesAndIndexes(t *testing.T) {
+	dest, _, st := indexedArchive(t)
+	if _, err := openSeekable(t, dest, "sha256:"+strings.Repeat("0", 64)); !errors.Is(err, ErrIndexDigest) {
+		t.Fatalf("an index with another digest was opened: %v", err)
+	}
+	b, err := os.ReadFile(dest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40 // inside the captured pages
+	if err := os.WriteFile(dest, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, err := openSeekable(t, dest, st.IndexDigest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = io.Copy(io.Discard, io.NewSectionReader(s, 0, s.Size()))
+	if !errors.Is(err, ErrDigest) {
+		t.Fatalf("an altered frame was read: %v", err)
+	}
+
+	// An index whose table disagrees with the file is no index at all.
+	b[len(b)-seekFooter-1] ^= 0x01 // the last frame's decompressed size
+	if err := os.WriteFile(dest, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := openSeekable(t, dest, ""); err == nil {
+		// Sizes are not in the digests: caught when read.
+		s, _ := openSeekable(t, dest, "")
+		if _, err := io.Copy(io.Discard, io.NewSectionReader(s, 0, s.Size())); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrDigest) {
+			t.Fatalf("a wrong decompressed size was believed: %v", err)
+		}
+	}
+}
+
+// Archives that cannot be reached frame by frame say so.
+func TestNoIndexWithoutZstdOrWithEncryption(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, ConfigDump), []byte(`{}`))
+	id, err := age.GenerateX25519Identity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, o := range map[string]WriteOptions{
+		"gzip":      {Compression: Gzip},
+		"none":      {Compression: None},
+		"encrypted": {Compression: Zstd, Recipients: []age.Recipient{id.Recipient()}},
+	} {
+		dest := filepath.Join(t.TempDir(), "a")
+		st, err := WriteFile(dest, Contents{Dir: dir, Members: Members}, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.IndexDigest != "" {
+			t.Errorf("%s: index digest %s", name, st.IndexDigest)
+		}
+		if _, err := openSeekable(t, dest, ""); !errors.Is(err, ErrNoIndex) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
