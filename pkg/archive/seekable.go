@@ -96,11 +96,11 @@ func (s *Seekable) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// Prefetch decompresses, in the background, the frame after the one that
-// holds off: readers going forward find it ready.
+// Prefetch decompresses, in the background, the frame that holds off:
+// a reader going forward finds it ready.
 func (s *Seekable) Prefetch(off int64) {
-	if i := s.ix.frameAt(off) + 1; i < len(s.ix.Frames) {
-		go s.frame(i) //nolint:errcheck // a reader that needs it sees the error
+	if off >= 0 && off < s.Size() {
+		go s.frame(s.ix.frameAt(off)) //nolint:errcheck // a reader that needs it sees the error
 	}
 }
 
@@ -160,6 +160,41 @@ func (s *Seekable) load(i int) ([]byte, error) {
 type Span struct {
 	Offset int64 `json:"offset"`
 	Size   int64 `json:"size"`
+}
+
+// Member is one member of an indexed archive, read where it lies.
+type Member struct {
+	s  *Seekable
+	sp Span
+}
+
+// Member reads the member at sp.
+func (s *Seekable) Member(sp Span) *Member { return &Member{s: s, sp: sp} }
+
+// Size is the member's length.
+func (m *Member) Size() int64 { return m.sp.Size }
+
+// ReadAt reads the member; past its end is io.EOF.
+func (m *Member) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 || off >= m.sp.Size {
+		return 0, io.EOF
+	}
+	short := int64(len(p)) > m.sp.Size-off
+	if short {
+		p = p[:m.sp.Size-off]
+	}
+	n, err := m.s.ReadAt(p, m.sp.Offset+off)
+	if err == nil && short {
+		err = io.EOF
+	}
+	return n, err
+}
+
+// Prefetch starts reading the member's bytes at off (pages.Prefetcher).
+func (m *Member) Prefetch(off int64) {
+	if off >= 0 && off < m.sp.Size {
+		m.s.Prefetch(m.sp.Offset + off)
+	}
 }
 
 // ExtractExcept unpacks the members of an indexed archive into dir as

@@ -301,32 +301,57 @@ func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(
 // (stasis does, on restore).
 const DigestSuffix = ".sha256"
 
-// WriteDigestFile records digest ("sha256:...") beside the archive at path.
-func WriteDigestFile(path, digest string) error {
+// WriteDigestFile records digest ("sha256:...") beside the archive at path,
+// and the digest of its frame index when it has one, on a comment line
+// (sha256sum -c passes over it).
+func WriteDigestFile(path, digest, indexDigest string) error {
 	hexDigest, ok := strings.CutPrefix(digest, "sha256:")
 	if !ok {
 		return fmt.Errorf("digest %q is not sha256", digest)
 	}
+	text := hexDigest + "  " + filepath.Base(path) + "\n"
+	if indexDigest != "" {
+		text += indexComment + indexDigest + "\n"
+	}
 	tmp := path + DigestSuffix + ".partial"
-	if err := os.WriteFile(tmp, []byte(hexDigest+"  "+filepath.Base(path)+"\n"), 0o600); err != nil {
+	if err := os.WriteFile(tmp, []byte(text), 0o600); err != nil {
 		return err
 	}
 	return os.Rename(tmp, path+DigestSuffix)
 }
 
-// ReadDigestFile returns the digest recorded beside the archive at path,
-// or "" when there is none.
-func ReadDigestFile(path string) (string, error) {
+// indexComment starts the line of a digest file that records the index's.
+const indexComment = "# stasis frame index "
+
+// Digests are what the file beside an archive records of it.
+type Digests struct {
+	// Archive is the sha256 of the whole archive, "" when none is recorded.
+	Archive string
+	// Index is the sha256 of its frame index, "" when none is recorded.
+	Index string
+}
+
+// ReadDigestFile returns the digests recorded beside the archive at path;
+// none when there is no such file.
+func ReadDigestFile(path string) (Digests, error) {
+	var d Digests
 	b, err := os.ReadFile(path + DigestSuffix)
 	if os.IsNotExist(err) {
-		return "", nil
+		return d, nil
 	}
 	if err != nil {
-		return "", err
+		return d, err
 	}
-	f := strings.Fields(string(b))
+	lines := strings.Split(string(b), "\n")
+	f := strings.Fields(lines[0])
 	if len(f) == 0 || len(f[0]) != 64 {
-		return "", fmt.Errorf("%s%s is not a sha256 digest file", path, DigestSuffix)
+		return d, fmt.Errorf("%s%s is not a sha256 digest file", path, DigestSuffix)
 	}
-	return "sha256:" + f[0], nil
+	d.Archive = "sha256:" + f[0]
+	for _, l := range lines[1:] {
+		if ix, ok := strings.CutPrefix(l, indexComment); ok && strings.HasPrefix(ix, "sha256:") && len(ix) == 71 {
+			d.Index = ix
+		}
+	}
+	return d, nil
 }

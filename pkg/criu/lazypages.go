@@ -12,6 +12,11 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/pages"
 )
 
 // LazyPagesCommand is the hidden subcommand of the stasis binary that runs
@@ -31,7 +36,28 @@ type LazyPages struct {
 	Work   string `json:"work"`
 	// LogDir keeps the server's log when it fails.
 	LogDir string `json:"log_dir"`
+	// Archive, when set, holds the pages images, which the unpacking left
+	// in it (archive.ExtractExcept): the helper then serves the lazy pages
+	// to CRIU itself, read from the archive frame by frame (pkg/pages),
+	// and no pages image is ever unpacked.
+	Archive *ArchivePages `json:"archive,omitempty"`
 }
+
+// ArchivePages says where in an indexed archive the pages images are.
+type ArchivePages struct {
+	// File is the archive, opened; the helper inherits it.
+	File *os.File `json:"-"`
+	// IndexDigest is the archive's index as verified when it was opened:
+	// the helper reads every frame through it.
+	IndexDigest string `json:"index_digest"`
+	// Spans are the pages images, by file name in Images.
+	Spans map[string]archive.Span `json:"spans"`
+}
+
+// RestoredPidFile, in the work directory, is where the restore records the
+// restored init's pid: if the pages stop coming, the helper kills it rather
+// than leave it running on memory that reads as zeros.
+const RestoredPidFile = "restored.pid"
 
 // LazyPagesServer is a started server, in a helper process that outlives
 // the caller: the caller returns once the restore is done, the pages keep
@@ -58,7 +84,11 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 	}
 	defer r.Close()
 	cmd := exec.Command(self, LazyPagesCommand, string(b))
-	cmd.ExtraFiles = append([]*os.File{w}, keep...)
+	cmd.ExtraFiles = []*os.File{w}
+	if l.Archive != nil {
+		cmd.ExtraFiles = append(cmd.ExtraFiles, l.Archive.File) // fd 4
+	}
+	cmd.ExtraFiles = append(cmd.ExtraFiles, keep...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = os.Environ() // CRIU is found on our PATH
 	if err := cmd.Start(); err != nil {
@@ -106,8 +136,9 @@ func Running(pid int) bool {
 }
 
 // LazyPagesMain is the helper process: it runs CRIU's server with the
-// status fd inherited from StartLazyPages, waits for it to finish, keeps
-// its log when it failed, and removes the work directory.
+// status fd inherited from StartLazyPages (and, serving from an archive, a
+// socket to its own page server), waits for it to finish, keeps its log
+// when it failed, and removes the work directory.
 func LazyPagesMain(arg string) int {
 	status := os.NewFile(3, "status")
 	var l LazyPages
@@ -116,17 +147,87 @@ func LazyPagesMain(arg string) int {
 		return 2
 	}
 	defer os.RemoveAll(l.Work)
-	cmd := exec.Command("criu", "lazy-pages", "--images-dir", l.Images, "--work-dir", l.Work,
-		"-o", "lazy-pages.log", "--status-fd", "3")
-	cmd.ExtraFiles = []*os.File{status}
-	err := cmd.Run()
+	args := []string{"lazy-pages", "--images-dir", l.Images, "--work-dir", l.Work, "-o", "lazy-pages.log", "--status-fd", "3"}
+	files := []*os.File{status}
+	var served chan error
+	if l.Archive != nil {
+		src, err := archiveSource(os.NewFile(4, "archive"), l)
+		if err != nil {
+			fmt.Fprintf(status, "lazy pages from the archive: %v\n", err)
+			return 1
+		}
+		ours, theirs, err := socketPair()
+		if err != nil {
+			fmt.Fprintln(status, err)
+			return 1
+		}
+		defer ours.Close()
+		// CRIU's page-server client on a socket stasis made (--ps-socket):
+		// no port to open, nothing another process could connect to.
+		args = append(args, "--page-server", "--ps-socket", "4")
+		files = append(files, theirs)
+		served = make(chan error, 1)
+		go func() { served <- pages.Serve(ours, src, nil) }()
+	}
+	cmd := exec.Command("criu", args...)
+	cmd.ExtraFiles = files
+	err := cmd.Start()
+	if len(files) > 1 {
+		files[1].Close() // CRIU's now: its exit ends the server's reads
+	}
+	if err == nil {
+		err = cmd.Wait()
+	}
+	if served != nil && err == nil {
+		err = <-served // CRIU said goodbye: the server is done too
+	}
 	if err != nil {
 		log := filepath.Join(l.Work, "lazy-pages.log")
 		kept := keepLog(log, l.LogDir)
+		killRestored(l.Work)
 		fmt.Fprintf(status, "criu lazy-pages: %v (log: %s)\n", err, kept)
 		return 1
 	}
 	return 0
+}
+
+// archiveSource reads the pagemaps unpacked into l.Images and pairs them
+// with the pages images where they lie in the archive.
+func archiveSource(f *os.File, l LazyPages) (*pages.Source, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	s, err := archive.OpenSeekable(f, fi.Size(), l.Archive.IndexDigest)
+	if err != nil {
+		return nil, err
+	}
+	images := map[string]pages.Image{}
+	for name, sp := range l.Archive.Spans {
+		images[name] = s.Member(sp)
+	}
+	return pages.OpenSource(l.Images, images)
+}
+
+func socketPair() (ours, theirs *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("page server socket: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), "page-server"), os.NewFile(uintptr(fds[1]), "page-client"), nil
+}
+
+// killRestored kills the restored init, when the restore got that far:
+// once the lazy-pages server is gone, the memory it had yet to fill reads
+// as zeros, and a process must not run on that.
+func killRestored(work string) {
+	b, err := os.ReadFile(filepath.Join(work, RestoredPidFile))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
 }
 
 func keepLog(log, dir string) string {

@@ -197,11 +197,11 @@ func assertCalls(t *testing.T, rt *fakeRuntime, want ...string) {
 // recorded beside it, which must be there.
 func extracted(t *testing.T, path string) archive.Dir {
 	t.Helper()
-	digest, err := archive.ReadDigestFile(path)
-	if err != nil || digest == "" {
-		t.Fatalf("digest file of %s: %q, %v", path, digest, err)
+	digests, err := archive.ReadDigestFile(path)
+	if err != nil || digests.Archive == "" {
+		t.Fatalf("digest file of %s: %q, %v", path, digests, err)
 	}
-	dir, err := archive.Extract(context.Background(), path, t.TempDir(), archive.ReadOptions{Digest: digest})
+	dir, err := archive.Extract(context.Background(), path, t.TempDir(), archive.ReadOptions{Digest: digests.Archive})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -282,7 +282,7 @@ func TestDumpFreezesAllThenThaws(t *testing.T) {
 			t.Errorf("no phase %q in %v", p, res[0].Phases)
 		}
 	}
-	if d, _ := archive.ReadDigestFile(pathB); d != res[1].Digest {
+	if d, _ := archive.ReadDigestFile(pathB); d.Archive != res[1].Digest || d.Index == "" {
 		t.Errorf("digest file of b says %q, the result %q", d, res[1].Digest)
 	}
 

@@ -80,9 +80,9 @@ func TestResolveVerifies(t *testing.T) {
 		t.Fatal(err)
 	}
 	ent, err := plain.Checkpoints.Put(store.Entry{ContainerID: "c1", ContainerName: "web", Created: time.Now()}, "checkpoint.tar.zst",
-		func(dest string) (int64, string, error) {
+		func(dest string) (store.Written, error) {
 			b, err := os.ReadFile(path)
-			return int64(len(b)), "", errors.Join(err, os.WriteFile(dest, b, 0o600))
+			return store.Written{Size: int64(len(b))}, errors.Join(err, os.WriteFile(dest, b, 0o600))
 		})
 	if err != nil {
 		t.Fatal(err)
@@ -127,7 +127,7 @@ func TestResolveVerifies(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			src, err := c.e.resolve(ctx, Ref{Name: c.ref, File: c.file, Expect: &c.x, Signed: c.e == trusting || c.signed})
 			if err == nil {
-				_, err = c.e.unpack(ctx, src, t.TempDir())
+				_, err = c.e.unpack(ctx, src, t.TempDir(), false)
 			}
 			if c.want == nil && c.msg == "" {
 				if err != nil {

@@ -47,6 +47,10 @@ type source struct {
 	archive string
 	// digest, when known, is what the archive's bytes must hash to.
 	digest string
+	// indexDigest, when known, is what its frame index must hash to
+	// (archive.Index), recorded where digest is: trusting it, a lazy
+	// restore reads pages where they lie, each frame checked on its own.
+	indexDigest string
 	// rootfsDiff is a stored checkpoint's shared rootfs diff, kept beside
 	// its archive (store.Entry.RootfsDiff).
 	rootfsDiff string
@@ -97,14 +101,14 @@ func (e *Engine) resolve(ctx context.Context, r Ref) (*source, error) {
 		if _, err := os.Stat(r.File); err != nil {
 			return nil, err
 		}
-		digest := r.Digest
-		if digest == "" {
-			var err error
-			if digest, err = archive.ReadDigestFile(r.File); err != nil {
-				return nil, err
-			}
+		if r.Digest != "" {
+			return &source{archive: r.File, digest: r.Digest, e: e}, nil
 		}
-		return &source{archive: r.File, digest: digest, e: e}, nil
+		d, err := archive.ReadDigestFile(r.File)
+		if err != nil {
+			return nil, err
+		}
+		return &source{archive: r.File, digest: d.Archive, indexDigest: d.Index, e: e}, nil
 	}
 	if r.Name == "" {
 		return nil, errors.New("name a container, a stored checkpoint or a checkpoint image, or give an archive file")
@@ -122,7 +126,7 @@ func (e *Engine) resolve(ctx context.Context, r Ref) (*source, error) {
 			// Named by its ID, a checkpoint still belongs to its container.
 			c, _ = e.Get(ctx, ent.ContainerID)
 		}
-		return &source{archive: ent.Archive, digest: ent.Digest, rootfsDiff: ent.RootfsDiff, container: c, stored: true, e: e}, nil
+		return &source{archive: ent.Archive, digest: ent.Digest, indexDigest: ent.IndexDigest, rootfsDiff: ent.RootfsDiff, container: c, stored: true, e: e}, nil
 	}
 	if c != nil || r.Checkpoint != "" {
 		return nil, fmt.Errorf("%s: %w", r.Name, err)

@@ -114,6 +114,17 @@ type unpacked struct {
 	// deleted lists the files the checkpointed container had removed from
 	// its image, already checked to stay inside a rootfs.
 	deleted []string
+	// pages, in a lazy restore from an indexed archive, are the pages
+	// images left in the archive, for the lazy-pages helper to serve.
+	pages *criu.ArchivePages
+}
+
+// close lets go of the archive the pages were left in; the lazy-pages
+// helper has its own descriptor of it.
+func (ck *unpacked) close() {
+	if ck.pages != nil {
+		ck.pages.File.Close()
+	}
 }
 
 // restore is the one restore pipeline: the checkpoint unpacked, the
@@ -138,10 +149,11 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 		}
 	}()
 	tm := time.Now()
-	ck, err := e.unpack(ctx, src, work)
+	ck, err := e.unpack(ctx, src, work, o.LazyPages)
 	if err != nil {
 		return nil, err
 	}
+	defer ck.close()
 	res.Phases.Add("extract", time.Since(tm))
 
 	tm = time.Now()
@@ -168,7 +180,8 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	o.ImagePath, o.WorkPath = ck.Images(), string(ck.Dir)
 	var lazy *criu.LazyPagesServer
 	if o.LazyPages {
-		lazy, err = criu.StartLazyPages(criu.LazyPages{Images: ck.Images(), Work: string(ck.Dir), LogDir: filepath.Join(e.root, "logs")}, lock)
+		lazy, err = criu.StartLazyPages(criu.LazyPages{Images: ck.Images(), Work: string(ck.Dir), LogDir: filepath.Join(e.root, "logs"),
+			Archive: ck.pages}, lock)
 		if err != nil {
 			return nil, err
 		}
@@ -182,6 +195,10 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	}
 	res.Phases.Add("criu_restore", time.Since(tm))
 	res.Pid = pid
+	if lazy != nil {
+		// Should the pages stop coming, the helper kills what runs on them.
+		os.WriteFile(filepath.Join(string(ck.Dir), criu.RestoredPidFile), []byte(fmt.Sprint(pid)), 0o600)
+	}
 	if st, err := criu.ReadRestoreStats(string(ck.Dir)); err == nil {
 		res.CRIU = st
 	}
@@ -193,20 +210,34 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 }
 
 // unpack extracts src into work and checks what the archive's members
-// cannot be checked for as they are unpacked.
-func (e *Engine) unpack(ctx context.Context, src *source, work string) (*unpacked, error) {
-	dir, err := e.extract(ctx, src, work)
+// cannot be checked for as they are unpacked. For a lazy restore, the
+// pages of an indexed archive stay in it (extractLazy).
+func (e *Engine) unpack(ctx context.Context, src *source, work string, lazy bool) (*unpacked, error) {
+	ck := &unpacked{src: src}
+	var err error
+	if lazy && lazyFromArchive(src) {
+		ck.Dir, ck.pages, err = e.extractLazy(ctx, src, work)
+		if errNoIndex(err) {
+			err = nil
+		}
+	}
+	if err == nil && ck.pages == nil {
+		ck.Dir, err = e.extract(ctx, src, work)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("unpack checkpoint %s: %w", src.archive, err)
 	}
+	dir := ck.Dir
 	deleted, err := dir.Deleted()
+	if err == nil {
+		err = rootfs.ValidateDeleted(deleted)
+	}
 	if err != nil {
+		ck.close()
 		return nil, fmt.Errorf("checkpoint %s: %w", src.archive, err)
 	}
-	if err := rootfs.ValidateDeleted(deleted); err != nil {
-		return nil, fmt.Errorf("checkpoint %s is unsafe: %w", src.archive, err)
-	}
-	return &unpacked{Dir: dir, src: src, deleted: deleted}, nil
+	ck.deleted = deleted
+	return ck, nil
 }
 
 // extract unpacks a checkpoint into work, checking its digest when known,
@@ -224,13 +255,22 @@ func (e *Engine) extract(ctx context.Context, src *source, work string) (archive
 		return archive.Extract(ctx, plain, work, ro)
 	}
 	dir, err := archive.Extract(ctx, src.archive, work, ro)
-	if err != nil || src.rootfsDiff == "" {
-		return dir, err
+	if err != nil {
+		return "", err
+	}
+	return dir, e.linkRootfsDiff(src, dir)
+}
+
+// linkRootfsDiff puts a stored checkpoint's shared rootfs diff, kept beside
+// its archive, where the unpacked checkpoint has it.
+func (e *Engine) linkRootfsDiff(src *source, dir archive.Dir) error {
+	if src.rootfsDiff == "" {
+		return nil
 	}
 	if err := os.Link(src.rootfsDiff, dir.RootfsDiff()); err != nil {
-		return "", fmt.Errorf("rootfs diff of %s: %w", src.archive, err)
+		return fmt.Errorf("rootfs diff of %s: %w", src.archive, err)
 	}
-	return dir, nil
+	return nil
 }
 
 // applyRootfs unpacks dir's rootfs diff (opened as a member: never through

@@ -152,7 +152,7 @@ func restoreArchive(t *testing.T, diff []diffEntry, deleted []string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := archive.WriteDigestFile(out, ws.Digest); err != nil {
+	if err := archive.WriteDigestFile(out, ws.Digest, ws.IndexDigest); err != nil {
 		t.Fatal(err)
 	}
 	return out

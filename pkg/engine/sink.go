@@ -120,12 +120,12 @@ func (s StoreSink) write(ctx context.Context, e *Engine, d *dumped, _ string) (f
 	ent, err := e.Checkpoints.Put(store.Entry{
 		ContainerID: d.Subject.ID, ContainerName: cfg.Name, Image: cfg.RootfsImageName, Created: time.Now().UTC(),
 		Compression: string(s.compression()), RootfsDiff: shared, Summary: summary,
-	}, archiveName(s.compression()), func(dest string) (int64, string, error) {
+	}, archiveName(s.compression()), func(dest string) (store.Written, error) {
 		var err error
 		if ws, err = writeArchive(d, dest, s.compression(), s.Recipients, members); err != nil {
-			return 0, "", err
+			return store.Written{}, err
 		}
-		return ws.Bytes, ws.Digest, nil
+		return store.Written{Size: ws.Bytes, Digest: ws.Digest, IndexDigest: ws.IndexDigest}, nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
@@ -143,7 +143,7 @@ func (s FileSink) write(ctx context.Context, e *Engine, d *dumped, _ string) (fu
 	undo := func() error {
 		return errors.Join(os.Remove(d.res.Archive), ignoreMissing(os.Remove(d.res.Archive+archive.DigestSuffix)))
 	}
-	if err := archive.WriteDigestFile(d.res.Archive, ws.Digest); err != nil {
+	if err := archive.WriteDigestFile(d.res.Archive, ws.Digest, ws.IndexDigest); err != nil {
 		return nil, errors.Join(err, undo())
 	}
 	return undo, nil

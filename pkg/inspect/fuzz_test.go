@@ -208,6 +208,9 @@ func FuzzProcesses(f *testing.F) {
 	})
 }
 
+// pagePresent is CRIU's PE_PRESENT.
+const pagePresent = 1 << 2
+
 // FuzzMemory: command lines, environments and the memory search of pid 1
 // (mm-1.img, pagemap-1.img, pages-1.img).
 func FuzzMemory(f *testing.F) {

@@ -3,35 +3,18 @@ package inspect
 import (
 	"fmt"
 	"io"
-	"math"
-	"os"
 	"regexp"
 
-	"github.com/checkpoint-restore/go-criu/v8/crit"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
-
 	"github.com/stasis-dev/stasis/pkg/archive"
+	"github.com/stasis-dev/stasis/pkg/pages"
 )
 
-// pagePresent is CRIU's PE_PRESENT: the entry's pages are in the pages
-// image (rather than in a parent image, or not dumped).
-const pagePresent = 1 << 2
-
-var pageSize = uint64(os.Getpagesize())
-
-// pageIndex maps a process's dumped memory to its pages image. go-criu
-// decodes the pagemap; the reading is done here because go-criu's own
-// reader only knows the page count field newer CRIUs write (nr_pages,
-// field 5), not the one CRIU 4.1 and older write (field 2).
+// pageIndex maps a process's dumped memory to its pages image.
 type pageIndex struct {
 	// dir holds file, the pages image, as a member name.
 	dir  archive.Dir
 	file string
-	runs []pageRun
-}
-
-type pageRun struct {
-	vaddr, length, offset uint64 // bytes
+	runs []pages.Run
 }
 
 func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
@@ -43,44 +26,11 @@ func (c *Checkpoint) pageIndex(pid uint32) (*pageIndex, error) {
 		return nil, fmt.Errorf("memory of pid %d: %w", pid, err)
 	}
 	defer f.Close()
-	img, err := decode("pagemap", func() (*crit.CriuImage, error) {
-		return crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
-	})
+	m, err := pages.ReadMap(f)
 	if err != nil {
-		return nil, fmt.Errorf("memory of pid %d: pagemap: %w", pid, err)
+		return nil, fmt.Errorf("memory of pid %d: %w", pid, corrupt("pagemap", err))
 	}
-	if img.Magic != "PAGEMAP" { // crit decodes by the magic, whatever was asked
-		return nil, fmt.Errorf("memory of pid %d: pagemap-%d.img is a %s image", pid, pid, img.Magic)
-	}
-	if len(img.Entries) == 0 {
-		return nil, fmt.Errorf("memory of pid %d: empty pagemap", pid)
-	}
-	head := img.Entries[0].Message.(*pagemap.PagemapHead)
-	ix := &pageIndex{dir: c.dir, file: fmt.Sprintf("%s/pages-%d.img", archive.CheckpointDir, head.GetPagesId())}
-	var off uint64
-	for _, e := range img.Entries[1:] {
-		p := e.Message.(*pagemap.PagemapEntry)
-		n := p.GetNrPages()
-		if n == 0 {
-			n = uint64(p.GetCompatNrPages())
-		}
-		if p.GetInParent() || (p.Flags != nil && p.GetFlags()&pagePresent == 0) {
-			continue
-		}
-		r := pageRun{vaddr: p.GetVaddr(), length: n * pageSize, offset: off}
-		// Runs that wrap around would map one stretch of the pages
-		// image many times over (and ReadAt takes an int64).
-		if n > math.MaxInt64/pageSize || r.vaddr+r.length < r.vaddr || off+r.length < off || off+r.length > math.MaxInt64 {
-			return nil, fmt.Errorf("memory of pid %d: pagemap entry %x+%d pages is out of range", pid, r.vaddr, n)
-		}
-		off += r.length
-		if k := len(ix.runs) - 1; k >= 0 && ix.runs[k].vaddr+ix.runs[k].length == r.vaddr && ix.runs[k].offset+ix.runs[k].length == r.offset {
-			ix.runs[k].length += r.length
-			continue
-		}
-		ix.runs = append(ix.runs, r)
-	}
-	return ix, nil
+	return &pageIndex{dir: c.dir, file: archive.CheckpointDir + "/" + m.PagesImage(), runs: m.Runs}, nil
 }
 
 // read returns memory [start, end); bytes not dumped read as zero.
@@ -95,11 +45,11 @@ func (ix *pageIndex) read(start, end uint64) ([]byte, error) {
 	}
 	defer f.Close()
 	for _, r := range ix.runs {
-		lo, hi := max(start, r.vaddr), min(end, r.vaddr+r.length)
+		lo, hi := max(start, r.Vaddr), min(end, r.Vaddr+r.Length)
 		if lo >= hi {
 			continue
 		}
-		if _, err := f.ReadAt(out[lo-start:hi-start], int64(r.offset+lo-r.vaddr)); err != nil && err != io.EOF {
+		if _, err := f.ReadAt(out[lo-start:hi-start], int64(r.Offset+lo-r.Vaddr)); err != nil && err != io.EOF {
 			return nil, err
 		}
 	}
@@ -122,9 +72,9 @@ func (ix *pageIndex) search(re *regexp.Regexp, context int, fn func(vaddr uint64
 	for _, r := range ix.runs {
 		// Each chunk owns the matches that start in its first
 		// searchChunk bytes; the overlap lets those finish.
-		for pos := uint64(0); pos < r.length; pos += searchChunk {
-			n := min(uint64(len(buf)), r.length-pos)
-			k, err := f.ReadAt(buf[:n], int64(r.offset+pos))
+		for pos := uint64(0); pos < r.Length; pos += searchChunk {
+			n := min(uint64(len(buf)), r.Length-pos)
+			k, err := f.ReadAt(buf[:n], int64(r.Offset+pos))
 			if err != nil && err != io.EOF {
 				return err
 			}
@@ -136,7 +86,7 @@ func (ix *pageIndex) search(re *regexp.Regexp, context int, fn func(vaddr uint64
 					break
 				}
 				lo, hi := max(m[0]-context, 0), min(m[1]+context, len(b))
-				fn(r.vaddr+pos+uint64(m[0]), m[1]-m[0], b[lo:hi])
+				fn(r.Vaddr+pos+uint64(m[0]), m[1]-m[0], b[lo:hi])
 			}
 			if uint64(k) < n {
 				break // the end of the pages image

@@ -33,7 +33,11 @@ type Entry struct {
 	Created       time.Time `json:"created"`
 	Size          int64     `json:"size"`
 	Digest        string    `json:"digest"`
-	Compression   string    `json:"compression"`
+	// IndexDigest is the sha256 of the archive's frame index (zstd
+	// archives): trusting it, a lazy restore reads the pages where they
+	// lie without hashing the whole archive first.
+	IndexDigest string `json:"indexDigest,omitempty"`
+	Compression string `json:"compression"`
 	// Summary is what the checkpoint held, for a history to compare.
 	Summary *Summary `json:"summary,omitempty"`
 	// Archive is the archive's path; filled in when read, not stored.
@@ -62,12 +66,18 @@ const (
 // interface is what the engine depends on.
 type Store interface {
 	// Put stores a checkpoint: write must produce the archive at the path it
-	// is given and return its size and digest. Nothing is listed until Put
-	// has succeeded.
-	Put(e Entry, archiveName string, write func(path string) (size int64, digest string, err error)) (*Entry, error)
+	// is given and say what it wrote. Nothing is listed until Put has
+	// succeeded.
+	Put(e Entry, archiveName string, write func(path string) (Written, error)) (*Entry, error)
 	List() ([]*Entry, error)
 	Get(id string) (*Entry, error)
 	Delete(id string) error
+}
+
+// Written is what writing a checkpoint's archive produced.
+type Written struct {
+	Size                int64
+	Digest, IndexDigest string
 }
 
 // Dir stores checkpoints under a directory.
@@ -84,7 +94,7 @@ func NewDir(root string) (*Dir, error) {
 const metaFile = "checkpoint.json"
 
 // Put writes into a hidden directory and renames it into place when done.
-func (d *Dir) Put(e Entry, archiveName string, write func(string) (int64, string, error)) (*Entry, error) {
+func (d *Dir) Put(e Entry, archiveName string, write func(string) (Written, error)) (*Entry, error) {
 	if e.ID == "" {
 		e.ID = newID(e.Created)
 	}
@@ -105,11 +115,11 @@ func (d *Dir) Put(e Entry, archiveName string, write func(string) (int64, string
 			os.RemoveAll(tmp)
 		}
 	}()
-	size, digest, err := write(filepath.Join(tmp, archiveName))
+	w, err := write(filepath.Join(tmp, archiveName))
 	if err != nil {
 		return nil, err
 	}
-	e.Size, e.Digest = size, digest
+	e.Size, e.Digest, e.IndexDigest = w.Size, w.Digest, w.IndexDigest
 	if e.RootfsDiff != "" {
 		if err := d.share(e.RootfsDiff, filepath.Join(tmp, rootfsFile)); err != nil {
 			return nil, err

@@ -10,8 +10,8 @@ import (
 
 func put(t *testing.T, d *Dir, name, shared string) *Entry {
 	t.Helper()
-	e, err := d.Put(Entry{ContainerName: name, Created: time.Now(), RootfsDiff: shared}, "checkpoint.tar", func(p string) (int64, string, error) {
-		return 3, "sha256:abc", os.WriteFile(p, []byte("tar"), 0o600)
+	e, err := d.Put(Entry{ContainerName: name, Created: time.Now(), RootfsDiff: shared}, "checkpoint.tar", func(p string) (Written, error) {
+		return Written{Size: 3, Digest: "sha256:abc"}, os.WriteFile(p, []byte("tar"), 0o600)
 	})
 	if err != nil {
 		t.Fatal(err)
