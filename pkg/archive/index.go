@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // A zstd archive of stasis' ends with an index of its frames, so a reader
@@ -133,6 +134,25 @@ func ReadIndex(r io.ReaderAt, size int64) (*Index, error) {
 		return nil, fmt.Errorf("%w: frame index covers %d bytes of %d", ErrInvalid, ix.offsets[n], size-indexSize)
 	}
 	return ix, nil
+}
+
+// IndexDigestOf is the digest of the index of the archive file at path;
+// ErrNoIndex when it has none.
+func IndexDigestOf(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", err
+	}
+	ix, err := ReadIndex(f, fi.Size())
+	if err != nil {
+		return "", err
+	}
+	return ix.Digest, nil
 }
 
 // Size is the length of the tar stream the frames decompress to.

@@ -37,6 +37,10 @@ const (
 	// BaseImageDigest is the manifest digest of the base image, so a
 	// restore elsewhere can pull exactly that image.
 	BaseImageDigest = "io.stasis.checkpoint.rootfsImageDigest"
+	// IndexDigest is the sha256 of the layer's frame index
+	// (archive.Index): the manifest vouches for it as for the layer, so a
+	// lazy restore reads the layer's pages frame by frame, each checked.
+	IndexDigest = "io.stasis.checkpoint.indexDigest"
 )
 
 // Info is what a checkpoint image says about itself.
@@ -45,6 +49,7 @@ type Info struct {
 	BaseImage       string
 	BaseImageID     string
 	BaseImageDigest string
+	IndexDigest     string
 	Engine          string
 	Created         time.Time
 }
@@ -61,6 +66,7 @@ func Read(a map[string]string) (info *Info, ok bool) {
 		BaseImage:       first(a, metadata.CheckpointAnnotationRootfsImageName, podmanPrefix+"rootfsImageName", metadata.CheckpointAnnotationRawImageName),
 		BaseImageID:     first(a, metadata.CheckpointAnnotationRootfsImageID, podmanPrefix+"rootfsImageID"),
 		BaseImageDigest: a[BaseImageDigest],
+		IndexDigest:     a[IndexDigest],
 		Engine:          first(a, metadata.CheckpointAnnotationEngine),
 	}
 	if info.Engine == "" && a[PodmanName] != "" {
@@ -117,6 +123,9 @@ func Build(archivePath string, cfg *archive.Config, spec *specs.Spec, baseDigest
 	}
 	ann := Annotations(cfg, spec.Annotations, ThisHost())
 	ann["org.opencontainers.image.created"] = created.Format(time.RFC3339)
+	if d, err := archive.IndexDigestOf(archivePath); err == nil {
+		ann[IndexDigest] = d
+	}
 	if baseDigest != "" {
 		ann[BaseImageDigest] = baseDigest
 		ann[metadata.CheckpointAnnotationRootfsImageSha] = baseDigest

@@ -161,13 +161,16 @@ func LazyPagesMain(arg string) int {
 			fmt.Fprintln(status, err)
 			return 1
 		}
-		defer ours.Close()
 		// CRIU's page-server client on a socket stasis made (--ps-socket):
 		// no port to open, nothing another process could connect to.
 		args = append(args, "--page-server", "--ps-socket", "4")
 		files = append(files, theirs)
 		served = make(chan error, 1)
-		go func() { served <- pages.Serve(ours, src, nil) }()
+		go func() {
+			err := pages.Serve(ours, src, nil)
+			ours.Close() // a server that gave up must not leave CRIU waiting
+			served <- err
+		}()
 	}
 	cmd := exec.Command("criu", args...)
 	cmd.ExtraFiles = files
@@ -178,11 +181,21 @@ func LazyPagesMain(arg string) int {
 	if err == nil {
 		err = cmd.Wait()
 	}
-	if served != nil && err == nil {
-		err = <-served // CRIU said goodbye: the server is done too
+	if served != nil {
+		// CRIU is gone, so the server's reads end too. Its error, first,
+		// is why CRIU failed (a frame not as recorded, say).
+		if serr := <-served; serr != nil {
+			err = errors.Join(serr, err)
+		}
 	}
 	if err != nil {
 		log := filepath.Join(l.Work, "lazy-pages.log")
+		// After the restore nobody reads the status fd: the kept log is
+		// where the reason is found.
+		if f, ferr := os.OpenFile(log, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600); ferr == nil {
+			fmt.Fprintf(f, "stasis: lazy pages failed, the restored process was killed: %v\n", err)
+			f.Close()
+		}
 		kept := keepLog(log, l.LogDir)
 		killRestored(l.Work)
 		fmt.Fprintf(status, "criu lazy-pages: %v (log: %s)\n", err, kept)

@@ -219,6 +219,9 @@ func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Opt
 		return nil, err
 	}
 	src.image, _ = checkpointimage.Read(i.Annotations)
+	if src.image != nil {
+		src.indexDigest = src.image.IndexDigest
+	}
 	if src.archive, err = e.Images.LayerPath(i); err != nil {
 		return nil, errors.Join(err, src.rollback())
 	}

@@ -205,6 +205,10 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	if lazy != nil {
 		lazy.Detach()
 		keepWork = true
+		res.PagesFrom = "unpacked"
+		if ck.pages != nil {
+			res.PagesFrom = "archive"
+		}
 	}
 	return res, nil
 }

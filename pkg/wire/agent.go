@@ -64,6 +64,10 @@ type RestoreResult struct {
 	Pid       int           `json:"pid"`
 	CRIU      *RestoreStats `json:"criu,omitempty"`
 	Phases    Phases        `json:"phases_us"`
+	// PagesFrom says where a lazy restore's memory comes from: "archive"
+	// when it is read from the archive where it lies, "unpacked" when the
+	// archive (gzip, encrypted, another engine's) had to be unpacked.
+	PagesFrom string `json:"pages_from,omitempty"`
 }
 
 // RestoreStats are the figures CRIU records for a restore.

@@ -242,9 +242,15 @@ func TestLazyRestoreBringsAllMemoryBack(t *testing.T) {
 		CRIU struct {
 			PagesRestored int `json:"pages_restored"`
 		}
+		PagesFrom string `json:"pages_from"`
 	}
 	if err := json.Unmarshal([]byte(e.run("restore", "--import", archive, "--lazy-pages", "--print-stats")), &res); err != nil {
 		t.Fatal(err)
+	}
+	// stasis' archive has a frame index: the pages are served from it,
+	// never unpacked.
+	if res.PagesFrom != "archive" {
+		t.Fatalf("a lazy restore of an indexed archive took its pages from %q", res.PagesFrom)
 	}
 	// 96 MiB are 24576 pages; a lazy restore copies only the few that
 	// cannot wait (stacks, non-anonymous memory).

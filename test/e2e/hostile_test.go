@@ -710,3 +710,45 @@ func TestHostileAgentUpload(t *testing.T) {
 		h.assertClean(t, "big", agentNames(t))
 	})
 }
+
+// A lazy restore reads its memory from the archive while the process runs:
+// a frame altered in the archive is found when it is read (each frame is
+// checked against the index the .sha256 file vouches for), and the process
+// is killed, never left running on memory that is not its own. The eager
+// restore of the same archive is refused before anything runs.
+func TestHostileLazyPagesAltered(t *testing.T) {
+	e := newEnv(t)
+	memSample(t, e, "alt")
+	archive := filepath.Join(t.TempDir(), "alt.tar.zst")
+	e.run("checkpoint", "alt", "--export", archive)
+	e.run("rm", "alt")
+	b, err := os.ReadFile(archive)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff // inside the 96 MiB of the sample's state
+	if err := os.WriteFile(archive, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out := e.fails("restore", "--import", archive, "--name", "eager"); !strings.Contains(out, "altered") {
+		t.Fatalf("the eager restore of an altered archive did not say so: %s", out)
+	}
+	if _, err := e.try("restore", "--import", archive, "--lazy-pages", "--name", "alt"); err == nil {
+		// It ran before the altered frame was read; the frame is read in
+		// the background at the latest, and then the process must die.
+		deadline := time.Now().Add(60 * time.Second)
+		for e.status("alt") == "running" {
+			if time.Now().After(deadline) {
+				t.Fatal("a lazily restored process kept running on an altered archive")
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	logs, _ := filepath.Glob(filepath.Join(e.root, "logs", "*lazy-pages.log"))
+	if len(logs) == 0 {
+		t.Fatal("the failed lazy-pages server left no log")
+	}
+	if b, _ := os.ReadFile(logs[0]); !bytes.Contains(b, []byte("does not match its digest")) {
+		t.Fatalf("the lazy-pages log does not say why it failed:\n%s", b[max(0, len(b)-2000):])
+	}
+}
