@@ -185,6 +185,8 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 		if err != nil {
 			return nil, err
 		}
+		res.Phases.Add("lazy_pages", time.Since(tm))
+		tm = time.Now()
 	}
 	pid, err := t.start(ctx, e, ck, o, lazy)
 	if err != nil {
@@ -214,18 +216,18 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 }
 
 // unpack extracts src into work and checks what the archive's members
-// cannot be checked for as they are unpacked. For a lazy restore, the
-// pages of an indexed archive stay in it (extractLazy).
+// cannot be checked for as they are unpacked. An indexed archive is read
+// through its index (extractIndexed): for a lazy restore, its pages stay in it.
 func (e *Engine) unpack(ctx context.Context, src *source, work string, lazy bool) (*unpacked, error) {
 	ck := &unpacked{src: src}
 	var err error
-	if lazy && lazyFromArchive(src) {
-		ck.Dir, ck.pages, err = e.extractLazy(ctx, src, work)
+	if indexTrusted(src) {
+		ck.Dir, ck.pages, err = e.extractIndexed(ctx, src, work, lazy)
 		if errNoIndex(err) {
-			err = nil
+			ck.Dir, err = "", nil
 		}
 	}
-	if err == nil && ck.pages == nil {
+	if err == nil && ck.Dir == "" {
 		ck.Dir, err = e.extract(ctx, src, work)
 	}
 	if err != nil {
