@@ -11,7 +11,6 @@ import (
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
-	"golang.org/x/sync/errgroup"
 
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
@@ -156,47 +155,6 @@ func (s *Seekable) load(i int) ([]byte, error) {
 		return nil, fmt.Errorf("%w: frame %d decompresses to %d bytes, its index says %d", ErrInvalid, i, len(data), f.Size)
 	}
 	return data, nil
-}
-
-// CopyMember writes the member at sp to w, from offset 0, decompressing
-// its frames on every core: an eager restore's pages images, written once,
-// never through a single decompressing stream. Frames are read past the
-// cache, which they would only flush.
-func (s *Seekable) CopyMember(ctx context.Context, w io.WriterAt, sp Span) error {
-	if sp.Size == 0 {
-		return nil
-	}
-	first, last := s.ix.frameAt(sp.Offset), s.ix.frameAt(sp.Offset+sp.Size-1)
-	next := make(chan int)
-	g, ctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer close(next)
-		for i := first; i <= last; i++ {
-			select {
-			case next <- i:
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		}
-		return nil
-	})
-	for range runtime.GOMAXPROCS(0) {
-		g.Go(func() error {
-			for i := range next {
-				data, err := s.load(i)
-				if err != nil {
-					return err
-				}
-				// The part of frame i inside the member.
-				lo, hi := max(s.ix.starts[i], sp.Offset), min(s.ix.starts[i+1], sp.Offset+sp.Size)
-				if _, err := w.WriteAt(data[lo-s.ix.starts[i]:hi-s.ix.starts[i]], lo-sp.Offset); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-	}
-	return g.Wait()
 }
 
 // Span is where a member's bytes lie in the tar stream.

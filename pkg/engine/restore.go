@@ -216,13 +216,13 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 }
 
 // unpack extracts src into work and checks what the archive's members
-// cannot be checked for as they are unpacked. An indexed archive is read
-// through its index (extractIndexed): for a lazy restore, its pages stay in it.
+// cannot be checked for as they are unpacked. For a lazy restore, the
+// pages of an indexed archive stay in it (extractLazy).
 func (e *Engine) unpack(ctx context.Context, src *source, work string, lazy bool) (*unpacked, error) {
 	ck := &unpacked{src: src}
 	var err error
-	if indexTrusted(src) {
-		ck.Dir, ck.pages, err = e.extractIndexed(ctx, src, work, lazy)
+	if lazy && lazyFromArchive(src) {
+		ck.Dir, ck.pages, err = e.extractLazy(ctx, src, work)
 		if errNoIndex(err) {
 			ck.Dir, err = "", nil
 		}

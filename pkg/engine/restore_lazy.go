@@ -6,10 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
@@ -17,30 +14,32 @@ import (
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
-// indexTrusted says whether src's archive may be read through its frame
-// index, each frame checked against it, rather than checked whole: the
-// index must be one src vouches for (or src vouches for nothing, and the
-// whole archive would not be checked either).
-func indexTrusted(src *source) bool {
+// lazyFromArchive says whether a lazy restore of src may leave the pages
+// in its archive: the archive is read frame by frame, each frame checked
+// against the index, so the index must be one src vouches for (or src
+// vouches for nothing, and the whole archive would not be checked either).
+func lazyFromArchive(src *source) bool {
 	return src.encryptedLayer == nil && (src.indexDigest != "" || src.digest == "")
 }
 
-// extractIndexed unpacks an indexed archive through its index: every member
-// but the pages images as usual (archive.ExtractExcept), then the pages
-// images on their own. Eager, each is written whole, its frames decompressed
-// on every core (archive.Seekable.CopyMember). Lazy, only what `criu
-// restore` reads itself is written (pages.WriteResident): the lazy memory
-// stays in the archive, where the lazy-pages helper reads it through the
-// same index, and the returned ArchivePages say where. It returns
-// archive.ErrNoIndex for an archive without an index (gzip, none, another
-// engine's), which the caller then unpacks whole.
-func (e *Engine) extractIndexed(ctx context.Context, src *source, work string, lazy bool) (_ archive.Dir, _ *criu.ArchivePages, err error) {
+// extractLazy unpacks an indexed archive but for its pages images, and of
+// those writes only what `criu restore` reads itself (pages.WriteResident):
+// the lazy memory stays in the archive, where the lazy-pages helper reads
+// it through the same index. It returns archive.ErrNoIndex for an archive
+// without an index (gzip, none, another engine's), which the caller then
+// unpacks whole.
+//
+// An eager restore unpacks the archive whole (archive.Extract) even when it
+// is indexed: writing the pages images through the index, their frames
+// decompressed on both cores, measured slower here (at 1 GiB, 2.4–2.8 s
+// against 1.7–1.8 s), the page cache's writeback being what it waits for.
+func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ archive.Dir, _ *criu.ArchivePages, err error) {
 	f, err := os.Open(src.archive)
 	if err != nil {
 		return "", nil, err
 	}
 	defer func() {
-		if err != nil || !lazy {
+		if err != nil {
 			f.Close()
 		}
 	}()
@@ -63,9 +62,6 @@ func (e *Engine) extractIndexed(ctx context.Context, src *source, work string, l
 	if err != nil {
 		return "", nil, err
 	}
-	if !lazy {
-		return dir, nil, writePagesImages(ctx, s, dir, spans, limit)
-	}
 	ap := &criu.ArchivePages{File: f, IndexDigest: s.Index().Digest, Spans: map[string]archive.Span{}}
 	images := map[string]pages.Image{}
 	for name, sp := range spans {
@@ -82,31 +78,6 @@ func (e *Engine) extractIndexed(ctx context.Context, src *source, work string, l
 	return dir, ap, nil
 }
 
-// writePagesImages writes the pages images left out of the unpacking, whole.
-func writePagesImages(ctx context.Context, s *archive.Seekable, dir archive.Dir, spans map[string]archive.Span, limit int64) error {
-	var total int64
-	for _, sp := range spans {
-		total += sp.Size
-	}
-	if total > limit {
-		return fmt.Errorf("%w: its pages images take %d bytes, %d may be written", untar.ErrTooLarge, total, limit)
-	}
-	for name, sp := range spans {
-		f, err := os.OpenFile(filepath.Join(string(dir), name), os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
-		if err != nil {
-			return err
-		}
-		err = s.CopyMember(ctx, f, sp)
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-	}
-	return nil
-}
-
 // isPagesImage picks CRIU's pages images (checkpoint/pages-N.img) out of
 // an archive's members.
 func isPagesImage(name string) bool {
@@ -114,5 +85,5 @@ func isPagesImage(name string) bool {
 	return dir == archive.CheckpointDir+"/" && strings.HasPrefix(base, "pages-") && strings.HasSuffix(base, ".img")
 }
 
-// errNoIndex says whether an indexed unpacking found no index to work with.
+// errNoIndex says whether a lazy unpacking found no index to work with.
 func errNoIndex(err error) bool { return errors.Is(err, archive.ErrNoIndex) }
