@@ -250,7 +250,7 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 	f.StringVarP(&o.Name, "name", "n", "", "name of the restored container (default: the checkpointed one)")
 	f.BoolVar(&o.TCPEstablished, "tcp-established", false, "restore established TCP connections")
 	f.BoolVar(&o.FileLocks, "file-locks", false, "restore file locks")
-	f.BoolVar(&o.LazyPages, "lazy-pages", false, "start the container first, bring its memory in on demand")
+	f.BoolVar(&o.LazyPages, "lazy-pages", false, "start the container first, bring its memory in on demand (from the archive where it lies when the archive has a frame index, as stasis' zstd archives do)")
 	f.StringArrayVarP(&volumes, "volume", "v", nil, "source HOST-PATH for the checkpoint's bind mount at CONTAINER-PATH: HOST-PATH:CONTAINER-PATH[:ro] (repeatable)")
 	f.BoolVar(&o.Privileged, "privileged", false, "take host namespaces, capabilities, devices and seccomp from a checkpoint made elsewhere as it recorded them")
 	registryFlags(f, &o.Registry)

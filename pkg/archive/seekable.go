@@ -45,7 +45,7 @@ type loadingFrame struct {
 
 // cachedFrames is how many decompressed frames a Seekable keeps: a few, so
 // a page server's reads and its read-ahead share them, in bounded memory.
-const cachedFrames = 6
+const cachedFrames = 4
 
 // ErrIndexDigest is returned when an archive's index is not the one recorded.
 var ErrIndexDigest = errors.New("archive's frame index is not the one recorded")

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -59,11 +60,17 @@ type ArchivePages struct {
 // than leave it running on memory that reads as zeros.
 const RestoredPidFile = "restored.pid"
 
+// helperHeap is the Go heap the helper aims to stay under.
+const helperHeap = 32 << 20
+
 // LazyPagesServer is a started server, in a helper process that outlives
 // the caller: the caller returns once the restore is done, the pages keep
 // flowing.
 type LazyPagesServer struct {
 	cmd *exec.Cmd
+	// done is closed once the helper has exited; err is how.
+	done chan struct{}
+	err  error
 }
 
 // StartLazyPages starts the server and returns once it listens. The helper
@@ -102,7 +109,9 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 	buf := make([]byte, 512)
 	n, err := io.ReadAtLeast(r, buf, 1)
 	if err == nil && buf[0] == 0 {
-		return &LazyPagesServer{cmd: cmd}, nil
+		s := &LazyPagesServer{cmd: cmd, done: make(chan struct{})}
+		go func() { s.err = cmd.Wait(); close(s.done) }()
+		return s, nil
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
@@ -120,13 +129,22 @@ func (s *LazyPagesServer) Pid() int { return s.cmd.Process.Pid }
 // then the caller's to remove.
 func (s *LazyPagesServer) Stop() {
 	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
-	s.cmd.Wait()
+	<-s.done
+}
+
+// Failed reports whether the helper has already exited with an error: it
+// may have before the restore told it which process to kill (RestoredPidFile).
+func (s *LazyPagesServer) Failed() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
 }
 
 // Detach leaves the server running after the caller exits.
-func (s *LazyPagesServer) Detach() {
-	go s.cmd.Wait() // reaps it if we are still around when it ends
-}
+func (s *LazyPagesServer) Detach() {}
 
 // Running reports whether the lazy-pages helper with this pid still runs:
 // a container must not be dumped while its memory is still coming in.
@@ -141,6 +159,10 @@ func Running(pid int) bool {
 // when it failed, and removes the work directory.
 func LazyPagesMain(arg string) int {
 	status := os.NewFile(3, "status")
+	// The helper lives as long as the pages flow: its heap is a few frames
+	// and one answer, and the collector should keep it near that rather
+	// than let it double (a node runs one helper per lazy restore).
+	debug.SetMemoryLimit(helperHeap)
 	var l LazyPages
 	if err := json.Unmarshal([]byte(arg), &l); err != nil {
 		fmt.Fprintln(status, err)

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -198,8 +199,14 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	res.Phases.Add("criu_restore", time.Since(tm))
 	res.Pid = pid
 	if lazy != nil {
-		// Should the pages stop coming, the helper kills what runs on them.
-		os.WriteFile(filepath.Join(string(ck.Dir), criu.RestoredPidFile), []byte(fmt.Sprint(pid)), 0o600)
+		// Should the pages stop coming, the helper kills what runs on them;
+		// should they have stopped already, that is for us to do.
+		werr := os.WriteFile(filepath.Join(string(ck.Dir), criu.RestoredPidFile), []byte(fmt.Sprint(pid)), 0o600)
+		if ferr := lazy.Failed(); werr != nil || ferr != nil {
+			syscall.Kill(pid, syscall.SIGKILL)
+			lazy.Stop()
+			return nil, fmt.Errorf("lazy pages: %w", errors.Join(werr, ferr))
+		}
 	}
 	if st, err := criu.ReadRestoreStats(string(ck.Dir)); err == nil {
 		res.CRIU = st
