@@ -106,6 +106,17 @@ func TestSeekableReadsTheTarStream(t *testing.T) {
 	if _, err := s.ReadAt(back, sp.Offset); err != nil || !bytes.Equal(back, pages) {
 		t.Fatalf("pages-1.img read at its span differs (%v)", err)
 	}
+	out, err := os.Create(filepath.Join(t.TempDir(), "pages-1.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
+	if err := s.CopyMember(context.Background(), out, sp); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(out.Name()); !bytes.Equal(b, pages) {
+		t.Fatal("CopyMember wrote a different pages-1.img")
+	}
 
 	if _, err := exec.LookPath("zstd"); err == nil {
 		out, err := exec.Command("zstd", "-dc", dest).Output()

@@ -127,7 +127,10 @@ func TestResolveVerifies(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			src, err := c.e.resolve(ctx, Ref{Name: c.ref, File: c.file, Expect: &c.x, Signed: c.e == trusting || c.signed})
 			if err == nil {
-				_, err = c.e.unpack(ctx, src, t.TempDir(), false)
+				var ck *unpacked
+				if ck, err = c.e.unpack(ctx, src, t.TempDir(), false); err == nil {
+					ck.close()
+				}
 			}
 			if c.want == nil && c.msg == "" {
 				if err != nil {

@@ -6,6 +6,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/stasis-dev/stasis/pkg/flock"
 	"github.com/stasis-dev/stasis/pkg/runc"
 )
@@ -60,6 +62,7 @@ func (e *Engine) Recover(ctx context.Context) ([]string, error) {
 	for _, d := range ents {
 		p := filepath.Join(work, d.Name())
 		if d.IsDir() && abandoned(p) {
+			unix.Unmount(filepath.Join(p, memDir), unix.MNT_DETACH) // an eager restore's, if any
 			os.RemoveAll(p)
 			did = append(did, "removed "+p)
 		}

@@ -118,13 +118,30 @@ type unpacked struct {
 	// pages, in a lazy restore from an indexed archive, are the pages
 	// images left in the archive, for the lazy-pages helper to serve.
 	pages *criu.ArchivePages
+	// unmount, in an eager restore unpacked into memory, frees it.
+	unmount func() error
 }
 
-// close lets go of the archive the pages were left in; the lazy-pages
-// helper has its own descriptor of it.
+// pagesFrom says where the restore reads the memory from (wire.RestoreResult).
+func (ck *unpacked) pagesFrom() string {
+	switch {
+	case ck.pages != nil:
+		return "archive"
+	case ck.unmount != nil:
+		return "memory"
+	}
+	return "disk"
+}
+
+// close lets go of the archive the pages were left in (the lazy-pages
+// helper has its own descriptor of it), and of the memory an eager restore
+// unpacked into (CRIU has read it).
 func (ck *unpacked) close() {
 	if ck.pages != nil {
 		ck.pages.File.Close()
+	}
+	if ck.unmount != nil {
+		ck.unmount()
 	}
 }
 
@@ -214,11 +231,8 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	if lazy != nil {
 		lazy.Detach()
 		keepWork = true
-		res.PagesFrom = "unpacked"
-		if ck.pages != nil {
-			res.PagesFrom = "archive"
-		}
 	}
+	res.PagesFrom = ck.pagesFrom()
 	return res, nil
 }
 
@@ -228,9 +242,15 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 func (e *Engine) unpack(ctx context.Context, src *source, work string, lazy bool) (*unpacked, error) {
 	ck := &unpacked{src: src}
 	var err error
-	if lazy && lazyFromArchive(src) {
+	switch {
+	case lazy && indexTrusted(src):
 		ck.Dir, ck.pages, err = e.extractLazy(ctx, src, work)
 		if errNoIndex(err) {
+			ck.Dir, err = "", nil
+		}
+	case !lazy:
+		ck.Dir, ck.unmount, err = e.extractToMemory(ctx, src, work)
+		if errors.Is(err, errNoMemoryPath) {
 			ck.Dir, err = "", nil
 		}
 	}

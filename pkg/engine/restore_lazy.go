@@ -14,11 +14,11 @@ import (
 	"github.com/stasis-dev/stasis/pkg/untar"
 )
 
-// lazyFromArchive says whether a lazy restore of src may leave the pages
-// in its archive: the archive is read frame by frame, each frame checked
-// against the index, so the index must be one src vouches for (or src
-// vouches for nothing, and the whole archive would not be checked either).
-func lazyFromArchive(src *source) bool {
+// indexTrusted says whether src's archive may be read through its frame
+// index, each frame checked against it, rather than checked whole: the
+// index must be one src vouches for (or src vouches for nothing, and the
+// whole archive would not be checked either).
+func indexTrusted(src *source) bool {
 	return src.encryptedLayer == nil && (src.indexDigest != "" || src.digest == "")
 }
 
@@ -28,11 +28,6 @@ func lazyFromArchive(src *source) bool {
 // it through the same index. It returns archive.ErrNoIndex for an archive
 // without an index (gzip, none, another engine's), which the caller then
 // unpacks whole.
-//
-// An eager restore unpacks the archive whole (archive.Extract) even when it
-// is indexed: writing the pages images through the index, their frames
-// decompressed on both cores, measured slower here (at 1 GiB, 2.4–2.8 s
-// against 1.7–1.8 s), the page cache's writeback being what it waits for.
 func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ archive.Dir, _ *criu.ArchivePages, err error) {
 	f, err := os.Open(src.archive)
 	if err != nil {

@@ -64,9 +64,11 @@ type RestoreResult struct {
 	Pid       int           `json:"pid"`
 	CRIU      *RestoreStats `json:"criu,omitempty"`
 	Phases    Phases        `json:"phases_us"`
-	// PagesFrom says where a lazy restore's memory comes from: "archive"
-	// when it is read from the archive where it lies, "unpacked" when the
-	// archive (gzip, encrypted, another engine's) had to be unpacked.
+	// PagesFrom says where the restored memory was read from: "archive"
+	// (lazy: where it lies in the archive, frame by frame), "memory" (an
+	// indexed archive unpacked into a tmpfs of the restore's own), "disk"
+	// (unpacked onto the disk: another engine's, a gzip or an encrypted
+	// archive, or too little memory free).
 	PagesFrom string `json:"pages_from,omitempty"`
 }
 

@@ -221,9 +221,22 @@ func TestStreamedCheckpointKeepsMemoryExact(t *testing.T) {
 	if pages < 3 {
 		t.Fatalf("want a page image per process (3), archive lists:\n%s", list)
 	}
-	e.run("restore", "mem")
+	// Eager, a stored (indexed) archive is unpacked into a tmpfs of the
+	// restore's own, its frames checked and decompressed on every core.
+	var rs struct {
+		PagesFrom string `json:"pages_from"`
+	}
+	if err := json.Unmarshal([]byte(e.run("restore", "mem", "--print-stats")), &rs); err != nil {
+		t.Fatal(err)
+	}
+	if rs.PagesFrom != "memory" {
+		t.Errorf("an eager restore of an indexed archive read its pages from %q", rs.PagesFrom)
+	}
 	if got := digest(); got != want {
 		t.Fatalf("memory digest after restore %s, want %s", got, want)
+	}
+	if out, _ := os.ReadFile("/proc/self/mounts"); strings.Contains(string(out), filepath.Join(e.root, "work")+"/") {
+		t.Errorf("the restore left a mount in its work directory:\n%s", out)
 	}
 }
 

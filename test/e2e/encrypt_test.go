@@ -5,6 +5,7 @@ import (
 	"crypto/rsa"
 	"crypto/x509"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -73,9 +74,18 @@ func TestFlippedByteFailsDigest(t *testing.T) {
 	// An export records its digest beside it; an import checks it.
 	export := filepath.Join(t.TempDir(), "dg.tar.zst")
 	e.run("checkpoint", "dg", "--export", export, "--leave-running")
+	// sha256sum's format, and the frame index's digest on a comment line
+	// that sha256sum -c passes over.
 	sum, err := os.ReadFile(export + ".sha256")
-	if err != nil || !strings.HasSuffix(strings.TrimSpace(string(sum)), "  dg.tar.zst") {
+	lines := strings.Split(strings.TrimSpace(string(sum)), "\n")
+	if err != nil || len(lines) != 2 || !strings.HasSuffix(lines[0], "  dg.tar.zst") ||
+		!strings.HasPrefix(lines[1], "# stasis frame index sha256:") {
 		t.Fatalf("digest file: %q %v", sum, err)
+	}
+	check := exec.Command("sha256sum", "--check", "--strict", "dg.tar.zst.sha256")
+	check.Dir = filepath.Dir(export)
+	if out, err := check.CombinedOutput(); err != nil {
+		t.Fatalf("sha256sum -c refuses the digest file: %v: %s", err, out)
 	}
 	b, _ = os.ReadFile(export)
 	b[len(b)/3] ^= 0x01
