@@ -25,6 +25,9 @@ type Seekable struct {
 	src io.ReaderAt
 	ix  *Index
 	dec *zstd.Decoder
+	// vouched is set when the index is the one recorded: a frame that
+	// differs from it was altered (ErrDigest), not merely damaged.
+	vouched bool
 
 	mu sync.Mutex
 	// cache holds the last frames decompressed, most recent last; loading
@@ -68,7 +71,7 @@ func OpenSeekable(src io.ReaderAt, size int64, digest string) (*Seekable, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Seekable{src: src, ix: ix, dec: dec, loading: map[int]*loadingFrame{}}, nil
+	return &Seekable{src: src, ix: ix, dec: dec, vouched: digest != "", loading: map[int]*loadingFrame{}}, nil
 }
 
 // Index is the archive's frame index.
@@ -156,6 +159,9 @@ func (s *Seekable) loadInto(i int, comp, data []byte) ([]byte, []byte, error) {
 		return comp, data, fmt.Errorf("read frame %d: %w", i, err)
 	}
 	if sha256.Sum256(comp) != f.Digest {
+		if !s.vouched {
+			return comp, data, fmt.Errorf("%w: frame %d does not match its index", ErrInvalid, i)
+		}
 		return comp, data, fmt.Errorf("%w: frame %d does not match its digest", ErrDigest, i)
 	}
 	if cap(data) < int(f.Size) {

@@ -72,6 +72,11 @@ type dumped struct {
 	dir   string // the archive's members
 	pages *pageCapture
 	res   *CheckpointResult
+	// stopping, once CRIU has ended the subject's tasks, delivers what
+	// recording it as stopped (Subject.stopped) came to; stopTook is how
+	// long that took.
+	stopping chan error
+	stopTook time.Duration
 }
 
 // Dump is the one checkpoint pipeline: the opt-outs, then (LeaveRunning)
@@ -81,7 +86,7 @@ type dumped struct {
 // without LeaveRunning, recorded as stopped) and no archive is visible;
 // only publishing (signing, pushing), which comes last, keeps the
 // archives when it fails, for a repeated request to complete.
-func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []*CheckpointResult, err error) {
+func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (out []*CheckpointResult, err error) {
 	start := time.Now()
 	version, err := e.criuVersion()
 	if err != nil {
@@ -121,6 +126,13 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 			d.res.Phases.Add("freeze", time.Since(t))
 		}
 	}
+	// Whatever happens next, a subject whose tasks are gone is recorded as
+	// stopped before Dump returns.
+	defer func() {
+		if serr := waitStopped(ds); serr != nil {
+			out, err = nil, errors.Join(err, serr)
+		}
+	}()
 	for _, d := range ds {
 		d.res.Phases.Add("prepare", prepared)
 		if err := e.dumpOne(ctx, d, o); err != nil {
@@ -156,7 +168,14 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 		}
 		undos = append(undos, undo)
 	}
-	out := make([]*CheckpointResult, len(ds))
+	// A subject that could not be recorded as stopped has no checkpoint.
+	if err := waitStopped(ds); err != nil {
+		for _, u := range undos {
+			err = errors.Join(err, u())
+		}
+		return nil, err
+	}
+	out = make([]*CheckpointResult, len(ds))
 	for i, d := range ds {
 		if err := d.To.publish(publishCtx, e, d); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", d.Subject.Name, err)
@@ -165,6 +184,21 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (_ []
 		out[i] = d.res
 	}
 	return out, nil
+}
+
+// waitStopped waits until every dumped subject is recorded as stopped and
+// returns what failed; a second call returns nothing more.
+func waitStopped(ds []*dumped) error {
+	var errs []error
+	for _, d := range ds {
+		if d.stopping == nil {
+			continue
+		}
+		errs = append(errs, <-d.stopping)
+		d.stopping = nil
+		d.res.Phases.Add("stop", d.stopTook)
+	}
+	return errors.Join(errs...)
 }
 
 // freeze pauses every subject; thaw resumes those it paused, once.
@@ -215,11 +249,20 @@ func (e *Engine) dumpOne(ctx context.Context, d *dumped, o DumpOptions) error {
 	}
 	d.res.Phases.Add("dump", time.Since(t))
 	if !o.LeaveRunning && s.stopped != nil {
-		t := time.Now()
-		if err := s.stopped(context.WithoutCancel(ctx)); err != nil {
-			return fmt.Errorf("checkpoint %s: %w", s.Name, err)
-		}
-		d.res.Phases.Add("stop", time.Since(t))
+		// The tasks are gone, but the kernel takes as long to free their
+		// memory as the memory is large, and the monitor, runc delete and
+		// the unmount wait for that: the rootfs diff (read from the upper
+		// dir) and the archive need not.
+		d.stopping = make(chan error, 1)
+		go func() {
+			t := time.Now()
+			err := s.stopped(context.WithoutCancel(ctx))
+			d.stopTook = time.Since(t)
+			if err != nil {
+				err = fmt.Errorf("checkpoint %s: %w", s.Name, err)
+			}
+			d.stopping <- err
+		}()
 	}
 	if st, err := criu.ReadDumpStats(d.dir); err == nil {
 		d.res.CRIU = st

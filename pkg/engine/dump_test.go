@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,6 +28,9 @@ import (
 // ("pause a", "checkpoint a", ...), and its Checkpoint writes what CRIU
 // would: a few image files into ImagePath and dump.log into WorkPath.
 type fakeRuntime struct {
+	// mu guards calls: a subject is recorded as stopped while the next
+	// one dumps.
+	mu     sync.Mutex
 	calls  []string
 	paused map[string]bool
 	// opts is what each container's Checkpoint was given.
@@ -49,7 +53,11 @@ var fakeImages = map[string]string{"inventory.img": "inventory", "pages-1.img": 
 
 const fakeCRIUError = "Error (criu/cr-dump.c:2093): fake dump failure"
 
-func (r *fakeRuntime) record(call string) { r.calls = append(r.calls, call) }
+func (r *fakeRuntime) record(call string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.calls = append(r.calls, call)
+}
 
 func (r *fakeRuntime) Name() string { return "fakerunc" }
 
@@ -408,16 +416,14 @@ func TestDumpRefusesOptedOut(t *testing.T) {
 }
 
 // Without LeaveRunning nothing is frozen (CRIU stops the tasks), and the
-// subject is recorded as stopped once dumped, before its archive is
-// written, which could fail.
+// subject is recorded as stopped by the time Dump returns (while the
+// archive is written: the kernel frees a large memory slowly).
 func TestDumpWithoutLeaveRunningRecordsStopped(t *testing.T) {
 	e, rt := testEngine(t), newFakeRuntime()
 	s := testSubject(t, rt, "a")
 	path := filepath.Join(t.TempDir(), "a.tar.zst")
 	s.stopped = func(context.Context) error {
-		if _, err := os.Stat(path); err == nil {
-			t.Error("stopped recorded after the archive was written")
-		}
+		time.Sleep(50 * time.Millisecond)
 		rt.record("stopped a")
 		return nil
 	}
@@ -432,11 +438,27 @@ func TestDumpWithoutLeaveRunningRecordsStopped(t *testing.T) {
 	if rt.opts["a"].LeaveRunning {
 		t.Error("checkpoint with --leave-running")
 	}
-	if _, ok := res[0].Phases["stop"]; !ok {
-		t.Errorf("no stop phase in %v", res[0].Phases)
+	if d := res[0].Phases["stop"]; d < 50000 {
+		t.Errorf("stop phase %d µs in %v", d, res[0].Phases)
 	}
 	if _, err := os.Stat(path); err != nil {
 		t.Error(err)
+	}
+}
+
+// A subject that cannot be recorded as stopped has no checkpoint: the
+// archive written meanwhile is taken back.
+func TestDumpStopFailureTakesBackTheArchive(t *testing.T) {
+	e, rt := testEngine(t), newFakeRuntime()
+	s := testSubject(t, rt, "a")
+	path := filepath.Join(t.TempDir(), "a.tar.zst")
+	s.stopped = func(context.Context) error { return errors.New("disk full") }
+	if _, err := e.Dump(context.Background(), DumpOptions{}, DumpJob{Subject: s, To: FileSink{Path: path}}); err == nil ||
+		!strings.Contains(err.Error(), "disk full") {
+		t.Fatalf("dump whose subject was not recorded as stopped: %v", err)
+	}
+	if left, _ := filepath.Glob(path + "*"); len(left) != 0 {
+		t.Fatalf("left %v", left)
 	}
 }
 
