@@ -82,48 +82,59 @@ func encodeIndex(frames []Frame) []byte {
 	return binary.LittleEndian.AppendUint32(b, seekableMagic)
 }
 
-// ErrNoIndex is returned for an archive that has no frame index: gzip,
-// uncompressed, encrypted, or another engine's zstd.
+// ErrNoIndex is returned for an archive that has no frame index of
+// stasis': gzip, uncompressed, encrypted, another engine's zstd, or a zstd
+// seekable archive of another tool (no frame digests).
 var ErrNoIndex = errors.New("archive has no frame index")
+
+// maxFrames bounds the frames an index may claim (16 TiB of 4 MiB frames):
+// a reader allocates 40 bytes a frame.
+const maxFrames = 1 << 22
 
 // ReadIndex reads the index at the end of an archive of size bytes. It
 // checks that the index describes the whole file; whether to believe it is
-// the caller's to decide, by its Digest.
+// the caller's to decide, by its Digest. Nothing is allocated for the
+// frames before the index's framing checks out.
 func ReadIndex(r io.ReaderAt, size int64) (*Index, error) {
-	if size < skipHeader+seekFooter {
+	le := binary.LittleEndian
+	if size < 2*skipHeader+seekFooter {
 		return nil, ErrNoIndex
 	}
 	var foot [seekFooter]byte
 	if _, err := r.ReadAt(foot[:], size-seekFooter); err != nil {
 		return nil, fmt.Errorf("read frame index: %w", err)
 	}
-	if binary.LittleEndian.Uint32(foot[5:]) != seekableMagic {
+	if le.Uint32(foot[5:]) != seekableMagic || foot[4] != 0 {
+		return nil, ErrNoIndex // a seek table with checksums is another tool's
+	}
+	n := int64(le.Uint32(foot[:4]))
+	indexSize := 2*skipHeader + n*(32+8) + seekFooter
+	if n > maxFrames || indexSize > size {
 		return nil, ErrNoIndex
 	}
-	n := int64(binary.LittleEndian.Uint32(foot[:4]))
-	if foot[4] != 0 {
-		return nil, fmt.Errorf("%w: frame index descriptor %#x", ErrInvalid, foot[4])
+	// The two skippable frames' headers, where n says they are.
+	var table, digests [skipHeader]byte
+	if _, err := r.ReadAt(table[:], size-seekFooter-8*n-skipHeader); err != nil {
+		return nil, fmt.Errorf("read frame index: %w", err)
 	}
-	indexSize := 2*skipHeader + n*(32+8) + seekFooter
-	if indexSize > size {
-		return nil, fmt.Errorf("%w: frame index of %d frames in %d bytes", ErrInvalid, n, size)
+	if _, err := r.ReadAt(digests[:], size-indexSize); err != nil {
+		return nil, fmt.Errorf("read frame index: %w", err)
+	}
+	if le.Uint32(table[:]) != seekTableMagic || int64(le.Uint32(table[4:])) != 8*n+seekFooter ||
+		le.Uint32(digests[:]) != digestsMagic || int64(le.Uint32(digests[4:])) != 32*n {
+		return nil, ErrNoIndex
 	}
 	b := make([]byte, indexSize)
 	if _, err := r.ReadAt(b, size-indexSize); err != nil {
 		return nil, fmt.Errorf("read frame index: %w", err)
 	}
-	le := binary.LittleEndian
-	if le.Uint32(b) != digestsMagic || int64(le.Uint32(b[4:])) != 32*n ||
-		le.Uint32(b[skipHeader+32*n:]) != seekTableMagic || int64(le.Uint32(b[skipHeader+32*n+4:])) != 8*n+seekFooter {
-		return nil, fmt.Errorf("%w: frame index is malformed", ErrInvalid)
-	}
 	sum := sha256.Sum256(b)
 	ix := &Index{Frames: make([]Frame, n), offsets: make([]int64, n+1), starts: make([]int64, n+1), Digest: digestOfSum(sum)}
-	table := b[2*skipHeader+32*n:]
+	entries := b[2*skipHeader+32*n:]
 	for i := range ix.Frames {
 		f := &ix.Frames[i]
 		copy(f.Digest[:], b[skipHeader+32*i:])
-		f.Compressed, f.Size = le.Uint32(table[8*i:]), le.Uint32(table[8*i+4:])
+		f.Compressed, f.Size = le.Uint32(entries[8*i:]), le.Uint32(entries[8*i+4:])
 		if f.Compressed == 0 || f.Size > maxFrameSize {
 			return nil, fmt.Errorf("%w: frame %d of the index: %d bytes, %d decompressed", ErrInvalid, i, f.Compressed, f.Size)
 		}

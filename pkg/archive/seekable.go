@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"strings"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -183,6 +184,9 @@ func (s *Seekable) loadInto(i int, comp, data []byte) ([]byte, []byte, error) {
 // faults that outweigh the decompression) and reads past the cache, which
 // the frames would only flush.
 func (s *Seekable) CopyMember(ctx context.Context, w io.WriterAt, sp Span) error {
+	if !s.within(sp) {
+		return fmt.Errorf("%w: member at %d+%d outside the %d-byte stream", ErrInvalid, sp.Offset, sp.Size, s.Size())
+	}
 	if sp.Size == 0 {
 		return nil
 	}
@@ -226,6 +230,22 @@ type Span struct {
 	Size   int64 `json:"size"`
 }
 
+// sparse reports a GNU sparse member, whose header states the size of the
+// file it makes, not of the bytes the tar holds: its span is not its size.
+func sparse(hdr *tar.Header) bool {
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return true
+		}
+	}
+	return false
+}
+
+// within reports whether sp lies inside the tar stream.
+func (s *Seekable) within(sp Span) bool {
+	return sp.Offset >= 0 && sp.Size >= 0 && sp.Size <= s.Size()-sp.Offset
+}
+
 // Member is one member of an indexed archive, read where it lies.
 type Member struct {
 	s  *Seekable
@@ -240,6 +260,9 @@ func (m *Member) Size() int64 { return m.sp.Size }
 
 // ReadAt reads the member; past its end is io.EOF.
 func (m *Member) ReadAt(p []byte, off int64) (int, error) {
+	if !m.s.within(m.sp) {
+		return 0, fmt.Errorf("%w: member at %d+%d outside the %d-byte stream", ErrInvalid, m.sp.Offset, m.sp.Size, m.s.Size())
+	}
 	if off < 0 || off >= m.sp.Size {
 		return 0, io.EOF
 	}
@@ -269,12 +292,15 @@ func ExtractExcept(ctx context.Context, s *Seekable, dir string, o ReadOptions, 
 	sr := io.NewSectionReader(s, 0, s.Size())
 	spans := map[string]Span{}
 	opts := untar.Options{Kind: untar.Members, MaxBytes: o.MaxUnpack, Skip: func(hdr *tar.Header, name string) bool {
-		if hdr.Typeflag != tar.TypeReg || !skip(name) {
+		if hdr.Typeflag != tar.TypeReg || !skip(name) || sparse(hdr) {
 			return false
 		}
 		// tar reads headers block by block, with no read-ahead: the
 		// section's position is the member's first byte.
 		off, _ := sr.Seek(0, io.SeekCurrent)
+		if off < 0 || hdr.Size < 0 || hdr.Size > s.Size()-off {
+			return false // unpacked, and refused as truncated
+		}
 		spans[name] = Span{Offset: off, Size: hdr.Size}
 		return true
 	}}

@@ -3,6 +3,7 @@ package archive
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"io"
 	"os"
@@ -187,6 +188,33 @@ func TestNoIndexWithoutZstdOrWithEncryption(t *testing.T) {
 		}
 		if _, err := openSeekable(t, dest, ""); !errors.Is(err, ErrNoIndex) {
 			t.Errorf("%s: %v", name, err)
+		}
+	}
+}
+
+// Another tool's zstd seekable archive (a seek table, with or without
+// checksums, but no frame digests) has no index of stasis': a restore
+// unpacks it whole rather than refuse it.
+func TestForeignSeekTableIsNoIndex(t *testing.T) {
+	frame := compressed(t, []byte("some tar bytes"), Zstd)
+	for _, descriptor := range []byte{0, 0x80} {
+		b := append([]byte{}, frame...)
+		b = binary.LittleEndian.AppendUint32(b, seekTableMagic)
+		entry := 8
+		if descriptor != 0 {
+			entry = 12
+		}
+		b = binary.LittleEndian.AppendUint32(b, uint32(entry+seekFooter))
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(frame)))
+		b = binary.LittleEndian.AppendUint32(b, 14)
+		if descriptor != 0 {
+			b = binary.LittleEndian.AppendUint32(b, 0xdeadbeef)
+		}
+		b = binary.LittleEndian.AppendUint32(b, 1)
+		b = append(b, descriptor)
+		b = binary.LittleEndian.AppendUint32(b, seekableMagic)
+		if _, err := OpenSeekable(bytes.NewReader(b), int64(len(b)), ""); !errors.Is(err, ErrNoIndex) {
+			t.Errorf("descriptor %#x: %v", descriptor, err)
 		}
 	}
 }

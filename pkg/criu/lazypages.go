@@ -55,11 +55,6 @@ type ArchivePages struct {
 	Spans map[string]archive.Span `json:"spans"`
 }
 
-// RestoredPidFile, in the work directory, is where the restore records the
-// restored init's pid: if the pages stop coming, the helper kills it rather
-// than leave it running on memory that reads as zeros.
-const RestoredPidFile = "restored.pid"
-
 // helperHeap is the Go heap the helper aims to stay under.
 const helperHeap = 32 << 20
 
@@ -68,10 +63,22 @@ const helperHeap = 32 << 20
 // flowing.
 type LazyPagesServer struct {
 	cmd *exec.Cmd
+	// restored is the pipe on which the restore tells the helper the
+	// restored init's pid (Restored): if the pages stop coming, the helper
+	// kills it rather than leave it running on memory that reads as zeros.
+	restored *os.File
 	// done is closed once the helper has exited; err is how.
 	done chan struct{}
 	err  error
 }
+
+// The helper's descriptors: CRIU's status, the restored init's pid, and,
+// serving from an archive, the archive; then what the caller keeps.
+const (
+	statusFd   = 3
+	restoredFd = 4
+	archiveFd  = 5
+)
 
 // StartLazyPages starts the server and returns once it listens. The helper
 // inherits keep (a lock on the work directory, say) and holds it until it
@@ -90,16 +97,23 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 		return nil, err
 	}
 	defer r.Close()
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	defer pr.Close()
 	cmd := exec.Command(self, LazyPagesCommand, string(b))
-	cmd.ExtraFiles = []*os.File{w}
+	cmd.ExtraFiles = []*os.File{w, pr} // statusFd, restoredFd
 	if l.Archive != nil {
-		cmd.ExtraFiles = append(cmd.ExtraFiles, l.Archive.File) // fd 4
+		cmd.ExtraFiles = append(cmd.ExtraFiles, l.Archive.File) // archiveFd
 	}
 	cmd.ExtraFiles = append(cmd.ExtraFiles, keep...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	cmd.Env = os.Environ() // CRIU is found on our PATH
 	if err := cmd.Start(); err != nil {
 		w.Close()
+		pw.Close()
 		return nil, fmt.Errorf("start lazy-pages server: %w", err)
 	}
 	w.Close()
@@ -109,10 +123,11 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 	buf := make([]byte, 512)
 	n, err := io.ReadAtLeast(r, buf, 1)
 	if err == nil && buf[0] == 0 {
-		s := &LazyPagesServer{cmd: cmd, done: make(chan struct{})}
+		s := &LazyPagesServer{cmd: cmd, restored: pw, done: make(chan struct{})}
 		go func() { s.err = cmd.Wait(); close(s.done) }()
 		return s, nil
 	}
+	pw.Close()
 	cmd.Process.Kill()
 	cmd.Wait()
 	msg := strings.TrimSpace(string(buf[:n]))
@@ -128,19 +143,24 @@ func (s *LazyPagesServer) Pid() int { return s.cmd.Process.Pid }
 // Stop ends the server of a restore that failed. The work directory is
 // then the caller's to remove.
 func (s *LazyPagesServer) Stop() {
+	s.restored.Close()
 	syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
 	<-s.done
 }
 
-// Failed reports whether the helper has already exited with an error: it
-// may have before the restore told it which process to kill (RestoredPidFile).
-func (s *LazyPagesServer) Failed() error {
-	select {
-	case <-s.done:
-		return s.err
-	default:
+// Restored tells the helper the restored init's pid, for it to kill should
+// the pages stop coming. The helper reads it only when it fails, so a
+// write that finds it gone means it has exited: successfully (every page
+// in, which a small memory can be before the restore returns), or not,
+// and then Restored returns why, and the pid is the caller's to kill.
+func (s *LazyPagesServer) Restored(pid int) error {
+	_, err := fmt.Fprintf(s.restored, "%d\n", pid)
+	s.restored.Close()
+	if err == nil {
 		return nil
 	}
+	<-s.done
+	return s.err
 }
 
 // Detach leaves the server running after the caller exits.
@@ -158,7 +178,7 @@ func Running(pid int) bool {
 // socket to its own page server), waits for it to finish, keeps its log
 // when it failed, and removes the work directory.
 func LazyPagesMain(arg string) int {
-	status := os.NewFile(3, "status")
+	status := os.NewFile(statusFd, "status")
 	// The helper lives as long as the pages flow: its heap is a few frames
 	// and one answer, and the collector should keep it near that rather
 	// than let it double (a node runs one helper per lazy restore).
@@ -173,7 +193,7 @@ func LazyPagesMain(arg string) int {
 	files := []*os.File{status}
 	var served chan error
 	if l.Archive != nil {
-		src, err := archiveSource(os.NewFile(4, "archive"), l)
+		src, err := archiveSource(os.NewFile(archiveFd, "archive"), l)
 		if err != nil {
 			fmt.Fprintf(status, "lazy pages from the archive: %v\n", err)
 			return 1
@@ -183,8 +203,9 @@ func LazyPagesMain(arg string) int {
 			fmt.Fprintln(status, err)
 			return 1
 		}
-		// CRIU's page-server client on a socket stasis made (--ps-socket):
-		// no port to open, nothing another process could connect to.
+		// CRIU's page-server client on a socket stasis made (--ps-socket,
+		// CRIU's fd 4 below): no port to open, nothing another process
+		// could connect to.
 		args = append(args, "--page-server", "--ps-socket", "4")
 		files = append(files, theirs)
 		served = make(chan error, 1)
@@ -219,7 +240,7 @@ func LazyPagesMain(arg string) int {
 			f.Close()
 		}
 		kept := keepLog(log, l.LogDir)
-		killRestored(l.Work)
+		killRestored(os.NewFile(restoredFd, "restored"))
 		fmt.Fprintf(status, "criu lazy-pages: %v (log: %s)\n", err, kept)
 		return 1
 	}
@@ -254,17 +275,15 @@ func socketPair() (ours, theirs *os.File, err error) {
 
 // killRestored kills the restored init, when the restore got that far:
 // once the lazy-pages server is gone, the memory it had yet to fill reads
-// as zeros, and a process must not run on that.
-func killRestored(work string) {
-	b, err := os.ReadFile(filepath.Join(work, RestoredPidFile))
-	if err != nil {
-		return
-	}
+// as zeros, and a process must not run on that. The restore writes the pid
+// once runc restore returns, or closes the pipe (failed, or gone): either
+// ends the read.
+func killRestored(restored *os.File) {
+	b, _ := io.ReadAll(io.LimitReader(restored, 32))
 	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
-
 func keepLog(log, dir string) string {
 	b, err := os.ReadFile(log)
 	if err != nil || dir == "" {

@@ -218,11 +218,9 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	if lazy != nil {
 		// Should the pages stop coming, the helper kills what runs on them;
 		// should they have stopped already, that is for us to do.
-		werr := os.WriteFile(filepath.Join(string(ck.Dir), criu.RestoredPidFile), []byte(fmt.Sprint(pid)), 0o600)
-		if ferr := lazy.Failed(); werr != nil || ferr != nil {
+		if err := lazy.Restored(pid); err != nil {
 			syscall.Kill(pid, syscall.SIGKILL)
-			lazy.Stop()
-			return nil, fmt.Errorf("lazy pages: %w", errors.Join(werr, ferr))
+			return nil, fmt.Errorf("lazy pages: %w", err)
 		}
 	}
 	if st, err := criu.ReadRestoreStats(string(ck.Dir)); err == nil {

@@ -120,8 +120,11 @@ func (src *Source) read(req *iov, buf []byte) ([]byte, error) {
 	if uint64(req.nrPages)*PageSize > maxRequest || req.nrPages == 0 {
 		return buf, fmt.Errorf("%d pages asked for", req.nrPages)
 	}
+	if req.dstID >= 1<<32 {
+		return buf, errors.New("no such process in the checkpoint")
+	}
 	m, ok := src.Maps[uint32(req.dstID)]
-	if !ok || req.dstID > 1<<32 {
+	if !ok {
 		return buf, errors.New("no such process in the checkpoint")
 	}
 	run, ok := m.Find(req.vaddr)
