@@ -57,9 +57,6 @@ func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ a
 	if err != nil {
 		return "", nil, err
 	}
-	if err := pages.MakeEager(dir.Images(), pages.DefaultEager); err != nil {
-		return "", nil, fmt.Errorf("archive %s: %w: %w", src.archive, archive.ErrInvalid, err)
-	}
 	ap := &criu.ArchivePages{File: f, IndexDigest: s.Index().Digest, Spans: map[string]archive.Span{}}
 	images := map[string]pages.Image{}
 	for name, sp := range spans {
@@ -67,6 +64,9 @@ func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ a
 		ap.Spans[path.Base(name)] = sp
 	}
 	memory, err := pages.OpenSource(dir.Images(), images)
+	if err == nil {
+		err = memory.MakeEager(dir.Images(), pages.DefaultEager)
+	}
 	if err != nil {
 		return "", nil, fmt.Errorf("archive %s: %w: %w", src.archive, archive.ErrInvalid, err)
 	}

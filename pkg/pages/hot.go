@@ -5,10 +5,8 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit"
-	"github.com/checkpoint-restore/go-criu/v8/crit/images/pagemap"
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 )
@@ -29,96 +27,70 @@ type Eager struct {
 // DefaultEager restores runs under 4 MiB at once, 64 MiB of them at most.
 var DefaultEager = Eager{MaxRun: 4 << 20, Budget: 64 << 20}
 
-// MakeEager rewrites the pagemaps in CRIU's image directory dir so that the
-// smallest runs of lazy memory, as e allows, are no longer lazy: `criu
-// restore` then reads them itself (WriteResident writes them) before the
-// process runs.
-func MakeEager(dir string, e Eager) error {
-	ents, err := os.ReadDir(dir)
+// MakeEager makes the smallest runs of lazy memory, as e allows, no
+// longer lazy: in src, and in the pagemaps in CRIU's image directory dir
+// that src was read from, so that `criu restore` reads them itself
+// (WriteResident writes them) before the process runs. Only the pagemaps
+// it changes are decoded again.
+func (src *Source) MakeEager(dir string, e Eager) error {
+	type lazyRun struct {
+		pid uint32
+		run *Run
+	}
+	var runs []lazyRun
+	for pid, m := range src.Maps {
+		for i := range m.Runs {
+			if m.Runs[i].Lazy {
+				runs = append(runs, lazyRun{pid, &m.Runs[i]})
+			}
+		}
+	}
+	sort.Slice(runs, func(i, j int) bool {
+		if a, b := runs[i].run, runs[j].run; a.Length != b.Length {
+			return a.Length < b.Length
+		}
+		return runs[i].pid < runs[j].pid || runs[i].pid == runs[j].pid && runs[i].run.Vaddr < runs[j].run.Vaddr
+	})
+	changed := map[uint32]bool{}
+	var spent uint64
+	for _, r := range runs {
+		if r.run.Length > e.MaxRun || spent+r.run.Length > e.Budget {
+			break
+		}
+		spent += r.run.Length
+		r.run.Lazy = false
+		changed[r.pid] = true
+	}
+	files, err := pagemaps(dir)
 	if err != nil {
 		return err
 	}
-	type run struct {
-		file    string
-		entries []*pagemap.PagemapEntry
-		length  uint64
-	}
-	var runs []*run
-	images := map[string]*crit.CriuImage{}
-	for _, ent := range ents {
-		name := ent.Name()
-		if !strings.HasPrefix(name, "pagemap-") || strings.HasPrefix(name, "pagemap-shmem-") || !ent.Type().IsRegular() {
-			continue
-		}
-		img, err := decodePagemap(filepath.Join(dir, name))
-		if err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
-		images[name] = img
-		var cur *run
-		var end uint64
-		for _, en := range img.Entries[1:] {
-			p, ok := en.Message.(*pagemap.PagemapEntry)
-			if !ok {
-				return fmt.Errorf("%s: not a pagemap entry", name)
-			}
-			n := p.GetNrPages()
-			if n == 0 {
-				n = uint64(p.GetCompatNrPages())
-			}
-			if p.GetFlags()&flagLazy == 0 || p.GetFlags()&flagPresent == 0 {
-				cur = nil
-				continue
-			}
-			if cur == nil || p.GetVaddr() != end {
-				cur = &run{file: name}
-				runs = append(runs, cur)
-			}
-			cur.entries = append(cur.entries, p)
-			cur.length += n * PageSize
-			end = p.GetVaddr() + n*PageSize
-		}
-	}
-	sort.SliceStable(runs, func(i, j int) bool { return runs[i].length < runs[j].length })
-	changed := map[string]bool{}
-	var spent uint64
-	for _, r := range runs {
-		if r.length > e.MaxRun || spent+r.length > e.Budget {
-			break
-		}
-		spent += r.length
-		for _, p := range r.entries {
-			p.Flags = proto.Uint32(p.GetFlags() &^ flagLazy)
-		}
-		changed[r.file] = true
-	}
-	for name := range changed {
-		if err := encodePagemap(filepath.Join(dir, name), images[name]); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
+	for pid := range changed {
+		if err := rewriteLazy(dir, files[pid], src.Maps[pid]); err != nil {
+			return fmt.Errorf("%s: %w", files[pid], err)
 		}
 	}
 	return nil
 }
 
-func decodePagemap(p string) (img *crit.CriuImage, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			img, err = nil, fmt.Errorf("go-criu failed on it: %v", r)
+// rewriteLazy sets each entry's PE_LAZY in the pagemap file name as m says
+// of the run that holds it.
+func rewriteLazy(dir, name string, m *Map) error {
+	f, err := openImage(dir, name)
+	if err != nil {
+		return err
+	}
+	img, err := decodePagemap(f)
+	f.Close()
+	if err != nil {
+		return err
+	}
+	for _, p := range entries(img) {
+		if r, ok := m.Find(p.GetVaddr()); ok && p.GetFlags()&flagLazy != 0 && !r.Lazy {
+			p.Flags = proto.Uint32(p.GetFlags() &^ flagLazy)
 		}
-	}()
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
-	if err != nil {
-		return nil, err
 	}
-	defer f.Close()
-	img, err = crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
-	if err != nil {
-		return nil, err
-	}
-	if img.Magic != "PAGEMAP" || len(img.Entries) == 0 {
-		return nil, fmt.Errorf("not a pagemap")
-	}
-	return img, nil
+	return encodePagemap(filepath.Join(dir, name), img)
 }
 
 // encodePagemap replaces the image at p, by rename: CRIU never sees half.

@@ -3,6 +3,7 @@ package pages
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"testing"
 
 	"github.com/checkpoint-restore/go-criu/v8/crit"
@@ -52,8 +53,15 @@ func TestMakeEager(t *testing.T) {
 		entry(0x400000, 4096, lazy),     // 16 MiB: a heap
 		entry(0x2000000, 8, lazy),       // small
 	)
-	if err := MakeEager(dir, Eager{MaxRun: 4 << 20, Budget: 64 << 20}); err != nil {
+	src, err := OpenSource(dir, map[string]Image{"pages-1.img": newImage(nil)})
+	if err != nil {
 		t.Fatal(err)
+	}
+	if err := src.MakeEager(dir, Eager{MaxRun: 4 << 20, Budget: 64 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	if got := src.Maps[1]; !reflect.DeepEqual(got.Runs, readMap(t, p).Runs) {
+		t.Errorf("in memory %+v, in the pagemap %+v", got.Runs, readMap(t, p).Runs)
 	}
 	m := readMap(t, p)
 	want := []bool{false, false, true, false} // runs: stack, small, heap, small
@@ -70,8 +78,13 @@ func TestMakeEager(t *testing.T) {
 	}
 
 	// A budget of one small run: the smallest goes first.
+	dir = t.TempDir()
 	writePagemap(t, filepath.Join(dir, "pagemap-2.img"), entry(0x200000, 4, lazy), entry(0x300000, 2, lazy))
-	if err := MakeEager(dir, Eager{MaxRun: 4 << 20, Budget: 2 * PageSize}); err != nil {
+	src, err = OpenSource(dir, map[string]Image{"pages-1.img": newImage(nil)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.MakeEager(dir, Eager{MaxRun: 4 << 20, Budget: 2 * PageSize}); err != nil {
 		t.Fatal(err)
 	}
 	m = readMap(t, filepath.Join(dir, "pagemap-2.img"))

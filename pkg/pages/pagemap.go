@@ -74,37 +74,15 @@ func (m *Map) Find(vaddr uint64) (Run, bool) {
 // the page count field newer CRIUs write (nr_pages, field 5), not the one
 // CRIU 4.1 and older write (field 2). A hostile image gets an error, never
 // a panic or runs that overlap or wrap.
-func ReadMap(f *os.File) (m *Map, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			m, err = nil, fmt.Errorf("pagemap: go-criu failed on it: %v", p)
-		}
-	}()
-	img, err := crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
+func ReadMap(f *os.File) (*Map, error) {
+	img, err := decodePagemap(f)
 	if err != nil {
-		return nil, fmt.Errorf("pagemap: %w", err)
+		return nil, err
 	}
-	if img.Magic != "PAGEMAP" { // crit decodes by the magic, whatever was asked
-		return nil, fmt.Errorf("pagemap: a %s image", img.Magic)
-	}
-	if len(img.Entries) == 0 {
-		return nil, fmt.Errorf("pagemap: empty")
-	}
-	head, ok := img.Entries[0].Message.(*pagemap.PagemapHead)
-	if !ok {
-		return nil, fmt.Errorf("pagemap: no head")
-	}
-	m = &Map{PagesID: head.GetPagesId()}
+	m := &Map{PagesID: img.Entries[0].Message.(*pagemap.PagemapHead).GetPagesId()}
 	var off, last uint64
-	for _, e := range img.Entries[1:] {
-		p, ok := e.Message.(*pagemap.PagemapEntry)
-		if !ok {
-			return nil, fmt.Errorf("pagemap: not a pagemap entry")
-		}
-		n := p.GetNrPages()
-		if n == 0 {
-			n = uint64(p.GetCompatNrPages())
-		}
+	for _, p := range entries(img) {
+		n := pagesOf(p)
 		if p.GetInParent() || (p.Flags != nil && p.GetFlags()&flagPresent == 0) {
 			continue
 		}
@@ -124,4 +102,51 @@ func ReadMap(f *os.File) (m *Map, err error) {
 		m.Runs = append(m.Runs, r)
 	}
 	return m, nil
+}
+
+// decodePagemap decodes a pagemap image with go-criu, checking what go-criu
+// does not: the magic (crit decodes by it, whatever was asked), a head
+// first, entries after; and turning a panic of go-criu's into an error.
+func decodePagemap(f *os.File) (img *crit.CriuImage, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			img, err = nil, fmt.Errorf("pagemap: go-criu failed on it: %v", p)
+		}
+	}()
+	img, err = crit.New(f, nil, "", false, false).Decode(&pagemap.PagemapHead{})
+	if err != nil {
+		return nil, fmt.Errorf("pagemap: %w", err)
+	}
+	if img.Magic != "PAGEMAP" {
+		return nil, fmt.Errorf("pagemap: a %s image", img.Magic)
+	}
+	if len(img.Entries) == 0 {
+		return nil, fmt.Errorf("pagemap: empty")
+	}
+	if _, ok := img.Entries[0].Message.(*pagemap.PagemapHead); !ok {
+		return nil, fmt.Errorf("pagemap: no head")
+	}
+	for _, e := range img.Entries[1:] {
+		if _, ok := e.Message.(*pagemap.PagemapEntry); !ok {
+			return nil, fmt.Errorf("pagemap: not a pagemap entry")
+		}
+	}
+	return img, nil
+}
+
+// entries are a decoded pagemap's entries, after its head.
+func entries(img *crit.CriuImage) []*pagemap.PagemapEntry {
+	out := make([]*pagemap.PagemapEntry, 0, len(img.Entries)-1)
+	for _, e := range img.Entries[1:] {
+		out = append(out, e.Message.(*pagemap.PagemapEntry))
+	}
+	return out
+}
+
+// pagesOf is an entry's page count, in whichever field its CRIU wrote it.
+func pagesOf(p *pagemap.PagemapEntry) uint64 {
+	if n := p.GetNrPages(); n != 0 {
+		return n
+	}
+	return uint64(p.GetCompatNrPages())
 }

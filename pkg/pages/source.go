@@ -16,43 +16,55 @@ import (
 // dir and pairs it with its pages image in images (by file name, e.g.
 // pages-1.img), which hold the bytes wherever they lie.
 func OpenSource(dir string, images map[string]Image) (*Source, error) {
-	ents, err := os.ReadDir(dir)
+	files, err := pagemaps(dir)
 	if err != nil {
 		return nil, err
 	}
 	src := &Source{Maps: map[uint32]*Map{}, Images: map[uint32]Image{}}
-	for _, e := range ents {
-		// pagemap-<pid>.img; pagemap-shmem-<id>.img is shared memory,
-		// which `criu restore` fills itself.
-		num, ok := strings.CutPrefix(e.Name(), "pagemap-")
-		num, ok2 := strings.CutSuffix(num, ".img")
-		pid, err := strconv.ParseUint(num, 10, 32)
-		if !ok || !ok2 || err != nil || !e.Type().IsRegular() {
-			continue
-		}
-		m, err := readMapFile(dir, e.Name())
+	for pid, name := range files {
+		f, err := openImage(dir, name)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", e.Name(), err)
+			return nil, err
+		}
+		m, err := ReadMap(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 		img, ok := images[m.PagesImage()]
 		if !ok {
-			return nil, fmt.Errorf("%s: its pages image %s is missing", e.Name(), m.PagesImage())
+			return nil, fmt.Errorf("%s: its pages image %s is missing", name, m.PagesImage())
 		}
-		src.Maps[uint32(pid)] = m
+		src.Maps[pid] = m
 		src.Images[m.PagesID] = img
 	}
 	return src, nil
 }
 
-func readMapFile(dir, name string) (*Map, error) {
-	// The directory is a restore's private unpacking of regular files;
-	// O_NOFOLLOW still keeps a link from being followed.
-	f, err := os.OpenFile(filepath.Join(dir, name), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
+// pagemaps names each process's pagemap in dir by its pid:
+// pagemap-<pid>.img. pagemap-shmem-<id>.img is shared memory, which `criu
+// restore` fills itself.
+func pagemaps(dir string) (map[uint32]string, error) {
+	ents, err := os.ReadDir(dir)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	return ReadMap(f)
+	out := map[uint32]string{}
+	for _, e := range ents {
+		num, ok := strings.CutPrefix(e.Name(), "pagemap-")
+		num, ok2 := strings.CutSuffix(num, ".img")
+		pid, err := strconv.ParseUint(num, 10, 32)
+		if ok && ok2 && err == nil && e.Type().IsRegular() {
+			out[uint32(pid)] = e.Name()
+		}
+	}
+	return out, nil
+}
+
+// openImage opens an image of the restore's private unpacking (regular
+// files only); O_NOFOLLOW still keeps a link from being followed.
+func openImage(dir, name string) (*os.File, error) {
+	return os.OpenFile(filepath.Join(dir, name), os.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK, 0)
 }
 
 // WriteResident writes into dir the pages images `criu restore
