@@ -38,8 +38,10 @@ type frameWriter struct {
 	sem     chan struct{}
 	drained chan error
 	err     error
-	// index ends the stream with the frames' index (index.go).
-	index bool
+	// index ends the stream with the frames' index (index.go), whose
+	// digest Close records in indexDigest.
+	index       bool
+	indexDigest string
 }
 
 func newFrameWriter(out io.Writer) (*frameWriter, error) {
@@ -181,8 +183,10 @@ func (fw *frameWriter) WriteRaw(r io.Reader, frames []Frame) (int64, error) {
 func (fw *frameWriter) Close() error {
 	err := fw.wait()
 	if err == nil && fw.index {
-		_, err = fw.out.Write(encodeIndex(fw.frames))
+		b := encodeIndex(fw.frames)
+		_, err = fw.out.Write(b)
 		fw.err = err
+		fw.indexDigest = digestOfSum(sha256.Sum256(b))
 	}
 	if fw.err == nil {
 		fw.err = io.ErrClosedPipe

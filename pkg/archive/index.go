@@ -3,6 +3,7 @@ package archive
 import (
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -183,6 +184,5 @@ func (ix *Index) frameAt(off int64) int {
 	return lo
 }
 
-func digestOfSum(sum [32]byte) string {
-	return fmt.Sprintf("sha256:%x", sum)
-}
+// digestOfSum is a sha256 as stasis writes digests: "sha256:<hex>".
+func digestOfSum(sum [32]byte) string { return "sha256:" + hex.EncodeToString(sum[:]) }

@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -77,7 +76,7 @@ func (d *digestReader) check(want string) error {
 	if _, err := io.Copy(d.h, d.r); err != nil {
 		return err
 	}
-	if got := "sha256:" + hex.EncodeToString(d.h.Sum(nil)); got != want {
+	if got := digestOf(d.h); got != want {
 		return fmt.Errorf("%w: its sha256 is %s, recorded %s", ErrDigest, got, want)
 	}
 	return nil
@@ -128,15 +127,10 @@ func Extract(ctx context.Context, path, dir string, o ReadOptions) (Dir, error) 
 		return "", err
 	}
 	if err := untar.Extract(ctx, r, dir, untar.Options{Kind: untar.Members, MaxBytes: o.MaxUnpack}); err != nil {
-		switch {
-		case ctx.Err() != nil:
+		if ctx.Err() != nil {
 			return "", fmt.Errorf("archive %s: %w", path, err)
-		case errors.Is(err, untar.ErrUnsafePath):
-			return fail(fmt.Errorf("archive %s is unsafe: %w: %w", path, ErrInvalid, err))
-		case errors.Is(err, untar.ErrTooLarge):
-			return fail(fmt.Errorf("archive %s: %w", path, err))
 		}
-		return fail(fmt.Errorf("archive %s is corrupt or truncated: %w: %w", path, ErrInvalid, err))
+		return fail(unpackError(ctx, "archive "+path, err))
 	}
 	// Drain what follows the tar's end so a corrupt compressed tail is
 	// noticed, but not much of it: tar pads to 10 KiB records at the most,
@@ -156,6 +150,18 @@ func Extract(ctx context.Context, path, dir string, o ReadOptions) (Dir, error) 
 		return "", fmt.Errorf("archive %s: %w", path, err)
 	}
 	return d, nil
+}
+
+// unpackError says what an unpacking's error means for the archive
+// (subject, in the message): unsafe, corrupt, or what it says itself.
+func unpackError(ctx context.Context, subject string, err error) error {
+	switch {
+	case ctx.Err() != nil, errors.Is(err, untar.ErrTooLarge), errors.Is(err, ErrDigest):
+		return fmt.Errorf("%s: %w", subject, err)
+	case errors.Is(err, untar.ErrUnsafePath):
+		return fmt.Errorf("%s is unsafe: %w: %w", subject, ErrInvalid, err)
+	}
+	return fmt.Errorf("%s is corrupt or truncated: %w: %w", subject, ErrInvalid, err)
 }
 
 // ReadMetadata reads config.dump and spec.dump from an archive file without

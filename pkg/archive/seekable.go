@@ -305,13 +305,7 @@ func ExtractExcept(ctx context.Context, s *Seekable, dir string, o ReadOptions, 
 		return true
 	}}
 	if err := untar.Extract(ctx, sr, dir, opts); err != nil {
-		if errors.Is(err, untar.ErrUnsafePath) {
-			return "", nil, fmt.Errorf("archive is unsafe: %w: %w", ErrInvalid, err)
-		}
-		if errors.Is(err, ErrDigest) || errors.Is(err, untar.ErrTooLarge) {
-			return "", nil, err
-		}
-		return "", nil, fmt.Errorf("archive is corrupt or truncated: %w: %w", ErrInvalid, err)
+		return "", nil, unpackError(ctx, "archive", err)
 	}
 	d := Dir(dir)
 	if err := d.Validate(); err != nil {

@@ -1,6 +1,7 @@
 package archive
 
 import (
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -151,16 +152,23 @@ func TestSeekableRefusesAlteredFramesAndIndexes(t *testing.T) {
 		t.Fatalf("an altered frame was read: %v", err)
 	}
 
-	// An index whose table disagrees with the file is no index at all.
-	b[len(b)-seekFooter-1] ^= 0x01 // the last frame's decompressed size
-	if err := os.WriteFile(dest, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := openSeekable(t, dest, ""); err == nil {
-		// Sizes are not in the digests: caught when read.
-		s, _ := openSeekable(t, dest, "")
-		if _, err := io.Copy(io.Discard, io.NewSectionReader(s, 0, s.Size())); !errors.Is(err, ErrInvalid) && !errors.Is(err, ErrDigest) {
-			t.Fatalf("a wrong decompressed size was believed: %v", err)
+	// A table whose sizes disagree with the file is refused when opened:
+	// the last frame one byte longer than it is, then a frame claiming
+	// more than a reader may allocate.
+	lastCompressed := len(b) - seekFooter - 8
+	for _, bad := range []func([]byte){
+		func(b []byte) {
+			binary.LittleEndian.PutUint32(b[lastCompressed:], binary.LittleEndian.Uint32(b[lastCompressed:])+1)
+		},
+		func(b []byte) { binary.LittleEndian.PutUint32(b[lastCompressed+4:], maxFrameSize+1) },
+	} {
+		c := append([]byte{}, b...)
+		bad(c)
+		if err := os.WriteFile(dest, c, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := openSeekable(t, dest, ""); !errors.Is(err, ErrInvalid) {
+			t.Errorf("a table that disagrees with the file was opened: %v", err)
 		}
 	}
 }
@@ -216,5 +224,30 @@ func TestForeignSeekTableIsNoIndex(t *testing.T) {
 		if _, err := OpenSeekable(bytes.NewReader(b), int64(len(b)), ""); !errors.Is(err, ErrNoIndex) {
 			t.Errorf("descriptor %#x: %v", descriptor, err)
 		}
+	}
+}
+
+// A pages image whose header claims more than the stream holds is not
+// located as a span a reader would trust (CopyMember would index past the
+// frames): the unpacking refuses the archive as truncated.
+func TestExtractExceptRefusesASpanPastTheEnd(t *testing.T) {
+	var tb bytes.Buffer
+	tw := tar.NewWriter(&tb)
+	for _, name := range []string{ConfigDump, SpecDump} {
+		tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, Mode: 0o600, Size: 2})
+		tw.Write([]byte("{}"))
+	}
+	tw.WriteHeader(&tar.Header{Name: CheckpointDir + "/", Typeflag: tar.TypeDir, Mode: 0o700})
+	tw.Flush()
+	var hdr bytes.Buffer
+	tar.NewWriter(&hdr).WriteHeader(&tar.Header{Name: CheckpointDir + "/pages-1.img", Typeflag: tar.TypeReg, Mode: 0o600, Size: 1 << 20})
+	b := append(append(tb.Bytes(), hdr.Bytes()[:512]...), make([]byte, 512)...)
+	arch := indexed(t, b)
+	s, err := OpenSeekable(bytes.NewReader(arch), int64(len(arch)), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := ExtractExcept(context.Background(), s, t.TempDir(), ReadOptions{}, func(string) bool { return true }); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("a member past the end was located: %v", err)
 	}
 }

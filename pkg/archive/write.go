@@ -4,7 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"hash"
 	"io"
@@ -126,8 +125,8 @@ func Write(w io.Writer, src Contents, o WriteOptions) (*WriteStats, error) {
 	st.Compress += time.Since(closeStart)
 	st.Archive = time.Since(start) - st.Compress
 	st.Digest = digestOf(h)
-	if indexed && fw.index {
-		st.IndexDigest = digestOfSum(sha256.Sum256(encodeIndex(fw.frames)))
+	if indexed {
+		st.IndexDigest = fw.indexDigest
 	}
 	return st, nil
 }
@@ -294,7 +293,7 @@ func (t *timedWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-func digestOf(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
+func digestOf(h hash.Hash) string { return digestOfSum([32]byte(h.Sum(nil))) }
 
 // DigestSuffix names the file beside an exported archive that records its
 // sha256, in sha256sum's format, so that whoever imports it can check it

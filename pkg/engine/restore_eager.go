@@ -75,7 +75,7 @@ func (e *Engine) extractToMemory(ctx context.Context, src *source, work string) 
 	}()
 	d, spans, err := archive.ExtractExcept(ctx, s, dir, archive.ReadOptions{MaxUnpack: e.maxUnpack}, isPagesImage)
 	if err != nil {
-		return "", nil, fmt.Errorf("archive %s: %w", src.archive, err)
+		return "", nil, err // unpack names the archive
 	}
 	limit, err := untar.Limit(dir, e.maxUnpack)
 	if err != nil {

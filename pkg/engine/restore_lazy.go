@@ -48,7 +48,7 @@ func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ a
 	}
 	dir, spans, err := archive.ExtractExcept(ctx, s, work, archive.ReadOptions{MaxUnpack: e.maxUnpack}, isPagesImage)
 	if err != nil {
-		return "", nil, fmt.Errorf("archive %s: %w", src.archive, err)
+		return "", nil, err // unpack names the archive
 	}
 	if err := e.linkRootfsDiff(src, dir); err != nil {
 		return "", nil, err
