@@ -163,9 +163,6 @@ func (s *LazyPagesServer) Restored(pid int) error {
 	return s.err
 }
 
-// Detach leaves the server running after the caller exits.
-func (s *LazyPagesServer) Detach() {}
-
 // Running reports whether the lazy-pages helper with this pid still runs:
 // a container must not be dumped while its memory is still coming in.
 func Running(pid int) bool {
@@ -189,6 +186,7 @@ func LazyPagesMain(arg string) int {
 		return 2
 	}
 	defer os.RemoveAll(l.Work)
+	// CRIU's fds 3 and 4 are files[0] and files[1].
 	args := []string{"lazy-pages", "--images-dir", l.Images, "--work-dir", l.Work, "-o", "lazy-pages.log", "--status-fd", "3"}
 	files := []*os.File{status}
 	var served chan error
@@ -210,7 +208,7 @@ func LazyPagesMain(arg string) int {
 		files = append(files, theirs)
 		served = make(chan error, 1)
 		go func() {
-			err := pages.Serve(ours, src, nil)
+			err := pages.Serve(ours, src)
 			ours.Close() // a server that gave up must not leave CRIU waiting
 			served <- err
 		}()

@@ -226,10 +226,9 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	if st, err := criu.ReadRestoreStats(string(ck.Dir)); err == nil {
 		res.CRIU = st
 	}
-	if lazy != nil {
-		lazy.Detach()
-		keepWork = true
-	}
+	// With lazy pages the helper goes on: the work directory and its lock
+	// are its.
+	keepWork = lazy != nil
 	res.PagesFrom = ck.pagesFrom()
 	return res, nil
 }
@@ -243,7 +242,7 @@ func (e *Engine) unpack(ctx context.Context, src *source, work string, lazy bool
 	switch {
 	case lazy && indexTrusted(src):
 		ck.Dir, ck.pages, err = e.extractLazy(ctx, src, work)
-		if errNoIndex(err) {
+		if errors.Is(err, archive.ErrNoIndex) {
 			ck.Dir, err = "", nil
 		}
 	case !lazy:

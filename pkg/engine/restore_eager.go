@@ -37,22 +37,14 @@ func (e *Engine) extractToMemory(ctx context.Context, src *source, work string) 
 	if !indexTrusted(src) || src.rootfsDiff != "" {
 		return "", nil, errNoMemoryPath
 	}
-	f, err := os.Open(src.archive)
-	if err != nil {
-		return "", nil, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", nil, err
-	}
-	s, err := archive.OpenSeekable(f, fi.Size(), src.indexDigest)
+	f, s, err := openIndexed(src)
 	if errors.Is(err, archive.ErrNoIndex) {
 		return "", nil, errNoMemoryPath
 	}
 	if err != nil {
 		return "", nil, err
 	}
+	defer f.Close()
 	// The tar stream and room for CRIU's restore log, and for the 5 % of
 	// a filesystem an unpacking leaves free (untar.Limit).
 	size := s.Size() + s.Size()/16 + 16<<20

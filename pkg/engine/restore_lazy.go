@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -29,7 +28,7 @@ func indexTrusted(src *source) bool {
 // without an index (gzip, none, another engine's), which the caller then
 // unpacks whole.
 func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ archive.Dir, _ *criu.ArchivePages, err error) {
-	f, err := os.Open(src.archive)
+	f, s, err := openIndexed(src)
 	if err != nil {
 		return "", nil, err
 	}
@@ -38,14 +37,6 @@ func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ a
 			f.Close()
 		}
 	}()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", nil, err
-	}
-	s, err := archive.OpenSeekable(f, fi.Size(), src.indexDigest)
-	if err != nil {
-		return "", nil, err
-	}
 	dir, spans, err := archive.ExtractExcept(ctx, s, work, archive.ReadOptions{MaxUnpack: e.maxUnpack}, isPagesImage)
 	if err != nil {
 		return "", nil, err // unpack names the archive
@@ -83,5 +74,23 @@ func isPagesImage(name string) bool {
 	return dir == archive.CheckpointDir+"/" && strings.HasPrefix(base, "pages-") && strings.HasSuffix(base, ".img")
 }
 
-// errNoIndex says whether a lazy unpacking found no index to work with.
-func errNoIndex(err error) bool { return errors.Is(err, archive.ErrNoIndex) }
+// openIndexed opens src's archive for reading through its frame index,
+// which must be the one src vouches for; archive.ErrNoIndex when it has
+// none. The caller closes the file.
+func openIndexed(src *source) (*os.File, *archive.Seekable, error) {
+	f, err := os.Open(src.archive)
+	if err != nil {
+		return nil, nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	s, err := archive.OpenSeekable(f, fi.Size(), src.indexDigest)
+	if err != nil {
+		f.Close()
+		return nil, nil, err
+	}
+	return f, s, nil
+}

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"sync/atomic"
 )
 
 // Source is a checkpoint's memory as the server hands it out: each
@@ -67,17 +66,11 @@ func (v *iov) encode(b []byte) {
 	le.PutUint64(b[16:], v.dstID)
 }
 
-// Stats count what a server handed out.
-type Stats struct {
-	Requests atomic.Int64
-	Bytes    atomic.Int64
-}
-
 // Serve answers CRIU's lazy-pages daemon on conn until it closes the
 // session, reading pages from src. An error means the daemon asked for
 // memory the checkpoint does not have, or the memory could not be read:
 // the daemon then fails, and with it the restored tasks' next fault.
-func Serve(conn io.ReadWriter, src *Source, st *Stats) error {
+func Serve(conn io.ReadWriter, src *Source) error {
 	var req iov
 	var hdr [iovSize]byte
 	var buf []byte
@@ -105,10 +98,6 @@ func Serve(conn io.ReadWriter, src *Source, st *Stats) error {
 		req.encode(buf)
 		if _, err := conn.Write(buf); err != nil {
 			return fmt.Errorf("page server: answer: %w", err)
-		}
-		if st != nil {
-			st.Requests.Add(1)
-			st.Bytes.Add(int64(len(buf) - iovSize))
 		}
 	}
 }

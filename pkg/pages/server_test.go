@@ -42,7 +42,7 @@ func serve(t *testing.T, src *Source) (*client, chan error) {
 	t.Helper()
 	ours, theirs := net.Pipe()
 	done := make(chan error, 1)
-	go func() { done <- Serve(ours, src, nil); ours.Close() }()
+	go func() { done <- Serve(ours, src); ours.Close() }()
 	t.Cleanup(func() { theirs.Close() })
 	return &client{t: t, conn: theirs}, done
 }
