@@ -58,11 +58,11 @@ wait_ready() { # LOGCOMMAND
 # exited; its largest RSS (kB, the helper alone: CRIU's lazy-pages daemon is
 # its child) goes to HWMFILE.
 wait_gone() {
-  local pid hwm=0 h; pid=$(cat "$1" 2>/dev/null || true)
+  local pid hwm=0 k h; pid=$(cat "$1" 2>/dev/null || true)
   [ -z "$pid" ] && return 0
+  # Builtins only: a fork per poll would load the cores being measured.
   while kill -0 "$pid" 2>/dev/null; do
-    h=$(awk '/^VmHWM/{print $2}' /proc/$pid/status 2>/dev/null || true)
-    [ -n "$h" ] && hwm=$h
+    while read -r k h _; do [ "$k" = VmHWM: ] && hwm=$h; done < /proc/$pid/status 2>/dev/null || true
     sleep 0.005
   done
   [ -n "${2:-}" ] && echo $hwm > "$2"
@@ -113,8 +113,8 @@ PY
   wait_tick "$S logs mem" $at; R[s_rs_$mib]=$(since $t)
   $S rm -f mem >/dev/null
   t=$(now); $S restore --import $work/s.tar.zst --name mem --lazy-pages --print-stats > $work/lz-$mib.json
-  id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' $work/lz-$mib.json)
   wait_tick "$S logs mem" $at; R[s_lz_$mib]=$(since $t)
+  id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' $work/lz-$mib.json)
   wait_gone $run/containers/$id/lazy-pages.pid $work/rss-lz-$mib; R[s_lzall_$mib]=$(since $t)
   $S rm -f mem >/dev/null; rm -f $work/s.tar.zst*
 

@@ -73,10 +73,14 @@ type dumped struct {
 	pages *pageCapture
 	res   *CheckpointResult
 	// stopping, once CRIU has ended the subject's tasks, delivers what
-	// recording it as stopped (Subject.stopped) came to; stopTook is how
-	// long that took.
-	stopping chan error
-	stopTook time.Duration
+	// recording it as stopped (Subject.stopped) came to.
+	stopping chan stopped
+}
+
+// stopped is how recording a subject as stopped went, and how long it took.
+type stopped struct {
+	err  error
+	took time.Duration
 }
 
 // Dump is the one checkpoint pipeline: the opt-outs, then (LeaveRunning)
@@ -194,9 +198,10 @@ func waitStopped(ds []*dumped) error {
 		if d.stopping == nil {
 			continue
 		}
-		errs = append(errs, <-d.stopping)
+		r := <-d.stopping
+		errs = append(errs, r.err)
 		d.stopping = nil
-		d.res.Phases.Add("stop", d.stopTook)
+		d.res.Phases.Add("stop", r.took)
 	}
 	return errors.Join(errs...)
 }
@@ -253,15 +258,14 @@ func (e *Engine) dumpOne(ctx context.Context, d *dumped, o DumpOptions) error {
 		// memory as the memory is large, and the monitor, runc delete and
 		// the unmount wait for that: the rootfs diff (read from the upper
 		// dir) and the archive need not.
-		d.stopping = make(chan error, 1)
+		d.stopping = make(chan stopped, 1)
 		go func() {
 			t := time.Now()
 			err := s.stopped(context.WithoutCancel(ctx))
-			d.stopTook = time.Since(t)
 			if err != nil {
 				err = fmt.Errorf("checkpoint %s: %w", s.Name, err)
 			}
-			d.stopping <- err
+			d.stopping <- stopped{err: err, took: time.Since(t)}
 		}()
 	}
 	if st, err := criu.ReadDumpStats(d.dir); err == nil {
