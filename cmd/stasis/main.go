@@ -73,8 +73,8 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == monitor.Command {
 		monitor.Main(os.Args[2])
 	}
-	if len(os.Args) == 3 && os.Args[1] == criu.LazyPagesCommand {
-		os.Exit(criu.LazyPagesMain(os.Args[2]))
+	if len(os.Args) == 2 && os.Args[1] == criu.LazyPagesCommand {
+		os.Exit(engine.LazyPagesMain())
 	}
 	if len(os.Args) >= 2 && os.Args[1] == demo.SampleCommand {
 		os.Exit(demo.Sample(os.Args[2:]))

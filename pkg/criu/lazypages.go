@@ -53,6 +53,25 @@ type ArchivePages struct {
 	IndexDigest string `json:"index_digest"`
 	// Spans are the pages images, by file name in Images.
 	Spans map[string]archive.Span `json:"spans"`
+	// Fetch, when set, says File is still arriving (a blob fetched from a
+	// registry as it is read): what it takes to go on fetching it is for
+	// the helper's ArchiveOpener to read, and opaque here.
+	Fetch json.RawMessage `json:"fetch,omitempty"`
+}
+
+// ArchiveOpener opens, in the helper, what the pages are read from: the
+// archive a describes, inherited as f. finish, when not nil, is called
+// once CRIU is done, told whether every page was served, and returns once
+// whatever the archive does behind the reads (a download) is done.
+type ArchiveOpener func(f *os.File, a *ArchivePages) (r io.ReaderAt, size int64, finish func(served bool) error, err error)
+
+// OpenArchiveFile is the ArchiveOpener of an archive file that is all there.
+func OpenArchiveFile(f *os.File, _ *ArchivePages) (io.ReaderAt, int64, func(bool) error, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	return f, fi.Size(), nil, nil
 }
 
 // helperHeap is the Go heap the helper aims to stay under.
@@ -72,12 +91,15 @@ type LazyPagesServer struct {
 	err  error
 }
 
-// The helper's descriptors: CRIU's status, the restored init's pid, and,
-// serving from an archive, the archive; then what the caller keeps.
+// The helper's descriptors: CRIU's status, the restored init's pid, its
+// configuration (LazyPages, which may hold registry credentials: never on
+// the command line), and, serving from an archive, the archive; then what
+// the caller keeps.
 const (
 	statusFd   = 3
 	restoredFd = 4
-	archiveFd  = 5
+	configFd   = 5
+	archiveFd  = 6
 )
 
 // StartLazyPages starts the server and returns once it listens. The helper
@@ -103,8 +125,15 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 		return nil, err
 	}
 	defer pr.Close()
-	cmd := exec.Command(self, LazyPagesCommand, string(b))
-	cmd.ExtraFiles = []*os.File{w, pr} // statusFd, restoredFd
+	cr, cw, err := os.Pipe()
+	if err != nil {
+		w.Close()
+		pw.Close()
+		return nil, err
+	}
+	defer cr.Close()
+	cmd := exec.Command(self, LazyPagesCommand)
+	cmd.ExtraFiles = []*os.File{w, pr, cr} // statusFd, restoredFd, configFd
 	if l.Archive != nil {
 		cmd.ExtraFiles = append(cmd.ExtraFiles, l.Archive.File) // archiveFd
 	}
@@ -114,9 +143,19 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 	if err := cmd.Start(); err != nil {
 		w.Close()
 		pw.Close()
+		cw.Close()
 		return nil, fmt.Errorf("start lazy-pages server: %w", err)
 	}
 	w.Close()
+	// The helper reads its configuration to the end before anything else.
+	_, err = cw.Write(b)
+	cw.Close()
+	if err != nil {
+		pw.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("start lazy-pages server: %w", err)
+	}
 	// CRIU writes one zero byte to its status fd once its socket listens;
 	// end of file instead means it died, and the helper wrote why.
 	r.SetReadDeadline(time.Now().Add(30 * time.Second))
@@ -171,18 +210,18 @@ func Running(pid int) bool {
 }
 
 // LazyPagesMain is the helper process: it runs CRIU's server with the
-// status fd inherited from StartLazyPages (and, serving from an archive, a
-// socket to its own page server), waits for it to finish, keeps its log
-// when it failed, and removes the work directory.
-func LazyPagesMain(arg string) int {
+// status fd inherited from StartLazyPages (and, serving from an archive
+// opened with open, a socket to its own page server), waits for it to
+// finish, keeps its log when it failed, and removes the work directory.
+func LazyPagesMain(open ArchiveOpener) int {
 	status := os.NewFile(statusFd, "status")
 	// The helper lives as long as the pages flow: its heap is a few frames
 	// and one answer, and the collector should keep it near that rather
 	// than let it double (a node runs one helper per lazy restore).
 	debug.SetMemoryLimit(helperHeap)
 	var l LazyPages
-	if err := json.Unmarshal([]byte(arg), &l); err != nil {
-		fmt.Fprintln(status, err)
+	if err := json.NewDecoder(os.NewFile(configFd, "config")).Decode(&l); err != nil {
+		fmt.Fprintf(status, "lazy-pages configuration: %v\n", err)
 		return 2
 	}
 	defer os.RemoveAll(l.Work)
@@ -190,8 +229,11 @@ func LazyPagesMain(arg string) int {
 	args := []string{"lazy-pages", "--images-dir", l.Images, "--work-dir", l.Work, "-o", "lazy-pages.log", "--status-fd", "3"}
 	files := []*os.File{status}
 	var served chan error
+	var finish func(bool) error
 	if l.Archive != nil {
-		src, err := archiveSource(os.NewFile(archiveFd, "archive"), l)
+		var src *pages.Source
+		var err error
+		src, finish, err = archiveSource(open, os.NewFile(archiveFd, "archive"), l)
 		if err != nil {
 			fmt.Fprintf(status, "lazy pages from the archive: %v\n", err)
 			return 1
@@ -229,6 +271,13 @@ func LazyPagesMain(arg string) int {
 			err = errors.Join(serr, err)
 		}
 	}
+	if finish != nil {
+		// The process has its memory: what goes wrong from here on (a
+		// download behind the pages) loses a copy, not the process.
+		if ferr := finish(err == nil); ferr != nil && err == nil {
+			keepMessage(l.LogDir, fmt.Sprintf("stasis: every page was served; then: %v\n", ferr))
+		}
+	}
 	if err != nil {
 		log := filepath.Join(l.Work, "lazy-pages.log")
 		// After the restore nobody reads the status fd: the kept log is
@@ -246,21 +295,30 @@ func LazyPagesMain(arg string) int {
 }
 
 // archiveSource reads the pagemaps unpacked into l.Images and pairs them
-// with the pages images where they lie in the archive.
-func archiveSource(f *os.File, l LazyPages) (*pages.Source, error) {
-	fi, err := f.Stat()
+// with the pages images where they lie in the archive, opened with open.
+func archiveSource(open ArchiveOpener, f *os.File, l LazyPages) (*pages.Source, func(bool) error, error) {
+	r, size, finish, err := open(f, l.Archive)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s, err := archive.OpenSeekable(f, fi.Size(), l.Archive.IndexDigest)
+	src, err := func() (*pages.Source, error) {
+		s, err := archive.OpenSeekable(r, size, l.Archive.IndexDigest)
+		if err != nil {
+			return nil, err
+		}
+		images := map[string]pages.Image{}
+		for name, sp := range l.Archive.Spans {
+			images[name] = s.Member(sp)
+		}
+		return pages.OpenSource(l.Images, images)
+	}()
 	if err != nil {
-		return nil, err
+		if finish != nil {
+			finish(false)
+		}
+		return nil, nil, err
 	}
-	images := map[string]pages.Image{}
-	for name, sp := range l.Archive.Spans {
-		images[name] = s.Member(sp)
-	}
-	return pages.OpenSource(l.Images, images)
+	return src, finish, nil
 }
 
 func socketPair() (ours, theirs *os.File, err error) {
@@ -282,14 +340,33 @@ func killRestored(restored *os.File) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
+// keepMessage keeps msg in dir as a log of its own.
+func keepMessage(dir, msg string) {
+	keep(dir, []byte(msg))
+}
+
+// keepLog copies log into dir and returns where it is kept (log itself
+// when it cannot be copied).
 func keepLog(log, dir string) string {
 	b, err := os.ReadFile(log)
-	if err != nil || dir == "" {
+	if err != nil {
 		return log
+	}
+	if kept := keep(dir, b); kept != "" {
+		return kept
+	}
+	return log
+}
+
+// keep writes b into dir under a name of its own, and returns that name
+// ("" when it cannot).
+func keep(dir string, b []byte) string {
+	if dir == "" {
+		return ""
 	}
 	kept := filepath.Join(dir, time.Now().UTC().Format("20060102T150405.000")+"-lazy-pages.log")
 	if errors.Join(os.MkdirAll(dir, 0o700), os.WriteFile(kept, b, 0o600)) != nil {
-		return log
+		return ""
 	}
 	return kept
 }

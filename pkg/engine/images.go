@@ -45,17 +45,7 @@ func (e *Engine) pull(ctx context.Context, ref string, img v1.Image, x *provenan
 	var sigImg v1.Image
 	var digest v1.Hash
 	if _, ok := checkpointimage.Read(m.Annotations); ok {
-		if digest, err = img.Digest(); err != nil {
-			return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
-		}
-		if sigImg, err = remoteSignature(ctx, ref, digest, o); err != nil {
-			return nil, nil, err
-		}
-		layer := ""
-		if len(m.Layers) == 1 {
-			layer = m.Layers[0].Digest.String()
-		}
-		if err := e.verify(ref, sigImg, digest, layer, x); err != nil {
+		if digest, sigImg, err = e.verifyRemote(ctx, ref, img, m, x, o); err != nil {
 			return nil, nil, err
 		}
 	}
@@ -301,27 +291,42 @@ func (e *Engine) localCheckpointImage(ref string, o registry.Options, x *provena
 	return i, e.verifyStored(i, x)
 }
 
-// pullCheckpointImage pulls checkpoint image ref, and its signature with
-// trust (named sig), refusing before any blob moves an image that is no
-// checkpoint.
-func (e *Engine) pullCheckpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect) (i *image.Image, sig string, err error) {
-	remote, err := registry.Image(ctx, ref, o)
+// verifyRemote fetches the signature image of checkpoint image img (nil
+// when the registry has none) and, with trust, verifies it against x: only
+// manifests have been read by then, no layer. It returns img's digest,
+// which the signature names.
+func (e *Engine) verifyRemote(ctx context.Context, ref string, img v1.Image, m *v1.Manifest, x *provenance.Expect, o registry.Options) (v1.Hash, v1.Image, error) {
+	digest, err := img.Digest()
 	if err != nil {
-		return nil, "", err
+		return v1.Hash{}, nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	m, err := remote.Manifest()
+	sig, err := remoteSignature(ctx, ref, digest, o)
 	if err != nil {
-		return nil, "", fmt.Errorf("pull %s: %w", ref, err)
+		return v1.Hash{}, nil, err
+	}
+	layer := ""
+	if len(m.Layers) == 1 {
+		layer = m.Layers[0].Digest.String()
+	}
+	if err := e.verify(ref, sig, digest, layer, x); err != nil {
+		return v1.Hash{}, nil, err
+	}
+	return digest, sig, nil
+}
+
+// remoteCheckpointImage is checkpoint image ref in its registry, refused
+// before any blob moves when it is no checkpoint.
+func remoteCheckpointImage(ctx context.Context, ref string, o registry.Options) (v1.Image, *v1.Manifest, error) {
+	img, err := registry.Image(ctx, ref, o)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := img.Manifest()
+	if err != nil {
+		return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	if _, ok := checkpointimage.Read(m.Annotations); !ok {
-		return nil, "", notCheckpoint(ref)
+		return nil, nil, notCheckpoint(ref)
 	}
-	i, s, err := e.pull(ctx, ref, remote, x, o)
-	if err != nil {
-		return nil, "", err
-	}
-	if s != nil {
-		sig = s.Name
-	}
-	return i, sig, nil
+	return img, m, nil
 }

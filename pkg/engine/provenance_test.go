@@ -201,7 +201,7 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	src, err := trusting.checkpointImage(ctx, dest, o, &provenance.Expect{Namespace: "shop"}, nil)
+	src, err := trusting.checkpointImage(ctx, dest, o, &provenance.Expect{Namespace: "shop"}, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -220,11 +220,11 @@ func TestSignatureRegistryRoundTrip(t *testing.T) {
 	// beside the image under that name.
 	byIndex := host + "/team/ckpt@" + index
 	for range 2 {
-		if _, err := trusting.checkpointImage(ctx, byIndex, o, &provenance.Expect{Namespace: "shop"}, nil); err != nil {
+		if _, err := trusting.checkpointImage(ctx, byIndex, o, &provenance.Expect{Namespace: "shop"}, false, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
-	_, err = trusting.checkpointImage(ctx, destUnsigned, o, nil, nil)
+	_, err = trusting.checkpointImage(ctx, destUnsigned, o, nil, false, nil)
 	if !errors.Is(err, provenance.ErrUnsigned) {
 		t.Fatalf("an unsigned image with trust: %v", err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/checkpointimage"
+	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/store"
@@ -39,6 +40,10 @@ type Ref struct {
 	// (the engine must have trust): an archive file, a container's or a
 	// stored checkpoint carries no signature.
 	Signed bool
+	// Lazy says the checkpoint is for a lazy restore: a checkpoint image
+	// not in the store is then read where it lies in its registry, when
+	// it can be (registrySource), and stored once all of it has come.
+	Lazy bool
 }
 
 // source is a checkpoint found: where its archive is, what else is known
@@ -68,6 +73,9 @@ type source struct {
 	// pulled are the images fetched for this checkpoint (its image, a
 	// signature, a base image), in the engine's store.
 	pulled []string
+	// remote, for a lazy restore, is the archive left in its registry,
+	// read by range requests; archive then only names it.
+	remote *registryArchive
 	e      *Engine
 }
 
@@ -131,7 +139,7 @@ func (e *Engine) resolve(ctx context.Context, r Ref) (*source, error) {
 	if c != nil || r.Checkpoint != "" {
 		return nil, fmt.Errorf("%s: %w", r.Name, err)
 	}
-	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect, nil)
+	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect, r.Lazy, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s names no container, no stored checkpoint, and as a checkpoint image: %w", r.Name, err)
 	}
@@ -184,7 +192,7 @@ func (e *Engine) signedSource(ctx context.Context, r Ref) (*source, error) {
 		}
 		return nil
 	}
-	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect, unsigned)
+	src, err := e.checkpointImage(ctx, r.Name, r.Registry, r.Expect, r.Lazy, unsigned)
 	if err == nil {
 		return src, nil
 	}
@@ -196,8 +204,10 @@ func (e *Engine) signedSource(ctx context.Context, r Ref) (*source, error) {
 
 // checkpointImage finds checkpoint image ref in the store, or pulls it
 // (verified against x with trust), checking that it is a checkpoint
-// before any layer moves; beforePull, when set, may refuse the pull.
-func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect, beforePull func() error) (*source, error) {
+// before any layer moves; beforePull, when set, may refuse the pull. For
+// a lazy restore, an image not in the store may be left in its registry
+// (source.remote).
+func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Options, x *provenance.Expect, lazy bool, beforePull func() error) (*source, error) {
 	src := &source{e: e}
 	i, err := e.localCheckpointImage(ref, o, x)
 	if errors.Is(err, errNotLocal) && beforePull != nil {
@@ -207,12 +217,9 @@ func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Opt
 		}
 	}
 	if errors.Is(err, errNotLocal) {
-		var sig string
-		if i, sig, err = e.pullCheckpointImage(ctx, ref, o, x); err == nil {
-			src.pulled = append(src.pulled, i.Name)
-			if sig != "" {
-				src.pulled = append(src.pulled, sig)
-			}
+		i, err = e.fetchCheckpointImage(ctx, src, ref, o, x, lazy)
+		if err == nil && src.remote != nil {
+			return src, nil
 		}
 	}
 	if err != nil {
@@ -234,6 +241,31 @@ func (e *Engine) checkpointImage(ctx context.Context, ref string, o registry.Opt
 		src.encryptedLayer = &m.Layers[0]
 	}
 	return src, nil
+}
+
+// fetchCheckpointImage pulls checkpoint image ref into the store, adding
+// what it pulled to src.pulled; or, for a lazy restore, when its archive
+// can be read where it lies in the registry (registrySource), fills in src
+// for that and returns no image.
+func (e *Engine) fetchCheckpointImage(ctx context.Context, src *source, ref string, o registry.Options, x *provenance.Expect, lazy bool) (*image.Image, error) {
+	img, m, err := remoteCheckpointImage(ctx, ref, o)
+	if err != nil {
+		return nil, err
+	}
+	if lazy {
+		if ok, err := e.registrySource(ctx, src, ref, img, m, o, x); ok || err != nil {
+			return nil, err
+		}
+	}
+	i, sig, err := e.pull(ctx, ref, img, x, o)
+	if err != nil {
+		return nil, err
+	}
+	src.pulled = append(src.pulled, i.Name)
+	if sig != nil {
+		src.pulled = append(src.pulled, sig.Name)
+	}
+	return i, nil
 }
 
 // blobDigest is the digest a content-addressed blob's name says it has.

@@ -65,7 +65,8 @@ func (e *Engine) Restore(ctx context.Context, o RestoreOptions) (*RestoreResult,
 	if _, err := e.criuVersion(); err != nil {
 		return nil, err
 	}
-	src, err := e.resolve(ctx, Ref{Name: o.Container, Checkpoint: o.Checkpoint, File: o.Import, Digest: o.ImportDigest, Registry: o.Registry})
+	src, err := e.resolve(ctx, Ref{Name: o.Container, Checkpoint: o.Checkpoint, File: o.Import, Digest: o.ImportDigest, Registry: o.Registry,
+		Lazy: o.LazyPages})
 	if err != nil {
 		return nil, fmt.Errorf("restore: %w", err)
 	}
@@ -125,6 +126,8 @@ type unpacked struct {
 // pagesFrom says where the restore reads the memory from (wire.RestoreResult).
 func (ck *unpacked) pagesFrom() string {
 	switch {
+	case ck.pages != nil && ck.pages.Fetch != nil:
+		return "registry"
 	case ck.pages != nil:
 		return "archive"
 	case ck.unmount != nil:

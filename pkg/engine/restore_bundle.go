@@ -64,7 +64,7 @@ const (
 // stored).
 func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o BundleOptions) (*RestoreResult, error) {
 	start := time.Now()
-	src, err := e.resolve(ctx, Ref{Name: ref, Registry: o.Registry, Expect: &o.Expect, Signed: true})
+	src, err := e.resolve(ctx, Ref{Name: ref, Registry: o.Registry, Expect: &o.Expect, Signed: true, Lazy: o.LazyPages})
 	if err != nil {
 		return nil, err
 	}

@@ -37,7 +37,7 @@ func (e *Engine) extractToMemory(ctx context.Context, src *source, work string) 
 	if !indexTrusted(src) || src.rootfsDiff != "" {
 		return "", nil, errNoMemoryPath
 	}
-	f, s, err := openIndexed(src)
+	f, s, err := openIndexed(src, work)
 	if errors.Is(err, archive.ErrNoIndex) {
 		return "", nil, errNoMemoryPath
 	}

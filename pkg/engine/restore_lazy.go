@@ -28,7 +28,7 @@ func indexTrusted(src *source) bool {
 // without an index (gzip, none, another engine's), which the caller then
 // unpacks whole.
 func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ archive.Dir, _ *criu.ArchivePages, err error) {
-	f, s, err := openIndexed(src)
+	f, s, err := openIndexed(src, work)
 	if err != nil {
 		return "", nil, err
 	}
@@ -64,6 +64,11 @@ func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ a
 	if _, err := pages.WriteResident(dir.Images(), memory, images, limit); err != nil {
 		return "", nil, fmt.Errorf("archive %s: %w", src.archive, err)
 	}
+	if src.remote != nil {
+		if ap.Fetch, err = src.remote.helperFetch(); err != nil {
+			return "", nil, err
+		}
+	}
 	return dir, ap, nil
 }
 
@@ -76,8 +81,12 @@ func isPagesImage(name string) bool {
 
 // openIndexed opens src's archive for reading through its frame index,
 // which must be the one src vouches for; archive.ErrNoIndex when it has
-// none. The caller closes the file.
-func openIndexed(src *source) (*os.File, *archive.Seekable, error) {
+// none. An archive in its registry arrives into work. The caller closes
+// the file.
+func openIndexed(src *source, work string) (*os.File, *archive.Seekable, error) {
+	if src.remote != nil {
+		return openRemoteIndexed(src, work)
+	}
 	f, err := os.Open(src.archive)
 	if err != nil {
 		return nil, nil, err

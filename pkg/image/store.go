@@ -81,6 +81,9 @@ func (s *Store) removeStale() {
 	}
 }
 
+// Dir is the directory the store is rooted at, for Open in another process.
+func (s *Store) Dir() string { return s.dir }
+
 func (s *Store) layoutDir() string { return filepath.Join(s.dir, "oci") }
 func (s *Store) rootfsDir() string { return filepath.Join(s.dir, "rootfs") }
 
@@ -242,6 +245,14 @@ func (s *Store) AddFile(path string, h v1.Hash, own bool) error {
 	}
 	defer f.Close()
 	return writeBlobFile(dest, h, f, nil)
+}
+
+// AddPartial stores the blob p, at path, once it is all there and is h.
+func (s *Store) AddPartial(p *Partial, path string, h v1.Hash) error {
+	if err := p.Verify(h); err != nil {
+		return err
+	}
+	return s.AddFile(path, h, true)
 }
 
 // Rootfs returns the unpacked, flattened filesystem of an image, unpacking

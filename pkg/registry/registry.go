@@ -44,21 +44,43 @@ func (o Options) nameOptions() []name.Option {
 
 func (o Options) remoteOptions(ctx context.Context) ([]remote.Option, error) {
 	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("stasis")}
-	if o.Creds != "" {
-		user, pass, ok := strings.Cut(o.Creds, ":")
-		if !ok {
-			return nil, errors.New("--creds wants USER:PASSWORD")
-		}
-		opts = append(opts, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
+	basic, err := o.basicAuth()
+	if err != nil {
+		return nil, err
+	}
+	if basic != nil {
+		opts = append(opts, remote.WithAuth(basic))
 	} else {
 		opts = append(opts, remote.WithAuthFromKeychain(authn.DefaultKeychain))
 	}
 	if !o.TLSVerify {
-		t := remote.DefaultTransport.(*http.Transport).Clone()
-		t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the user asked: --tls-verify=false
-		opts = append(opts, remote.WithTransport(t))
+		opts = append(opts, remote.WithTransport(o.baseTransport()))
 	}
 	return opts, nil
+}
+
+// basicAuth is the user and password of Creds; nil without Creds (the
+// keychain is asked then).
+func (o Options) basicAuth() (authn.Authenticator, error) {
+	if o.Creds == "" {
+		return nil, nil
+	}
+	user, pass, ok := strings.Cut(o.Creds, ":")
+	if !ok {
+		return nil, errors.New("--creds wants USER:PASSWORD")
+	}
+	return &authn.Basic{Username: user, Password: pass}, nil
+}
+
+// baseTransport is the HTTP transport under authentication: remote's
+// default, which checks certificates unless TLSVerify is false.
+func (o Options) baseTransport() http.RoundTripper {
+	if o.TLSVerify {
+		return remote.DefaultTransport
+	}
+	t := remote.DefaultTransport.(*http.Transport).Clone()
+	t.TLSClientConfig = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // the user asked: --tls-verify=false
+	return t
 }
 
 // ParseReference parses an image reference as the registry flags allow.

@@ -141,9 +141,9 @@ func LoadConfig() (Config, error) {
 // Main runs the wrapper on runc's arguments (without argv[0]) and returns
 // its exit code; pass-through calls never return.
 func Main(argv []string) int {
-	if len(argv) == 2 && argv[0] == criu.LazyPagesCommand {
+	if len(argv) == 1 && argv[0] == criu.LazyPagesCommand {
 		// The page server of a lazy restore, started by an earlier call.
-		return criu.LazyPagesMain(argv[1])
+		return engine.LazyPagesMain()
 	}
 	cfg, err := LoadConfig()
 	if err != nil {

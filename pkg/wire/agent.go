@@ -64,7 +64,9 @@ type RestoreResult struct {
 	Pid       int           `json:"pid"`
 	CRIU      *RestoreStats `json:"criu,omitempty"`
 	Phases    Phases        `json:"phases_us"`
-	// PagesFrom says where the restored memory was read from: "archive"
+	// PagesFrom says where the restored memory was read from: "registry"
+	// (lazy pages read from a checkpoint image's blob in its registry, by
+	// range requests, and the blob kept once complete), "archive"
 	// (lazy: where it lies in the archive, frame by frame), "memory" (an
 	// indexed archive unpacked into a tmpfs of the restore's own), "disk"
 	// (unpacked onto the disk: another engine's, a gzip or an encrypted

@@ -177,6 +177,12 @@ func memSample(t *testing.T, e *env, name string) (digest func() string) {
 	e.run("run", "--name", name, "localhost/sample:e2e", "sh", "-c",
 		"/sample __sample --warmup 0s --mib 96 & echo $! > /tmp/sample.pid; sleep 1000 & wait")
 	waitLogLine(t, e, name, "tick 2")
+	return memDigest(t, e, name)
+}
+
+// memDigest asks memSample's program in container name for the digest of
+// its memory.
+func memDigest(t *testing.T, e *env, name string) func() string {
 	re := regexp.MustCompile(`digest ([0-9a-f]{64})`)
 	return func() string {
 		before := len(re.FindAllString(e.run("logs", name), -1))

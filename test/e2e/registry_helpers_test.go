@@ -139,7 +139,7 @@ func selfSignedCert(t *testing.T, dir string) (certFile, keyFile string) {
 // downloads on demand, as a failing registry or network would.
 type faultyProxy struct {
 	addr string
-	mode atomic.Value // "", "500", "cut", "corrupt"
+	mode atomic.Value // "", "500", "cut", "corrupt", "norange"
 }
 
 func startFaultyProxy(t *testing.T, r *registry) *faultyProxy {
@@ -161,6 +161,9 @@ func startFaultyProxy(t *testing.T, r *registry) *faultyProxy {
 			return
 		}
 		switch mode {
+		case "norange": // a registry that sends the whole blob whatever is asked
+			req.Header.Del("Range")
+			rp.ServeHTTP(w, req)
 		case "500":
 			http.Error(w, "injected failure", http.StatusInternalServerError)
 		case "cut", "corrupt":
