@@ -340,6 +340,7 @@ func killRestored(restored *os.File) {
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
+
 // keepMessage keeps msg in dir as a log of its own.
 func keepMessage(dir, msg string) {
 	keep(dir, []byte(msg))
