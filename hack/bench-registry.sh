@@ -12,10 +12,9 @@ CGO_ENABLED=0 go build -o bin/stasis ./cmd/stasis
 work=$(mktemp -d /var/tmp/stasis-bench-reg.XXXXXX)
 root=$work/stasis-root run=/run/stasis-bench-reg-$$
 S="bin/stasis --root $root --runroot $run"
-pids=()
 cleanup() {
   $S rm -f big >/dev/null 2>&1 || true
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  stop_registry $work/r1; stop_registry $work/r2
   podman rmi -f "${podman_imgs[@]}" >/dev/null 2>&1 || true
   rm -rf "$work" "$run"
 }
@@ -23,18 +22,9 @@ podman_imgs=()
 trap cleanup EXIT
 
 # Two fresh registries, so that neither tool finds the blobs already there.
-start_registry() { # name -> prints host:port
-  local port; port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-  mkdir -p "$work/$1"
-  printf 'version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: 127.0.0.1:%s\n' \
-    "$work/$1/data" "$port" > "$work/$1/config.yml"
-  docker-registry serve "$work/$1/config.yml" >"$work/$1/log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$port/v2/" >/dev/null && break; sleep 0.1; done
-  echo "127.0.0.1:$port"
-}
-REG1=$(start_registry r1)
-REG2=$(start_registry r2)
+. hack/lib/bench.sh
+REG1=$(start_registry $work/r1)
+REG2=$(start_registry $work/r2)
 
 # A checkpoint of MIB MiB of incompressible state (the demo's sample program).
 mkdir -p "$work/rootfs"
@@ -44,8 +34,6 @@ $S image import "$work/sample.tar" localhost/bench-sample:1 >/dev/null
 $S run --name big localhost/bench-sample:1 /sample __sample --warmup 0s --mib "$MIB" >/dev/null
 until $S logs big | grep -q tick; do sleep 0.2; done
 $S checkpoint big --create-image localhost/bench-ckpt:1 >/dev/null
-
-. hack/lib/bench.sh
 
 t=$(now); $S push localhost/bench-ckpt:1 "$REG1/s/ckpt:1" --tls-verify=false; s_push=$(since $t)
 $S rm -f big >/dev/null

@@ -2,7 +2,9 @@
 # Benchmark: checkpoint and restore of memory that does not compress, at
 # several sizes, side by side in one run: raw runc and CRIU into and from
 # tmpfs (the floor on this machine), Podman 4.3, and stasis (eager and
-# lazy, from an exported file and from the store). The process (hack/memhog)
+# lazy, from an exported file, from the store, and from a registry the
+# script starts: a checkpoint image the store lacks, read by range
+# requests). The process (hack/memhog)
 # holds N MiB of random bytes and ticks 50 times a second. Prints, per size:
 # checkpoint (the container stops) and restore to its first tick after the
 # restore, and for lazy restores when every page is in. Needs root and
@@ -20,6 +22,7 @@ S="bin/stasis --root $root --runroot $run"
 IMG=localhost/stasis-bench-memhog:1
 cleanup() {
   $S rm -f mem >/dev/null 2>&1 || true
+  stop_registry $work/registry
   runc --root $rr delete -f raw >/dev/null 2>&1 || true
   podman rm -f mem-bench >/dev/null 2>&1 || true
   podman rmi -f $IMG >/dev/null 2>&1 || true
@@ -38,6 +41,7 @@ mkdir -p $work/bundle && cp -a $work/rootfs $work/bundle/rootfs
 (cd $work/bundle && runc spec)
 
 . hack/lib/bench.sh
+REG=$(start_registry $work/registry)
 # runc for Podman too: the runtime is not what is compared.
 podman() { command podman --runtime runc "$@"; }
 last_tick() { grep -o 'tick [0-9]*' | tail -1 | cut -d' ' -f2; }
@@ -127,6 +131,19 @@ PY
   wait_tick "$S logs mem" $at; R[s_lzs_$mib]=$(since $t)
   wait_gone $run/containers/$id/lazy-pages.pid; R[s_lzsall_$mib]=$(since $t)
   $S rm -f mem >/dev/null
+
+  # stasis: a checkpoint image in the registry only, restored lazily from it
+  ref=$REG/bench/mem:$mib
+  $S run --name mem $IMG /memhog $mib >/dev/null
+  wait_ready "$S logs mem"; sleep 0.5
+  at=$($S logs mem | last_tick)
+  $S checkpoint mem --create-image $ref --push --tls-verify=false >/dev/null
+  $S rm -f mem >/dev/null; $S rmi $ref >/dev/null
+  t=$(now); $S restore $ref --name mem --lazy-pages --tls-verify=false --print-stats > $work/lzr-$mib.json
+  wait_tick "$S logs mem" $at; R[s_lzr_$mib]=$(since $t)
+  id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' $work/lzr-$mib.json)
+  wait_gone $run/containers/$id/lazy-pages.pid $work/rss-lzr-$mib; R[s_lzrall_$mib]=$(since $t)
+  $S rm -f mem >/dev/null; $S rmi $ref >/dev/null
 done
 
 printf '\nIncompressible memory (random bytes), one run (seconds)\n'
@@ -151,6 +168,8 @@ row "stasis --lazy-pages (file), first tick" s_lz
 row "  same, every page in" s_lzall
 row "stasis --lazy-pages (store), first tick" s_lzs
 row "  same, every page in" s_lzsall
+row "stasis --lazy-pages (registry), 1st tick" s_lzr
+row "  same, every page in and image stored" s_lzrall
 first=${SIZES%% *}
 flat() { # label key: each size against the smallest
   printf '%-40s' "$1"
@@ -158,10 +177,11 @@ flat() { # label key: each size against the smallest
 }
 flat "  lazy (file) first tick / smallest's" s_lz
 flat "  lazy (store) first tick / smallest's" s_lzs
+flat "  lazy (registry) 1st tick / smallest's" s_lzr
 row "  stasis eager / Podman" s_rs p_rs
 row "  stasis eager / raw runc" s_rs raw_rs
-for k in ck rs lz; do
-  case $k in ck) what=checkpoint;; rs) what=restore;; lz) what="lazy-pages helper";; esac
+for k in ck rs lz lzr; do
+  case $k in ck) what=checkpoint;; rs) what=restore;; lz) what="lazy-pages helper";; lzr) what="helper (registry)";; esac
   printf '%-40s' "stasis $what, max RSS (MiB)"
   for mib in $SIZES; do printf '%10.0f' "$(echo "$(cat $work/rss-$k-$mib)/1024" | bc -l)"; done; echo
 done
@@ -172,7 +192,8 @@ import json, sys
 work, sizes = sys.argv[1], sys.argv[2:]
 for kind, prefix, keys in (("checkpoint", "ck", ["dump", "stop", "rootfs", "archive", "compress", "write"]),
                            ("restore", "rs", ["extract", "prepare", "rootfs", "criu_restore"]),
-                           ("lazy restore", "lz", ["extract", "prepare", "rootfs", "lazy_pages", "criu_restore"])):
+                           ("lazy restore", "lz", ["extract", "prepare", "rootfs", "lazy_pages", "criu_restore"]),
+                           ("lazy restore from the registry", "lzr", ["resolve", "extract", "prepare", "rootfs", "lazy_pages", "criu_restore"])):
     print("\nstasis %s phases (export/import)" % kind)
     print("%-40s" % "" + "".join("%10s" % (s + " MiB") for s in sizes))
     ph = [json.load(open("%s/%s-%s.json" % (work, prefix, s)))["phases_us"] for s in sizes]

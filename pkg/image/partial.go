@@ -26,6 +26,12 @@ const fillRun = 8
 // to kill a process waiting for its memory.
 const fetchTries = 3
 
+// Remote is where a Partial's bytes come from: n bytes at off, as a
+// stream (registry.Blob), copied to the file as they come, never held.
+type Remote interface {
+	ReadRange(off, n int64) (io.ReadCloser, error)
+}
+
 // Partial is a blob arriving out of order: a file of the blob's size,
 // filled chunk by chunk from a remote reader as its bytes are read, and by
 // Fill in order behind the reads. Once full it is the blob, when Verify
@@ -34,7 +40,7 @@ const fetchTries = 3
 type Partial struct {
 	f      *os.File
 	size   int64
-	remote io.ReaderAt
+	remote Remote
 	mu     sync.Mutex
 	cond   *sync.Cond
 	// state is each chunk's: missing, fetching or present.
@@ -51,7 +57,7 @@ const (
 
 // NewPartial fills f, truncated to size, from remote; have lists the runs
 // of chunks f already holds (Have of the Partial that wrote them).
-func NewPartial(f *os.File, size int64, remote io.ReaderAt, have [][2]int) (*Partial, error) {
+func NewPartial(f *os.File, size int64, remote Remote, have [][2]int) (*Partial, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("partial blob of %d bytes", size)
 	}
@@ -136,25 +142,30 @@ func (p *Partial) ensure(first, last int) error {
 // fetch copies chunks [i, j) from remote into f.
 func (p *Partial) fetch(i, j int) error {
 	off := int64(i) * PartialChunk
-	buf := make([]byte, min(int64(j)*PartialChunk, p.size)-off)
+	n := min(int64(j)*PartialChunk, p.size) - off
 	var err error
 	for try := 0; try < fetchTries; try++ {
 		if try > 0 {
 			time.Sleep(time.Duration(try*try) * 200 * time.Millisecond)
 		}
-		var n int
-		n, err = p.remote.ReadAt(buf, off)
-		if n == len(buf) {
-			err = nil
-		}
-		if err == nil {
-			break
+		if err = p.copyRange(off, n); err == nil {
+			return nil
 		}
 	}
+	return fmt.Errorf("fetch bytes %d-%d: %w", off, off+n-1, err)
+}
+
+// copyRange copies n bytes at off from remote into f.
+func (p *Partial) copyRange(off, n int64) error {
+	rc, err := p.remote.ReadRange(off, n)
 	if err != nil {
-		return fmt.Errorf("fetch bytes %d-%d: %w", off, off+int64(len(buf))-1, err)
+		return err
 	}
-	_, err = p.f.WriteAt(buf, off)
+	defer rc.Close()
+	w, err := io.Copy(io.NewOffsetWriter(p.f, off), io.LimitReader(rc, n))
+	if err == nil && w != n {
+		err = io.ErrUnexpectedEOF
+	}
 	return err
 }
 

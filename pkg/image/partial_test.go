@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -16,20 +17,20 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
-// countingReader is a remote blob: bytes.Reader, counting what is asked of
-// it, failing while fail is set.
+// countingReader is a remote blob in memory, counting what is asked of it,
+// failing while fail is set.
 type countingReader struct {
 	*bytes.Reader
 	asked atomic.Int64
 	fail  atomic.Bool
 }
 
-func (r *countingReader) ReadAt(p []byte, off int64) (int, error) {
+func (r *countingReader) ReadRange(off, n int64) (io.ReadCloser, error) {
 	if r.fail.Load() {
-		return 0, errors.New("connection reset")
+		return nil, errors.New("connection reset")
 	}
-	r.asked.Add(int64(len(p)))
-	return r.Reader.ReadAt(p, off)
+	r.asked.Add(n)
+	return io.NopCloser(io.NewSectionReader(r.Reader, off, n)), nil
 }
 
 func hashOf(b []byte) v1.Hash {
@@ -88,7 +89,7 @@ func TestPartialGoesOnFromHave(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "blob")
 	f, _ := os.Create(path)
 	defer f.Close()
-	first, _ := NewPartial(f, int64(len(data)), bytes.NewReader(data), nil)
+	first, _ := NewPartial(f, int64(len(data)), &countingReader{Reader: bytes.NewReader(data)}, nil)
 	if _, err := first.ReadAt(make([]byte, 10), 2*PartialChunk+5); err != nil {
 		t.Fatal(err)
 	}

@@ -85,35 +85,16 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 || off > b.size {
 		return 0, fmt.Errorf("blob: read at %d of %d bytes", off, b.size)
 	}
-	want := p
-	if rest := b.size - off; int64(len(want)) > rest {
-		want = want[:rest]
-	}
+	want := p[:min(int64(len(p)), b.size-off)]
 	if len(want) == 0 {
 		return 0, io.EOF
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rangeTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
+	rc, err := b.ReadRange(off, int64(len(want)))
 	if err != nil {
 		return 0, err
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+int64(len(want))-1))
-	resp, err := b.client.Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode == http.StatusOK {
-		return 0, ErrNoRanges
-	}
-	if err := transport.CheckError(resp, http.StatusPartialContent); err != nil {
-		return 0, err
-	}
-	if resp.ContentLength >= 0 && resp.ContentLength != int64(len(want)) {
-		return 0, fmt.Errorf("blob: asked for %d bytes at %d, the registry sends %d", len(want), off, resp.ContentLength)
-	}
-	n, err := io.ReadFull(resp.Body, want)
+	defer rc.Close()
+	n, err := io.ReadFull(rc, want)
 	if err != nil {
 		return n, fmt.Errorf("blob: %d bytes at %d: %w", len(want), off, err)
 	}
@@ -121,4 +102,58 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 		return n, io.EOF
 	}
 	return n, nil
+}
+
+// ReadRange streams n bytes at off, which must lie within the blob, with
+// one range request; the caller closes the stream, and reads the n bytes
+// it said, no more.
+func (b *Blob) ReadRange(off, n int64) (io.ReadCloser, error) {
+	if off < 0 || n <= 0 || off+n > b.size {
+		return nil, fmt.Errorf("blob: bytes %d-%d of %d", off, off+n-1, b.size)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rangeTimeout)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, off+n-1))
+	resp, err := b.client.Do(req)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	if err := rangeAnswer(resp, off, n); err != nil {
+		resp.Body.Close()
+		cancel()
+		return nil, err
+	}
+	return &rangeBody{ReadCloser: resp.Body, cancel: cancel}, nil
+}
+
+// rangeAnswer checks that resp is the n bytes at off asked for.
+func rangeAnswer(resp *http.Response, off, n int64) error {
+	if resp.StatusCode == http.StatusOK {
+		return ErrNoRanges
+	}
+	if err := transport.CheckError(resp, http.StatusPartialContent); err != nil {
+		return err
+	}
+	if resp.ContentLength >= 0 && resp.ContentLength != n {
+		return fmt.Errorf("blob: asked for %d bytes at %d, the registry sends %d", n, off, resp.ContentLength)
+	}
+	return nil
+}
+
+// rangeBody is a range's stream, which ends its request's deadline when
+// closed.
+type rangeBody struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (r *rangeBody) Close() error {
+	err := r.ReadCloser.Close()
+	r.cancel()
+	return err
 }
