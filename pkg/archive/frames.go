@@ -180,6 +180,27 @@ func (fw *frameWriter) WriteRaw(r io.Reader, frames []Frame) (int64, error) {
 	return n, nil
 }
 
+// WriteRawFrame writes b, one whole zstd frame of size bytes
+// uncompressed, between the frames of this stream, and returns its place
+// in the index, for SetFrame once b is rewritten in place.
+func (fw *frameWriter) WriteRawFrame(b []byte, size uint32) (int, error) {
+	if err := fw.Flush(); err != nil {
+		return 0, err
+	}
+	if _, err := fw.out.Write(b); err != nil {
+		fw.err = err
+		return 0, err
+	}
+	fw.frames = append(fw.frames, Frame{Compressed: uint32(len(b)), Size: size, Digest: sha256.Sum256(b)})
+	return len(fw.frames) - 1, nil
+}
+
+// SetFrame records that frame i, written by WriteRawFrame, now reads b
+// (of the same length). Only between a Flush and the next Write.
+func (fw *frameWriter) SetFrame(i int, b []byte) {
+	fw.frames[i].Digest = sha256.Sum256(b)
+}
+
 func (fw *frameWriter) Close() error {
 	err := fw.wait()
 	if err == nil && fw.index {

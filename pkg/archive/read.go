@@ -108,6 +108,26 @@ func (r *readCloser) Verify() error {
 // maxTrailer is how much may follow the end of an archive's tar.
 const maxTrailer = 1 << 20
 
+// openMetadata opens path's tar stream for ReadMetadata: seekable when the
+// archive has an index.
+func openMetadata(path string) (io.ReadCloser, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open archive: %w", err)
+	}
+	if fi, err := f.Stat(); err == nil {
+		if s, err := OpenSeekable(f, fi.Size(), ""); err == nil {
+			return struct {
+				io.ReadSeeker
+				io.Closer
+			}{io.NewSectionReader(s, 0, s.Size()), f}, nil
+		}
+	}
+	f.Close()
+	rc, _, err := Open(path, ReadOptions{})
+	return rc, err
+}
+
 // Extract unpacks the archive at path into dir (which must exist and be
 // empty, and private: nothing in it is used before Extract returns) and
 // checks that it is a checkpoint: only regular files and directories, no
@@ -165,10 +185,12 @@ func unpackError(ctx context.Context, subject string, err error) error {
 }
 
 // ReadMetadata reads config.dump and spec.dump from an archive file without
-// unpacking the rest; it stops as soon as it has both, which in archives of
-// every engine is near the start.
+// unpacking the rest; it stops as soon as it has both, which in other
+// engines' archives is near the start. stasis' archives have a frame index,
+// through which the tar reader seeks past the members in between (the
+// pages of a dump that streamed them in first, archive.Begun).
 func ReadMetadata(path string) (*Config, *specs.Spec, error) {
-	r, _, err := Open(path, ReadOptions{})
+	r, err := openMetadata(path)
 	if err != nil {
 		return nil, nil, err
 	}

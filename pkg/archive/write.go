@@ -18,6 +18,8 @@ import (
 
 // Members lists what a checkpoint archive holds, in the order written:
 // metadata first, so a reader can learn what it restores before the pages.
+// A dump that streams its pages into the archive (Begun) writes them first,
+// and the index lets a reader seek past them.
 var Members = []string{ConfigDump, SpecDump, DeletedFiles, StatsDump, DumpLog, RootfsDiff, CheckpointDir}
 
 // WriteStats says where the time of writing an archive went.
@@ -98,18 +100,7 @@ func Write(w io.Writer, src Contents, o WriteOptions) (*WriteStats, error) {
 		}
 		a.frames = fw
 	}
-	for _, m := range src.Captured {
-		a.captured[m.Name] = m
-	}
-	for _, m := range src.Members {
-		if err := a.addTree(src.Dir, m); err != nil {
-			return nil, fmt.Errorf("archive %s: %w", m, err)
-		}
-	}
-	if len(a.captured) > 0 {
-		return nil, fmt.Errorf("archive: %d captured members have no file in %s", len(a.captured), src.Dir)
-	}
-	if err := a.tw.Close(); err != nil {
+	if err := a.addMembers(src); err != nil {
 		return nil, err
 	}
 	closeStart := time.Now()
@@ -185,6 +176,25 @@ type tarWriter struct {
 	compressed io.Writer
 	frames     *frameWriter
 	captured   map[string]*Captured
+	// written are members already in the archive, whose files are passed
+	// over.
+	written map[string]bool
+}
+
+// addMembers writes src's members and ends the tar stream.
+func (a *tarWriter) addMembers(src Contents) error {
+	for _, m := range src.Captured {
+		a.captured[m.Name] = m
+	}
+	for _, m := range src.Members {
+		if err := a.addTree(src.Dir, m); err != nil {
+			return fmt.Errorf("archive %s: %w", m, err)
+		}
+	}
+	if len(a.captured) > 0 {
+		return fmt.Errorf("archive: %d captured members have no file in %s", len(a.captured), src.Dir)
+	}
+	return a.tw.Close()
 }
 
 func (a *tarWriter) addCaptured(m *Captured) error {
@@ -233,6 +243,9 @@ func (a *tarWriter) addTree(root, member string) error {
 		if m, ok := a.captured[filepath.ToSlash(rel)]; ok {
 			delete(a.captured, m.Name)
 			return a.addCaptured(m)
+		}
+		if a.written[filepath.ToSlash(rel)] {
+			return nil // streamed in already (Begun)
 		}
 		if err := a.tw.WriteHeader(hdr); err != nil {
 			return err

@@ -107,6 +107,13 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (out 
 	}
 	defer done()
 	ds := make([]*dumped, len(jobs))
+	defer func() {
+		for _, d := range ds {
+			if d != nil {
+				d.pages.abort()
+			}
+		}
+	}()
 	for i, j := range jobs {
 		ds[i] = &dumped{DumpJob: j, dir: filepath.Join(work, strconv.Itoa(i)),
 			res: &CheckpointResult{Container: j.Subject.Name, Phases: Phases{}}}
@@ -311,15 +318,26 @@ func (e *Engine) criuErrors(log string) string {
 
 // pageCapture is a dump's memory compressed on its way out of CRIU.
 type pageCapture struct {
-	streams  *criu.PageStreams
+	streams *criu.PageStreams
+	// begun is the archive itself, begun where it will lie (Sink.stage):
+	// pages stream into it as CRIU writes them, and reach the disk once.
+	begun *archive.Begun
+	// captured are the pages that could not (a second process's while the
+	// first one's streamed in), compressed into spool files meanwhile.
 	mu       sync.Mutex
 	captured []*archive.Captured
 }
 
+// streamWait is how long a process's pages wait for another's to finish
+// streaming into the archive before they go to a spool file instead. CRIU
+// dumps one process after the other, so the wait is the moment between
+// two; it is bounded in case CRIU ever held two page images open at once.
+const streamWait = 2 * time.Second
+
 // capturePages sets up page streaming when it is safe and useful: the
 // archive is zstd (captured members are spliced in as frames) and the tasks
 // die with the dump (see criu.PageStreams). Otherwise CRIU writes files.
-func capturePages(ctx context.Context, d *dumped, o DumpOptions) (*pageCapture, error) {
+func capturePages(ctx context.Context, d *dumped, o DumpOptions) (_ *pageCapture, err error) {
 	pc := &pageCapture{}
 	if d.To.compression() != archive.Zstd || o.LeaveRunning {
 		return pc, nil
@@ -332,8 +350,24 @@ func capturePages(ctx context.Context, d *dumped, o DumpOptions) (*pageCapture, 
 	if err := os.Mkdir(images, 0o700); err != nil {
 		return nil, err
 	}
+	if dir := d.To.stage(filepath.Dir(d.dir)); dir != "" {
+		if pc.begun, err = archive.Begin(dir); err != nil {
+			return nil, err
+		}
+		defer func() {
+			if err != nil {
+				pc.begun.Abort()
+			}
+		}()
+	}
 	pc.streams, err = criu.StreamPages(images, len(pids), func(name string, r io.Reader) error {
-		m, err := archive.Capture(path.Join(archive.CheckpointDir, name), r, filepath.Join(d.dir, name+".zst"))
+		member := path.Join(archive.CheckpointDir, name)
+		if pc.begun != nil {
+			if ok, err := pc.begun.Stream(member, r, streamWait); ok {
+				return err
+			}
+		}
+		m, err := archive.Capture(member, r, filepath.Join(d.dir, name+".zst"))
 		if err != nil {
 			return err
 		}
@@ -351,6 +385,14 @@ func (pc *pageCapture) close() error {
 		return nil
 	}
 	return pc.streams.Close()
+}
+
+// abort gives up the archive begun, unless it was written.
+func (pc *pageCapture) abort() {
+	if pc != nil && pc.begun != nil {
+		pc.begun.Abort()
+		pc.begun = nil
+	}
 }
 
 // writeMembers writes what an archive holds beside the CRIU images:

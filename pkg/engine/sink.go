@@ -29,6 +29,10 @@ type Sink interface {
 	// workload that must not migrate refuses.
 	leaves() bool
 	compression() archive.Compression
+	// stage is where the archive may be begun before the dump (a
+	// directory on the filesystem it ends up in; work is the dump's), ""
+	// where it may not (encrypted: the pages cannot go in as they come).
+	stage(work string) string
 	// write writes d's archive, scratch being a prefix for files of its
 	// own in the dump's work directory, and fills in d.res; undo removes
 	// it again, when another subject's archive of the same dump failed.
@@ -83,6 +87,26 @@ func (s StoreSink) leaves() bool                     { return false }
 func (s FileSink) leaves() bool                      { return true }
 func (s ImageSink) leaves() bool                     { return !s.Local || s.Push }
 func (s StoreSink) compression() archive.Compression { return orZstd(s.Compression) }
+
+// The store's entries are written next to the engine's work directories.
+func (s StoreSink) stage(work string) string { return unlessEncrypted(s.Recipients, work) }
+func (s FileSink) stage(string) string {
+	abs, err := filepath.Abs(s.Path)
+	if err != nil {
+		return ""
+	}
+	return unlessEncrypted(s.Recipients, filepath.Dir(abs))
+}
+
+// An image's layer is encrypted from the plain archive, once written.
+func (s ImageSink) stage(work string) string { return work }
+
+func unlessEncrypted(recipients []age.Recipient, dir string) string {
+	if len(recipients) > 0 {
+		return ""
+	}
+	return dir
+}
 func (s FileSink) compression() archive.Compression {
 	if s.Compression == "" {
 		return archive.CompressionFor(s.Path, archive.Zstd)
@@ -216,10 +240,18 @@ func (e *Engine) Publish(ctx context.Context, name string, s ImageSink) (digest 
 	return digest, nil
 }
 
-// writeArchive writes d's members (and its captured pages) as one archive.
+// writeArchive writes d's members (and its captured pages) as one archive:
+// the archive the dump began, when it began one (the pages are in it).
 func writeArchive(d *dumped, dest string, c archive.Compression, recipients []age.Recipient, members []string) (*archive.WriteStats, error) {
-	ws, err := archive.WriteFile(dest, archive.Contents{Dir: d.dir, Members: members, Captured: d.pages.captured},
-		archive.WriteOptions{Compression: c, Recipients: recipients})
+	contents := archive.Contents{Dir: d.dir, Members: members, Captured: d.pages.captured}
+	var ws *archive.WriteStats
+	var err error
+	if b := d.pages.begun; b != nil {
+		d.pages.begun = nil // finished or failed, it is gone
+		ws, err = b.Finish(dest, contents)
+	} else {
+		ws, err = archive.WriteFile(dest, contents, archive.WriteOptions{Compression: c, Recipients: recipients})
+	}
 	if err != nil {
 		return nil, err
 	}
