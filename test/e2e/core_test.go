@@ -280,18 +280,7 @@ func TestLazyRestoreBringsAllMemoryBack(t *testing.T) {
 		t.Fatalf("memory digest after a lazy restore %s, want %s", got, want)
 	}
 	e.run("checkpoint", "lazy", "--export", filepath.Join(t.TempDir(), "again.tar.zst"), "--leave-running")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		out, _ := exec.Command("pgrep", "-f", "__lazy-pages").Output()
-		work, _ := os.ReadDir(filepath.Join(e.root, "work"))
-		if len(out) == 0 && len(work) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lazy-pages helper %q or work files %v left behind", out, work)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitHelperGone(t, e)
 	if got := digest(); got != want {
 		t.Fatalf("memory digest after checkpointing the lazily restored container %s, want %s", got, want)
 	}

@@ -287,3 +287,21 @@ func linkCount(fi os.FileInfo) uint64 {
 	}
 	return 0
 }
+
+// waitHelperGone waits for the lazy-pages helper to finish and leave no
+// work behind.
+func waitHelperGone(t *testing.T, e *env) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		out, _ := exec.Command("pgrep", "-f", "__lazy-pages").Output()
+		work, _ := os.ReadDir(filepath.Join(e.root, "work"))
+		if len(out) == 0 && len(work) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lazy-pages helper %q or work files %v left behind", out, work)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -3,11 +3,9 @@ package e2e
 import (
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
 type restoreStats struct {
@@ -97,23 +95,5 @@ func TestLazyRestoreFromAnUnhelpfulRegistry(t *testing.T) {
 	e.waitCounter("y", 1)
 	if s := e.status("src"); s != "running" {
 		t.Fatalf("source container is %q", s)
-	}
-}
-
-// waitHelperGone waits for the lazy-pages helper to finish and leave no
-// work behind.
-func waitHelperGone(t *testing.T, e *env) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		out, _ := exec.Command("pgrep", "-f", "__lazy-pages").Output()
-		work, _ := os.ReadDir(filepath.Join(e.root, "work"))
-		if len(out) == 0 && len(work) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lazy-pages helper %q or work files %v left behind", out, work)
-		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
