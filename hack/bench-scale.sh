@@ -139,6 +139,7 @@ PY
   # --leave-running: frozen from the freeze to the thaw (its phases)
   $S checkpoint mem --leave-running --print-stats > $work/lr-$mib.json
   R[s_frz_$mib]=$(python3 -c 'import json,sys; p=json.load(open(sys.argv[1]))["phases_us"]; print(sum(p.get(k,0) for k in ("freeze","dump","rootfs"))/1e6)' $work/lr-$mib.json)
+  sync # its writes must not be the next checkpoint's to wait for
   t=$(now); $S checkpoint mem >/dev/null; R[s_cks_$mib]=$(since $t)
   t=$(now); id=$($S restore mem --lazy-pages)
   wait_tick "$S logs mem" $at; R[s_lzs_$mib]=$(since $t)
