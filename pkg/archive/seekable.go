@@ -34,6 +34,7 @@ type Seekable struct {
 	// cache holds the last frames decompressed, most recent last; loading
 	// those being decompressed, so two readers of a frame wait for one.
 	cache   []cachedFrame
+	keep    int
 	loading map[int]*loadingFrame
 }
 
@@ -48,8 +49,9 @@ type loadingFrame struct {
 	err  error
 }
 
-// cachedFrames is how many decompressed frames a Seekable keeps: a few, so
-// a page server's reads and its read-ahead share them, in bounded memory.
+// cachedFrames is how many decompressed frames a Seekable keeps unless
+// told otherwise (KeepFrames): a few, so that readers and their read-ahead
+// share them, in bounded memory.
 const cachedFrames = 4
 
 // ErrIndexDigest is returned when an archive's index is not the one recorded.
@@ -72,7 +74,19 @@ func OpenSeekable(src io.ReaderAt, size int64, digest string) (*Seekable, error)
 	if err != nil {
 		return nil, err
 	}
-	return &Seekable{src: src, ix: ix, dec: dec, vouched: digest != "", loading: map[int]*loadingFrame{}}, nil
+	return &Seekable{src: src, ix: ix, dec: dec, vouched: digest != "", keep: cachedFrames, loading: map[int]*loadingFrame{}}, nil
+}
+
+// KeepFrames sets how many decompressed frames s keeps (at least one): a
+// page server that reads mostly in order needs the frame it reads and the
+// one it prefetches.
+func (s *Seekable) KeepFrames(n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keep = max(n, 1)
+	if len(s.cache) > s.keep {
+		s.cache = s.cache[len(s.cache)-s.keep:]
+	}
 }
 
 // Index is the archive's frame index.
@@ -133,8 +147,8 @@ func (s *Seekable) frame(i int) ([]byte, error) {
 	s.mu.Lock()
 	delete(s.loading, i)
 	if l.err == nil {
-		if len(s.cache) == cachedFrames {
-			s.cache = s.cache[1:]
+		if len(s.cache) >= s.keep {
+			s.cache = s.cache[len(s.cache)-s.keep+1:]
 		}
 		s.cache = append(s.cache, cachedFrame{i: i, data: l.data})
 	}

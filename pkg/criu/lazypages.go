@@ -74,8 +74,13 @@ func OpenArchiveFile(f *os.File, _ *ArchivePages) (io.ReaderAt, int64, func(bool
 	return f, fi.Size(), nil, nil
 }
 
-// helperHeap is the Go heap the helper aims to stay under.
-const helperHeap = 32 << 20
+// helperHeap is the Go heap the helper aims to stay under: two frames kept
+// (helperFrames), one being read and decompressed, one prefetched.
+const helperHeap = 24 << 20
+
+// helperFrames is how many decompressed frames the helper keeps: CRIU asks
+// for pages mostly in order, the faults aside.
+const helperFrames = 2
 
 // LazyPagesServer is a started server, in a helper process that outlives
 // the caller: the caller returns once the restore is done, the pages keep
@@ -306,6 +311,7 @@ func archiveSource(open ArchiveOpener, f *os.File, l LazyPages) (*pages.Source, 
 		if err != nil {
 			return nil, err
 		}
+		s.KeepFrames(helperFrames)
 		images := map[string]pages.Image{}
 		for name, sp := range l.Archive.Spans {
 			images[name] = s.Member(sp)
