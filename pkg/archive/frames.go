@@ -50,7 +50,7 @@ func newFrameWriter(out io.Writer) (*frameWriter, error) {
 	if err != nil {
 		return nil, err
 	}
-	fw := &frameWriter{enc: enc, out: out, sem: make(chan struct{}, n), free: make(chan []byte, 4*n)}
+	fw := &frameWriter{enc: enc, out: out, sem: make(chan struct{}, n), free: make(chan []byte, 2*n)}
 	fw.start()
 	return fw, nil
 }
@@ -78,7 +78,7 @@ type frameOut struct {
 }
 
 func (fw *frameWriter) start() {
-	fw.queue = make(chan chan frameOut, 2*cap(fw.sem))
+	fw.queue = make(chan chan frameOut, cap(fw.sem))
 	fw.drained = make(chan error, 1)
 	fw.open = true
 	go func(queue chan chan frameOut, done chan error) {
