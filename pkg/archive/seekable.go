@@ -33,9 +33,16 @@ type Seekable struct {
 	mu sync.Mutex
 	// cache holds the last frames decompressed, most recent last; loading
 	// those being decompressed, so two readers of a frame wait for one.
-	cache   []cachedFrame
-	keep    int
-	loading map[int]*loadingFrame
+	// Readers copy out of the cache under mu, so an evicted frame's buffer
+	// is free at once: spare keeps it, and spareComp the buffers compressed
+	// frames were read into, for the next frames. A page server then
+	// allocates nothing per frame, and its collector stays idle under a
+	// tight memory limit.
+	cache     []cachedFrame
+	keep      int
+	loading   map[int]*loadingFrame
+	spare     [][]byte
+	spareComp [][]byte
 }
 
 type cachedFrame struct {
@@ -45,7 +52,6 @@ type cachedFrame struct {
 
 type loadingFrame struct {
 	done chan struct{}
-	data []byte
 	err  error
 }
 
@@ -107,59 +113,89 @@ func (s *Seekable) ReadAt(p []byte, off int64) (int, error) {
 			return n, io.EOF
 		}
 		i := s.ix.frameAt(pos)
-		data, err := s.frame(i)
+		k, err := s.copyFrame(i, p[n:], pos-s.ix.starts[i])
 		if err != nil {
 			return n, err
 		}
-		n += copy(p[n:], data[pos-s.ix.starts[i]:])
+		n += k
 	}
 	return n, nil
 }
 
-// Prefetch decompresses, in the background, the frame that holds off:
-// a reader going forward finds it ready.
+// Prefetch decompresses, in the background, the frame that holds off and
+// the one after it: a reader going forward finds them ready, and the next
+// frame is being read while the reader still reads this one.
 func (s *Seekable) Prefetch(off int64) {
-	if off >= 0 && off < s.Size() {
-		go s.frame(s.ix.frameAt(off)) //nolint:errcheck // a reader that needs it sees the error
+	if off < 0 || off >= s.Size() {
+		return
 	}
+	i := s.ix.frameAt(off)
+	go func() {
+		for j := i; j <= i+1 && j < len(s.ix.Frames); j++ {
+			if _, err := s.copyFrame(j, nil, 0); err != nil {
+				return // a reader that needs it sees the error
+			}
+		}
+	}()
 }
 
-// frame returns frame i decompressed, from the cache or the source.
-func (s *Seekable) frame(i int) ([]byte, error) {
+// copyFrame copies frame i, decompressed, from at into p, loading it into
+// the cache first when it is not there.
+func (s *Seekable) copyFrame(i int, p []byte, at int64) (int, error) {
 	s.mu.Lock()
-	for k, c := range s.cache {
-		if c.i == i {
-			s.cache = append(append(s.cache[:k:k], s.cache[k+1:]...), c)
-			s.mu.Unlock()
-			return c.data, nil
+	for {
+		for k, c := range s.cache {
+			if c.i == i {
+				s.cache = append(append(s.cache[:k:k], s.cache[k+1:]...), c)
+				n := copy(p, c.data[at:])
+				s.mu.Unlock()
+				return n, nil
+			}
 		}
-	}
-	if l, ok := s.loading[i]; ok {
+		l, ok := s.loading[i]
+		if !ok {
+			break
+		}
 		s.mu.Unlock()
 		<-l.done
-		return l.data, l.err
+		if l.err != nil {
+			return 0, l.err
+		}
+		s.mu.Lock() // evicted already, it is loaded again
 	}
 	l := &loadingFrame{done: make(chan struct{})}
 	s.loading[i] = l
+	comp, data := takeSpare(&s.spareComp), takeSpare(&s.spare)
 	s.mu.Unlock()
 
-	l.data, l.err = s.load(i)
+	comp, data, l.err = s.loadInto(i, comp, data)
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer close(l.done)
 	delete(s.loading, i)
-	if l.err == nil {
-		if len(s.cache) >= s.keep {
-			s.cache = s.cache[len(s.cache)-s.keep+1:]
-		}
-		s.cache = append(s.cache, cachedFrame{i: i, data: l.data})
+	s.spareComp = append(s.spareComp, comp)
+	if l.err != nil {
+		s.spare = append(s.spare, data)
+		return 0, l.err
 	}
-	s.mu.Unlock()
-	close(l.done)
-	return l.data, l.err
+	if len(s.cache) >= s.keep {
+		for _, c := range s.cache[:len(s.cache)-s.keep+1] {
+			s.spare = append(s.spare, c.data)
+		}
+		s.cache = s.cache[len(s.cache)-s.keep+1:]
+	}
+	s.cache = append(s.cache, cachedFrame{i: i, data: data})
+	return copy(p, data[at:]), nil
 }
 
-func (s *Seekable) load(i int) ([]byte, error) {
-	_, data, err := s.loadInto(i, nil, nil)
-	return data, err
+// takeSpare takes a buffer from spare, nil when there is none.
+func takeSpare(spare *[][]byte) []byte {
+	if len(*spare) == 0 {
+		return nil
+	}
+	b := (*spare)[len(*spare)-1]
+	*spare = (*spare)[:len(*spare)-1]
+	return b
 }
 
 // loadInto reads frame i into comp and decompresses it into data, reusing
