@@ -122,21 +122,12 @@ func (s *Seekable) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// Prefetch decompresses, in the background, the frame that holds off and
-// the one after it: a reader going forward finds them ready, and the next
-// frame is being read while the reader still reads this one.
+// Prefetch decompresses, in the background, the frame that holds off:
+// a reader going forward finds it ready.
 func (s *Seekable) Prefetch(off int64) {
-	if off < 0 || off >= s.Size() {
-		return
+	if off >= 0 && off < s.Size() {
+		go s.copyFrame(s.ix.frameAt(off), nil, 0) //nolint:errcheck // a reader that needs it sees the error
 	}
-	i := s.ix.frameAt(off)
-	go func() {
-		for j := i; j <= i+1 && j < len(s.ix.Frames); j++ {
-			if _, err := s.copyFrame(j, nil, 0); err != nil {
-				return // a reader that needs it sees the error
-			}
-		}
-	}()
 }
 
 // copyFrame copies frame i, decompressed, from at into p, loading it into
