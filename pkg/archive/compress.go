@@ -82,7 +82,7 @@ var (
 
 // MaxZstdWindow is the largest zstd window accepted: a decoder allocates
 // the window a stream asks for, so a small hostile stream could otherwise
-// claim gigabytes of memory. stasis writes 4 MiB frames; zstd's own CLI
+// claim gigabytes of memory. stasis writes 1 MiB frames; zstd's own CLI
 // needs --long beyond 128 MiB.
 const MaxZstdWindow = 128 << 20
 

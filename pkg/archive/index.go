@@ -41,7 +41,8 @@ const (
 	skipHeader     = 8 // magic, frame size
 	seekFooter     = 9 // frame count, descriptor, seekable magic
 	// maxFrameSize bounds a frame's decompressed size as the index claims
-	// it: a reader allocates it. stasis writes 4 MiB frames.
+	// it: a reader allocates it. stasis writes 1 MiB frames (4 MiB
+	// before), and reads any up to this.
 	maxFrameSize = 16 << 20
 )
 
@@ -88,7 +89,7 @@ func encodeIndex(frames []Frame) []byte {
 // seekable archive of another tool (no frame digests).
 var ErrNoIndex = errors.New("archive has no frame index")
 
-// maxFrames bounds the frames an index may claim (16 TiB of 4 MiB frames):
+// maxFrames bounds the frames an index may claim (4 TiB of 1 MiB frames):
 // a reader allocates 40 bytes a frame.
 const maxFrames = 1 << 22
 

@@ -221,7 +221,7 @@ func (s *Seekable) loadInto(i int, comp, data []byte) ([]byte, []byte, error) {
 
 // CopyMember writes the member at sp to w, from offset 0, its frames read,
 // checked and decompressed on every core: an eager restore's pages images.
-// Each worker reuses its own buffers (fresh 4 MiB ones per frame cost page
+// Each worker reuses its own buffers (fresh ones per frame cost page
 // faults that outweigh the decompression) and reads past the cache, which
 // the frames would only flush.
 func (s *Seekable) CopyMember(ctx context.Context, w io.WriterAt, sp Span) error {
