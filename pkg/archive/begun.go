@@ -217,7 +217,8 @@ func (b *Begun) place(dest string) error {
 	}
 	err := os.Rename(b.f.Name(), dest)
 	if errors.Is(err, syscall.EXDEV) {
-		err = copyFile(b.f, dest)
+		// The copy is in place; Abort removes the original.
+		return copyFile(b.f, dest)
 	}
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -128,5 +129,44 @@ func TestBegunArchiveAbortedOrBroken(t *testing.T) {
 	}
 	if ents, _ := os.ReadDir(dir); len(ents) != 0 {
 		t.Fatalf("a failed archive left %v", ents)
+	}
+}
+
+// Begun where its destination's filesystem is not (a store on another
+// mount), the archive is copied there, and nothing is left where it began.
+func TestBegunArchiveAcrossFilesystems(t *testing.T) {
+	shm, err := os.MkdirTemp("/dev/shm", "stasis-begun-")
+	if err != nil {
+		t.Skip("no /dev/shm:", err)
+	}
+	defer os.RemoveAll(shm)
+	destDir := t.TempDir()
+	var a, b syscall.Stat_t
+	if syscall.Stat(shm, &a) != nil || syscall.Stat(destDir, &b) != nil || a.Dev == b.Dev {
+		t.Skip("/dev/shm and the test's temporary directory are one filesystem")
+	}
+	bg, err := Begin(shm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pages := pageLike(t, 3*frameSize)
+	if ok, err := bg.Stream("checkpoint/pages-1.img", bytes.NewReader(pages), time.Second); !ok || err != nil {
+		t.Fatalf("Stream = %v, %v", ok, err)
+	}
+	dest := filepath.Join(destDir, "a.tar.zst")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, ConfigDump), []byte(`{"id":"x"}`))
+	writeFile(t, filepath.Join(dir, SpecDump), []byte(`{}`))
+	writeFile(t, filepath.Join(dir, CheckpointDir, "inventory.img"), []byte("inv"))
+	st, err := bg.Finish(dest, Contents{Dir: dir, Members: Members})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkBegun(t, dest, st, map[string][]byte{"checkpoint/pages-1.img": pages})
+	if ents, _ := os.ReadDir(shm); len(ents) != 0 {
+		t.Fatalf("the archive copied elsewhere left %v where it began", ents)
+	}
+	if ents, _ := os.ReadDir(destDir); len(ents) != 1 {
+		t.Fatalf("beside the archive: %v", ents)
 	}
 }

@@ -152,6 +152,9 @@ func StartLazyPages(l LazyPages, keep ...*os.File) (*LazyPagesServer, error) {
 		return nil, fmt.Errorf("start lazy-pages server: %w", err)
 	}
 	w.Close()
+	// Ours closed, a helper that died unread fails the write (EPIPE)
+	// rather than blocking it.
+	cr.Close()
 	// The helper reads its configuration to the end before anything else.
 	_, err = cw.Write(b)
 	cw.Close()
@@ -207,11 +210,28 @@ func (s *LazyPagesServer) Restored(pid int) error {
 	return s.err
 }
 
-// Running reports whether the lazy-pages helper with this pid still runs:
-// a container must not be dumped while its memory is still coming in.
-func Running(pid int) bool {
+// Serving reports whether the lazy-pages helper with this pid still
+// serves pages: whether its `criu lazy-pages` runs. A container must not be
+// dumped while its memory is still coming in; once CRIU is done, the helper
+// may go on (storing a checkpoint image it fetched) without holding that up.
+func Serving(pid int) bool {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline"))
-	return err == nil && strings.Contains(string(b), LazyPagesCommand)
+	if err != nil || !strings.Contains(string(b), LazyPagesCommand) {
+		return false
+	}
+	// CRIU is forked by whichever of the helper's threads ran exec: its
+	// children are listed per thread.
+	tasks, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "task", "*", "children"))
+	for _, t := range tasks {
+		b, _ := os.ReadFile(t)
+		for _, child := range strings.Fields(string(b)) {
+			comm, _ := os.ReadFile(filepath.Join("/proc", child, "comm"))
+			if strings.TrimSpace(string(comm)) == "criu" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // LazyPagesMain is the helper process: it runs CRIU's server with the
@@ -276,14 +296,13 @@ func LazyPagesMain(open ArchiveOpener) int {
 			err = errors.Join(serr, err)
 		}
 	}
-	if finish != nil {
-		// The process has its memory: what goes wrong from here on (a
-		// download behind the pages) loses a copy, not the process.
-		if ferr := finish(err == nil); ferr != nil && err == nil {
-			keepMessage(l.LogDir, fmt.Sprintf("stasis: every page was served; then: %v\n", ferr))
-		}
-	}
 	if err != nil {
+		// Memory left unfilled reads as zeros: the process goes first,
+		// before anything else is waited for.
+		killRestored(os.NewFile(restoredFd, "restored"))
+		if finish != nil {
+			finish(false)
+		}
 		log := filepath.Join(l.Work, "lazy-pages.log")
 		// After the restore nobody reads the status fd: the kept log is
 		// where the reason is found.
@@ -292,9 +311,15 @@ func LazyPagesMain(open ArchiveOpener) int {
 			f.Close()
 		}
 		kept := keepLog(log, l.LogDir)
-		killRestored(os.NewFile(restoredFd, "restored"))
 		fmt.Fprintf(status, "criu lazy-pages: %v (log: %s)\n", err, kept)
 		return 1
+	}
+	// The process has its memory (Serving says so from here on): what goes
+	// wrong now (a download behind the pages) loses a copy, not the process.
+	if finish != nil {
+		if ferr := finish(true); ferr != nil {
+			keepMessage(l.LogDir, fmt.Sprintf("stasis: every page was served; then: %v\n", ferr))
+		}
 	}
 	return 0
 }

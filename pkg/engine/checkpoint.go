@@ -159,7 +159,7 @@ func (e *Engine) waitLazyPages(ctx context.Context, c *Container) error {
 	}
 	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
 	deadline := time.Now().Add(5 * time.Minute)
-	for criu.Running(pid) {
+	for criu.Serving(pid) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			return fmt.Errorf("its memory is still being restored lazily (lazy-pages helper pid %d)", pid)
 		}

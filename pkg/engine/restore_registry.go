@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -74,6 +75,9 @@ func (e *Engine) registrySource(ctx context.Context, src *source, ref string, im
 		return false, nil
 	}
 	layer := m.Layers[0]
+	if layer.Size <= 0 || (e.maxUnpack > 0 && layer.Size > e.maxUnpack) {
+		return false, nil // a pull says what is wrong with it
+	}
 	digest, sig, err := e.verifyRemote(ctx, ref, img, m, x, o)
 	if err != nil {
 		return false, err
@@ -118,7 +122,13 @@ func (ra *registryArchive) open(work string) (*os.File, *image.Partial, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := image.NewPartial(f, ra.fetch.Size, ra.blob, nil)
+	// The whole blob arrives behind the process: the room for it is taken
+	// now, when a full disk is still an error and not a killed process.
+	if err := unix.Fallocate(int(f.Fd()), 0, 0, ra.fetch.Size); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("room for the checkpoint's %d bytes beside the restore: %w", ra.fetch.Size, err)
+	}
+	p, err := image.NewPartial(context.Background(), f, ra.fetch.Size, ra.blob, nil)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
@@ -161,7 +171,7 @@ func openArchivePages(f *os.File, a *criu.ArchivePages) (io.ReaderAt, int64, fun
 		cancel()
 		return nil, 0, nil, err
 	}
-	p, err := image.NewPartial(f, rf.Size, blob, rf.Have)
+	p, err := image.NewPartial(ctx, f, rf.Size, blob, rf.Have)
 	if err != nil {
 		cancel()
 		return nil, 0, nil, err
@@ -184,21 +194,31 @@ func openArchivePages(f *os.File, a *criu.ArchivePages) (io.ReaderAt, int64, fun
 }
 
 // storeFetched puts the complete blob p and the images rf names into the
-// store, fetching their manifests and configs again by digest.
+// store, fetching their manifests and configs again by digest. A name the
+// store gave to another image meanwhile (a pull) keeps it; a blob no image
+// came to use goes again.
 func storeFetched(ctx context.Context, p *image.Partial, rf registryFetch, layer v1.Hash, o registry.Options) error {
 	store, err := image.Open(rf.Store)
 	if err != nil {
 		return err
 	}
-	if err := store.AddPartial(p, rf.Path, layer); err != nil {
+	added, err := store.AddPartial(p, rf.Path, layer)
+	if err != nil {
 		return fmt.Errorf("store %s: %w", rf.Ref, err)
 	}
-	for _, c := range rf.Commit {
+	for i, c := range rf.Commit {
+		_, digest, _ := strings.Cut(c.Ref, "@")
+		if had, err := store.Get(c.Name); err == nil && had.Digest != digest {
+			continue
+		}
 		img, err := registry.Image(ctx, c.Ref, o)
 		if err == nil {
 			_, err = store.Add(c.Name, img, nil)
 		}
 		if err != nil {
+			if i == 0 && added != "" {
+				os.Remove(added)
+			}
 			return fmt.Errorf("store %s: %w", c.Name, err)
 		}
 	}

@@ -29,7 +29,7 @@ const fetchTries = 3
 // Remote is where a Partial's bytes come from: n bytes at off, as a
 // stream (registry.Blob), copied to the file as they come, never held.
 type Remote interface {
-	ReadRange(off, n int64) (io.ReadCloser, error)
+	ReadRange(ctx context.Context, off, n int64) (io.ReadCloser, error)
 }
 
 // Partial is a blob arriving out of order: a file of the blob's size,
@@ -41,6 +41,8 @@ type Partial struct {
 	f      *os.File
 	size   int64
 	remote Remote
+	// ctx ends every fetch, those under way included.
+	ctx context.Context
 	mu     sync.Mutex
 	cond   *sync.Cond
 	// state is each chunk's: missing, fetching or present.
@@ -55,16 +57,17 @@ const (
 	present
 )
 
-// NewPartial fills f, truncated to size, from remote; have lists the runs
-// of chunks f already holds (Have of the Partial that wrote them).
-func NewPartial(f *os.File, size int64, remote Remote, have [][2]int) (*Partial, error) {
+// NewPartial fills f, truncated to size, from remote until ctx is done;
+// have lists the runs of chunks f already holds (Have of the Partial that
+// wrote them).
+func NewPartial(ctx context.Context, f *os.File, size int64, remote Remote, have [][2]int) (*Partial, error) {
 	if size < 0 {
 		return nil, fmt.Errorf("partial blob of %d bytes", size)
 	}
 	if err := f.Truncate(size); err != nil {
 		return nil, err
 	}
-	p := &Partial{f: f, size: size, remote: remote, state: make([]chunkState, (size+PartialChunk-1)/PartialChunk)}
+	p := &Partial{f: f, size: size, remote: remote, ctx: ctx, state: make([]chunkState, (size+PartialChunk-1)/PartialChunk)}
 	p.cond = sync.NewCond(&p.mu)
 	for _, r := range have {
 		if r[0] < 0 || r[1] > len(p.state) || r[0] > r[1] {
@@ -146,7 +149,11 @@ func (p *Partial) fetch(i, j int) error {
 	var err error
 	for try := 0; try < fetchTries; try++ {
 		if try > 0 {
-			time.Sleep(time.Duration(try*try) * 200 * time.Millisecond)
+			select {
+			case <-time.After(time.Duration(try*try) * 200 * time.Millisecond):
+			case <-p.ctx.Done():
+				return p.ctx.Err()
+			}
 		}
 		if err = p.copyRange(off, n); err == nil {
 			return nil
@@ -157,7 +164,7 @@ func (p *Partial) fetch(i, j int) error {
 
 // copyRange copies n bytes at off from remote into f.
 func (p *Partial) copyRange(off, n int64) error {
-	rc, err := p.remote.ReadRange(off, n)
+	rc, err := p.remote.ReadRange(p.ctx, off, n)
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ type countingReader struct {
 	fail  atomic.Bool
 }
 
-func (r *countingReader) ReadRange(off, n int64) (io.ReadCloser, error) {
+func (r *countingReader) ReadRange(_ context.Context, off, n int64) (io.ReadCloser, error) {
 	if r.fail.Load() {
 		return nil, errors.New("connection reset")
 	}
@@ -49,7 +49,7 @@ func TestPartialFetchesEachChunkOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	p, err := NewPartial(f, int64(len(data)), remote, nil)
+	p, err := NewPartial(context.Background(), f, int64(len(data)), remote, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,7 +89,7 @@ func TestPartialGoesOnFromHave(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "blob")
 	f, _ := os.Create(path)
 	defer f.Close()
-	first, _ := NewPartial(f, int64(len(data)), &countingReader{Reader: bytes.NewReader(data)}, nil)
+	first, _ := NewPartial(context.Background(), f, int64(len(data)), &countingReader{Reader: bytes.NewReader(data)}, nil)
 	if _, err := first.ReadAt(make([]byte, 10), 2*PartialChunk+5); err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestPartialGoesOnFromHave(t *testing.T) {
 		t.Fatalf("Have = %v, want [[2 3]]", got)
 	}
 	remote := &countingReader{Reader: bytes.NewReader(data)}
-	second, err := NewPartial(f, int64(len(data)), remote, first.Have())
+	second, err := NewPartial(context.Background(), f, int64(len(data)), remote, first.Have())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -110,7 +110,7 @@ func TestPartialGoesOnFromHave(t *testing.T) {
 	if err := second.Verify(hashOf(data)); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := NewPartial(f, int64(len(data)), remote, [][2]int{{3, 9}}); err == nil {
+	if _, err := NewPartial(context.Background(), f, int64(len(data)), remote, [][2]int{{3, 9}}); err == nil {
 		t.Fatal("NewPartial took chunks past the blob's end")
 	}
 }
@@ -123,7 +123,7 @@ func TestPartialFailedFetchIsRetriedLater(t *testing.T) {
 	remote := &countingReader{Reader: bytes.NewReader(data)}
 	f, _ := os.Create(filepath.Join(t.TempDir(), "blob"))
 	defer f.Close()
-	p, _ := NewPartial(f, int64(len(data)), remote, nil)
+	p, _ := NewPartial(context.Background(), f, int64(len(data)), remote, nil)
 	remote.fail.Store(true)
 	if _, err := p.ReadAt(make([]byte, 10), 0); err == nil {
 		t.Fatal("a read succeeded with the remote failing")

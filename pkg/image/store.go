@@ -247,12 +247,18 @@ func (s *Store) AddFile(path string, h v1.Hash, own bool) error {
 	return writeBlobFile(dest, h, f, nil)
 }
 
-// AddPartial stores the blob p, at path, once it is all there and is h.
-func (s *Store) AddPartial(p *Partial, path string, h v1.Hash) error {
+// AddPartial stores the blob p, at path, once it is all there and is h,
+// and returns the blob's path in the store when this call added it ("" when
+// the store had it): the caller removes it if no image comes to use it.
+func (s *Store) AddPartial(p *Partial, path string, h v1.Hash) (string, error) {
 	if err := p.Verify(h); err != nil {
-		return err
+		return "", err
 	}
-	return s.AddFile(path, h, true)
+	dest := s.blobPath(h)
+	if _, err := os.Stat(dest); err == nil {
+		return "", nil
+	}
+	return dest, s.AddFile(path, h, true)
 }
 
 // Rootfs returns the unpacked, flattened filesystem of an image, unpacking

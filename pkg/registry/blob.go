@@ -89,7 +89,7 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 	if len(want) == 0 {
 		return 0, io.EOF
 	}
-	rc, err := b.ReadRange(off, int64(len(want)))
+	rc, err := b.ReadRange(context.Background(), off, int64(len(want)))
 	if err != nil {
 		return 0, err
 	}
@@ -105,13 +105,13 @@ func (b *Blob) ReadAt(p []byte, off int64) (int, error) {
 }
 
 // ReadRange streams n bytes at off, which must lie within the blob, with
-// one range request; the caller closes the stream, and reads the n bytes
-// it said, no more.
-func (b *Blob) ReadRange(off, n int64) (io.ReadCloser, error) {
+// one range request, until ctx is done; the caller closes the stream, and
+// reads the n bytes it said, no more.
+func (b *Blob) ReadRange(ctx context.Context, off, n int64) (io.ReadCloser, error) {
 	if off < 0 || n <= 0 || off+n > b.size {
 		return nil, fmt.Errorf("blob: bytes %d-%d of %d", off, off+n-1, b.size)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), rangeTimeout)
+	ctx, cancel := context.WithTimeout(ctx, rangeTimeout)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, b.url, nil)
 	if err != nil {
 		cancel()
@@ -131,7 +131,8 @@ func (b *Blob) ReadRange(off, n int64) (io.ReadCloser, error) {
 	return &rangeBody{ReadCloser: resp.Body, cancel: cancel}, nil
 }
 
-// rangeAnswer checks that resp is the n bytes at off asked for.
+// rangeAnswer checks that resp is the n bytes at off asked for: a proxy
+// that answers another range would otherwise be taken at its word.
 func rangeAnswer(resp *http.Response, off, n int64) error {
 	if resp.StatusCode == http.StatusOK {
 		return ErrNoRanges
@@ -141,6 +142,10 @@ func rangeAnswer(resp *http.Response, off, n int64) error {
 	}
 	if resp.ContentLength >= 0 && resp.ContentLength != n {
 		return fmt.Errorf("blob: asked for %d bytes at %d, the registry sends %d", n, off, resp.ContentLength)
+	}
+	var first, last int64
+	if _, err := fmt.Sscanf(resp.Header.Get("Content-Range"), "bytes %d-%d/", &first, &last); err != nil || first != off || last != off+n-1 {
+		return fmt.Errorf("blob: asked for bytes %d-%d, the registry sends %q", off, off+n-1, resp.Header.Get("Content-Range"))
 	}
 	return nil
 }

@@ -5,10 +5,12 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	ggcrregistry "github.com/google/go-containerregistry/pkg/registry"
@@ -78,5 +80,32 @@ func TestBlobRefusesARegistryWithoutRanges(t *testing.T) {
 	h := pushBlob(t, host, data)
 	if _, err := OpenBlob(context.Background(), host+"/a/b:any", h, int64(len(data)), Options{}); !errors.Is(err, ErrNoRanges) {
 		t.Fatalf("OpenBlob on a registry without ranges: %v, want ErrNoRanges", err)
+	}
+}
+
+// A proxy that answers another range than the one asked for is caught by
+// the Content-Range it sends, not trusted for its length alone.
+func TestBlobRefusesAnotherRange(t *testing.T) {
+	reg := ggcrregistry.New()
+	var shift atomic.Bool
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var first, last int64
+		if _, err := fmt.Sscanf(r.Header.Get("Range"), "bytes=%d-%d", &first, &last); err == nil && shift.Load() && first > 0 {
+			r.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", first-1, last-1))
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	data := make([]byte, 4096)
+	rand.Read(data)
+	h := pushBlob(t, host, data)
+	b, err := OpenBlob(context.Background(), host+"/a/b:any", h, int64(len(data)), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	shift.Store(true)
+	if _, err := b.ReadAt(make([]byte, 100), 1000); err == nil || !strings.Contains(err.Error(), "sends") {
+		t.Fatalf("a shifted range was taken: %v", err)
 	}
 }
