@@ -42,9 +42,9 @@ type Partial struct {
 	size   int64
 	remote Remote
 	// ctx ends every fetch, those under way included.
-	ctx context.Context
-	mu     sync.Mutex
-	cond   *sync.Cond
+	ctx  context.Context
+	mu   sync.Mutex
+	cond *sync.Cond
 	// state is each chunk's: missing, fetching or present.
 	state []chunkState
 }
