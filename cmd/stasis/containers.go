@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"context"
 	"fmt"
 	"os"
@@ -161,45 +162,102 @@ func execCmd(g *globals) *cobra.Command {
 
 func stopCmd(g *globals) *cobra.Command {
 	var timeout time.Duration
+	var all, ignore bool
 	cmd := &cobra.Command{
-		Use:   "stop CONTAINER...",
+		Use:   "stop [flags] CONTAINER...",
 		Short: "Stop containers (SIGTERM, then SIGKILL after --time)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: eachArg(g, func(ctx context.Context, e *engine.Engine, a string) error {
-			return e.Stop(ctx, a, timeout)
-		}),
+		Long: `Stop containers: SIGTERM, then SIGKILL after --time. As Podman does, every
+container named is tried; each one stopped is printed, each failure
+reported, and the command exits 1 if any failed.`,
+		Args: allOrSome(&all),
+		RunE: eachArg(g, &all, func(c *engine.Container) bool { return c.Status == engine.StatusRunning },
+			func(ctx context.Context, e *engine.Engine, a string) error {
+				return e.Stop(ctx, a, timeout)
+			}, ignoreMissing(&ignore)),
 	}
 	cmd.Flags().DurationVarP(&timeout, "time", "t", 10*time.Second, "how long to wait after SIGTERM")
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "stop every running container")
+	cmd.Flags().BoolVarP(&ignore, "ignore", "i", false, "a container that does not exist is no error")
 	return cmd
 }
 
 func rmCmd(g *globals) *cobra.Command {
-	var force bool
+	var force, all, ignore bool
 	cmd := &cobra.Command{
-		Use:   "rm CONTAINER...",
+		Use:   "rm [flags] CONTAINER...",
 		Short: "Remove containers (their checkpoints stay in the store)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: eachArg(g, func(ctx context.Context, e *engine.Engine, a string) error {
+		Long: `Remove containers; their checkpoints stay in the store. As Podman does,
+every container named is tried; each one removed is printed, each failure
+reported, and the command exits 1 if any failed. With --force, a running
+container is killed first and a name that does not exist is no error, so
+that one 'rm -f' cleans up whatever is there.`,
+		Args: allOrSome(&all),
+		RunE: eachArg(g, &all, nil, func(ctx context.Context, e *engine.Engine, a string) error {
 			return e.Remove(ctx, a, force)
-		}),
+		}, func(err error) bool { return (force || ignore) && errors.Is(err, engine.ErrNotFound) }),
 	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running container first")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running container first; a container that does not exist is no error")
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "remove every container")
+	cmd.Flags().BoolVarP(&ignore, "ignore", "i", false, "a container that does not exist is no error")
 	return cmd
 }
 
-// eachArg is the body of commands that act on each argument in turn and
-// print it when done, stopping at the first error.
-func eachArg(g *globals, fn func(ctx context.Context, e *engine.Engine, arg string) error) func(*cobra.Command, []string) error {
+// allOrSome takes container names, or none with --all.
+func allOrSome(all *bool) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if *all {
+			if len(args) > 0 {
+				return errors.New("give container names or --all, not both")
+			}
+			return nil
+		}
+		return cobra.MinimumNArgs(1)(cmd, args)
+	}
+}
+
+func ignoreMissing(ignore *bool) func(error) bool {
+	return func(err error) bool { return *ignore && errors.Is(err, engine.ErrNotFound) }
+}
+
+// eachArg is the body of commands that act on each argument in turn, as
+// Podman's do: each one done is printed, each failure reported, and the
+// command goes on with the others and exits 1 at the end if any failed (a
+// script's one `rm -f a b` must not leave b running because a is gone).
+// With *all (when all is not nil), the arguments are the engine's
+// containers that pick selects (every one when pick is nil). skip says
+// which errors are no failure.
+func eachArg(g *globals, all *bool, pick func(*engine.Container) bool, fn func(ctx context.Context, e *engine.Engine, arg string) error,
+	skip func(error) bool) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		e, err := g.engine()
 		if err != nil {
 			return err
 		}
-		for _, a := range args {
-			if err := fn(cmd.Context(), e, a); err != nil {
+		if all != nil && *all {
+			list, err := e.List(cmd.Context())
+			if err != nil {
 				return err
 			}
-			fmt.Println(a)
+			for _, c := range list {
+				if pick == nil || pick(c) {
+					args = append(args, c.Name)
+				}
+			}
+		}
+		failed := false
+		for _, a := range args {
+			err := fn(cmd.Context(), e, a)
+			switch {
+			case err == nil:
+				fmt.Println(a)
+			case skip != nil && skip(err):
+			default:
+				fmt.Fprintln(os.Stderr, "Error:", err)
+				failed = true
+			}
+		}
+		if failed {
+			return exitError(1)
 		}
 		return nil
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
@@ -73,14 +74,20 @@ containerd recognise it. Push it with 'stasis push NAME'.`,
 
 // rmiCmd is both `stasis rmi` and `stasis image rm`.
 func rmiCmd(g *globals, use string) *cobra.Command {
-	return &cobra.Command{
-		Use:   use + " IMAGE...",
+	var ignore bool
+	cmd := &cobra.Command{
+		Use:   use + " [flags] IMAGE...",
 		Short: "Remove images from the local store (blobs no other image uses go too)",
-		Args:  cobra.MinimumNArgs(1),
-		RunE: eachArg(g, func(ctx context.Context, e *engine.Engine, a string) error {
+		Long: `Remove images from the local store; blobs no other image uses go too. As
+Podman does, every image named is tried; each one removed is printed, each
+failure reported, and the command exits 1 if any failed.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: eachArg(g, nil, nil, func(ctx context.Context, e *engine.Engine, a string) error {
 			return e.RemoveImage(ctx, a)
-		}),
+		}, func(err error) bool { return ignore && errors.Is(err, image.ErrNotFound) }),
 	}
+	cmd.Flags().BoolVarP(&ignore, "ignore", "i", false, "an image that does not exist is no error")
+	return cmd
 }
 
 func imagesCmd(g *globals) *cobra.Command {

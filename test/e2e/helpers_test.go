@@ -92,7 +92,7 @@ func (e *env) try(args ...string) (string, error) {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
 	if err != nil {
-		return stdout.String(), fmt.Errorf("stasis %s: %v: %s", strings.Join(args, " "), err, stderr.String())
+		return stdout.String(), fmt.Errorf("stasis %s: %w: %s", strings.Join(args, " "), err, stderr.String())
 	}
 	return stdout.String(), nil
 }
