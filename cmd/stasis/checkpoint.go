@@ -2,9 +2,11 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -116,7 +118,8 @@ func printJSON(v any) error {
 }
 
 func checkpointsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var format string
+	cmd := &cobra.Command{
 		Use:   "checkpoints",
 		Short: "List checkpoints: archives in the store and checkpoint images",
 		Long: `Checkpoints lists every checkpoint stasis holds: archives kept in its store
@@ -127,6 +130,9 @@ image store (restore them with 'stasis restore IMAGE').`,
 			if c, err := g.client(); c != nil || err != nil {
 				if err != nil {
 					return err
+				}
+				if format != "" {
+					return errors.New("--format is not available through an agent yet")
 				}
 				return remoteCheckpoints(cmd.Context(), c)
 			}
@@ -142,22 +148,51 @@ image store (restore them with 'stasis restore IMAGE').`,
 			if err != nil {
 				return err
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "CHECKPOINT\tCONTAINER\tIMAGE\tCREATED\tSIZE\tDIGEST")
+			var js []checkpointJSON
 			for _, c := range list {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID, c.ContainerName, c.Image, ago(c.Created),
-					humanSize(c.Size), truncate(c.Digest, 19))
+				js = append(js, checkpointJSON{ID: c.ID, Kind: "store", Container: c.ContainerName, Image: c.Image,
+					Created: c.Created, Size: c.Size, Digest: c.Digest})
 			}
 			for _, i := range images {
 				if info, ok := checkpointimage.Read(i.Annotations); ok {
-					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", i.Name, info.Container, info.BaseImage, ago(i.Created),
-						humanSize(i.Size), truncate(i.Digest, 19))
+					js = append(js, checkpointJSON{ID: i.Name, Kind: "image", Container: info.Container, Image: info.BaseImage,
+						Created: i.Created, Size: i.Size, Digest: i.Digest})
 				}
 			}
-			return w.Flush()
+			var rows []checkpointRow
+			for _, j := range js {
+				rows = append(rows, checkpointRow{ID: j.ID, Kind: j.Kind, Container: j.Container, Image: j.Image,
+					Created: ago(j.Created), Size: humanSize(j.Size), Digest: j.Digest})
+			}
+			return printList(format, js, rows, func() error {
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "CHECKPOINT\tCONTAINER\tIMAGE\tCREATED\tSIZE\tDIGEST")
+				for _, r := range rows {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Container, r.Image, r.Created, r.Size, truncate(r.Digest, 19))
+				}
+				return w.Flush()
+			})
 		},
 	}
+	cmd.Flags().StringVar(&format, "format", "", formatFlag)
+	return cmd
 }
+
+// checkpointJSON is a checkpoint in `checkpoints --format json`: a stored
+// archive (Kind "store", ID its store ID) or a checkpoint image (Kind
+// "image", ID its name).
+type checkpointJSON struct {
+	ID        string    `json:"ID"`
+	Kind      string    `json:"Kind"`
+	Container string    `json:"Container"`
+	Image     string    `json:"Image"`
+	Created   time.Time `json:"Created"`
+	Size      int64     `json:"Size"`
+	Digest    string    `json:"Digest"`
+}
+
+// checkpointRow is a checkpoint as --format templates see it.
+type checkpointRow struct{ ID, Kind, Container, Image, Created, Size, Digest string }
 
 func restoreCmd(g *globals) *cobra.Command {
 	var o engine.RestoreOptions

@@ -74,17 +74,21 @@ with only loopback; "host" shares the host's.`,
 }
 
 func psCmd(g *globals) *cobra.Command {
-	var quiet bool
+	var quiet, all bool
+	var format string
 	cmd := &cobra.Command{
 		Use:   "ps",
-		Short: "List containers",
+		Short: "List containers (running ones; all with -a)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if c, err := g.client(); c != nil || err != nil {
 				if err != nil {
 					return err
 				}
-				return remotePs(cmd.Context(), c)
+				if format != "" {
+					return errors.New("--format is not available through an agent yet")
+				}
+				return remotePs(cmd.Context(), c, all)
 			}
 			e, err := g.engine()
 			if err != nil {
@@ -94,24 +98,76 @@ func psCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var shown []*engine.Container
+			for _, c := range list {
+				if all || c.Running() {
+					shown = append(shown, c)
+				}
+			}
 			if quiet {
-				for _, c := range list {
+				for _, c := range shown {
 					fmt.Println(c.ID)
 				}
 				return nil
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "CONTAINER ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS")
-			for _, c := range list {
-				status := c.Describe()
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", c.ID[:12], c.Name, c.Image,
-					truncate(strings.Join(c.Args, " "), 30), ago(c.Created), status)
+			var js []psJSON
+			var rows []psRow
+			for _, c := range shown {
+				js, rows = append(js, psJSONOf(c)), append(rows, psRowOf(c))
 			}
-			return w.Flush()
+			return printList(format, js, rows, func() error {
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "CONTAINER ID\tNAME\tIMAGE\tCOMMAND\tCREATED\tSTATUS")
+				for _, r := range rows {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", r.ID[:12], r.Names, r.Image, truncate(r.Command, 30), r.Created, r.Status)
+				}
+				return w.Flush()
+			})
 		},
 	}
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "print IDs only")
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "list every container, not only running ones")
+	cmd.Flags().StringVar(&format, "format", "", formatFlag)
 	return cmd
+}
+
+// psRow is a container as --format templates see it, in Podman's names.
+type psRow struct {
+	ID, Names, Image, ImageID, Command, Created, State, Status string
+	Labels                                                     map[string]string
+}
+
+func psRowOf(c *engine.Container) psRow {
+	return psRow{ID: c.ID, Names: c.Name, Image: c.Image, ImageID: c.ImageID, Command: strings.Join(c.Args, " "),
+		Created: ago(c.Created), State: string(c.Status), Status: c.Describe(), Labels: c.Labels}
+}
+
+// psJSON is a container in `ps --format json`, in Podman's keys.
+type psJSON struct {
+	ID           string            `json:"Id"`
+	Names        []string          `json:"Names"`
+	Image        string            `json:"Image"`
+	ImageID      string            `json:"ImageID"`
+	Command      []string          `json:"Command"`
+	Created      int64             `json:"Created"`
+	CreatedAt    string            `json:"CreatedAt"`
+	State        string            `json:"State"`
+	Status       string            `json:"Status"`
+	Pid          int               `json:"Pid"`
+	ExitCode     *int              `json:"ExitCode,omitempty"`
+	Labels       map[string]string `json:"Labels,omitempty"`
+	Restored     bool              `json:"Restored"`
+	Checkpointed *time.Time        `json:"CheckpointedAt,omitempty"`
+}
+
+func psJSONOf(c *engine.Container) psJSON {
+	j := psJSON{ID: c.ID, Names: []string{c.Name}, Image: c.Image, ImageID: c.ImageID, Command: c.Args,
+		Created: c.Created.Unix(), CreatedAt: c.Created.Format(time.RFC3339), State: string(c.Status), Status: c.Describe(),
+		Pid: c.Pid, ExitCode: c.ExitCode, Labels: c.Labels, Restored: c.Restored}
+	if !c.Checkpointed.IsZero() {
+		j.Checkpointed = &c.Checkpointed
+	}
+	return j
 }
 
 func truncate(s string, n int) string {

@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
+	"os"
+	"strings"
+	"text/template"
 	"time"
 )
 
@@ -32,4 +37,34 @@ func ago(t time.Time) string {
 		return fmt.Sprintf("%dh ago", int(d.Hours()))
 	}
 	return t.Format("2006-01-02")
+}
+
+// formatFlag is the help of a listing's --format, as Podman's.
+const formatFlag = `"json" for a JSON array, or a Go template applied to each row (e.g. '{{.Names}} {{.Status}}')`
+
+// printList writes a listing as --format asks: table() by default, the
+// JSON array of jsonRows with "json", or tmpl run on each of rows.
+func printList[J, R any](format string, jsonRows []J, rows []R, table func() error) error {
+	switch format {
+	case "":
+		return table()
+	case "json":
+		if jsonRows == nil {
+			jsonRows = []J{} // "[]", never "null"
+		}
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(jsonRows)
+	}
+	t, err := template.New("format").Parse(strings.TrimSuffix(format, "\n") + "\n")
+	if err != nil {
+		return fmt.Errorf("--format: %w", err)
+	}
+	w := bufio.NewWriter(os.Stdout)
+	for _, r := range rows {
+		if err := t.Execute(w, r); err != nil {
+			return fmt.Errorf("--format: %w", err)
+		}
+	}
+	return w.Flush()
 }

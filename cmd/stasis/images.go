@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -91,7 +92,8 @@ failure reported, and the command exits 1 if any failed.`,
 }
 
 func imagesCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var format string
+	cmd := &cobra.Command{
 		Use:   "images",
 		Short: "List images in the local store",
 		Args:  cobra.NoArgs,
@@ -104,28 +106,62 @@ func imagesCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NAME\tIMAGE ID\tCREATED\tSIZE\tCHECKPOINT OF")
 			names := map[string]bool{}
 			for _, i := range list {
 				names[i.Name] = true
 			}
+			var js []imageJSON
+			var rows []imageRow
 			for _, i := range list {
 				if provenance.IsSignature(i.Name) {
 					continue // shown on its image
 				}
-				of := "-"
+				j := imageJSON{ID: i.ID, Names: []string{i.Name}, Digest: i.Digest, Created: i.Created.Unix(),
+					CreatedAt: i.Created.Format(time.RFC3339), Size: i.Size}
+				r := imageRow{ID: i.ID[:12], Names: i.Name, Digest: i.Digest, Created: ago(i.Created), Size: humanSize(i.Size), CheckpointOf: "-"}
 				if info, ok := checkpointimage.Read(i.Annotations); ok {
-					of = fmt.Sprintf("%s (image %s)", info.Container, info.BaseImage)
-					if names[engine.SignatureName(i)] {
-						of += ", signature stored" // checked when it is restored
+					j.Checkpoint = &imageCheckpoint{Container: info.Container, BaseImage: info.BaseImage, Signed: names[engine.SignatureName(i)]}
+					r.CheckpointOf = fmt.Sprintf("%s (image %s)", info.Container, info.BaseImage)
+					if j.Checkpoint.Signed {
+						r.CheckpointOf += ", signature stored" // checked when it is restored
 					}
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", i.Name, i.ID[:12], ago(i.Created), humanSize(i.Size), of)
+				js, rows = append(js, j), append(rows, r)
 			}
-			return w.Flush()
+			return printList(format, js, rows, func() error {
+				w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "NAME\tIMAGE ID\tCREATED\tSIZE\tCHECKPOINT OF")
+				for _, r := range rows {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", r.Names, r.ID, r.Created, r.Size, r.CheckpointOf)
+				}
+				return w.Flush()
+			})
 		},
 	}
+	cmd.Flags().StringVar(&format, "format", "", formatFlag)
+	return cmd
+}
+
+// imageRow is an image as --format templates see it.
+type imageRow struct{ ID, Names, Digest, Created, Size, CheckpointOf string }
+
+// imageJSON is an image in `images --format json`, in Podman's keys, and
+// what a checkpoint image is a checkpoint of.
+type imageJSON struct {
+	ID         string           `json:"Id"`
+	Names      []string         `json:"Names"`
+	Digest     string           `json:"Digest"`
+	Created    int64            `json:"Created"`
+	CreatedAt  string           `json:"CreatedAt"`
+	Size       int64            `json:"Size"`
+	Checkpoint *imageCheckpoint `json:"Checkpoint,omitempty"`
+}
+
+type imageCheckpoint struct {
+	Container string `json:"Container"`
+	BaseImage string `json:"BaseImage"`
+	// Signed says a signature image is stored beside it.
+	Signed bool `json:"Signed"`
 }
 
 // readKeys reads PEM key files.

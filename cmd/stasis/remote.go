@@ -4,8 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"text/tabwriter"
 
+	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/store"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
@@ -21,7 +23,7 @@ func (g *globals) client() (*wire.Client, error) {
 	return wire.NewClient(g.host, g.hostOpts)
 }
 
-func remotePs(ctx context.Context, c *wire.Client) error {
+func remotePs(ctx context.Context, c *wire.Client, all bool) error {
 	var list []struct {
 		ID, Name, Image, Status string
 	}
@@ -31,7 +33,9 @@ func remotePs(ctx context.Context, c *wire.Client) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "CONTAINER ID\tNAME\tIMAGE\tSTATUS")
 	for _, x := range list {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", truncate(x.ID, 12), x.Name, x.Image, x.Status)
+		if all || strings.HasPrefix(x.Status, string(engine.StatusRunning)) || strings.HasPrefix(x.Status, string(engine.StatusPaused)) {
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", truncate(x.ID, 12), x.Name, x.Image, x.Status)
+		}
 	}
 	return w.Flush()
 }

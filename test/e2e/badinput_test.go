@@ -167,7 +167,7 @@ func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 			return p
 		}, "corrupt or truncated"},
 	}
-	before := e.run("ps", "-q")
+	before := e.run("ps", "-aq")
 	mountsBefore := mountsUnder(e.root)
 	i := 0
 	for name, c := range cases {
@@ -177,7 +177,7 @@ func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 			if !strings.Contains(msg, c.want) {
 				t.Errorf("error %q does not say %q", msg, c.want)
 			}
-			if got := e.run("ps", "-q"); got != before {
+			if got := e.run("ps", "-aq"); got != before {
 				t.Errorf("a failed restore left a container: %q", got)
 			}
 			ents, _ := os.ReadDir(outside)
@@ -206,7 +206,7 @@ func TestBadArchivesAreRefusedCleanly(t *testing.T) {
 	if !strings.Contains(msg, "not in the store") {
 		t.Fatalf("restore without base image: %s", msg)
 	}
-	if got := other.run("ps", "-q"); got != "" {
+	if got := other.run("ps", "-aq"); got != "" {
 		t.Fatalf("restore without base image left %q", got)
 	}
 	if msg := e.fails("run", "localhost/nosuch:1", "true"); !strings.Contains(msg, "image not found") {

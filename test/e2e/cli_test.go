@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"encoding/json"
 	"errors"
 	"os/exec"
 	"strings"
@@ -31,7 +32,7 @@ func TestEveryNameIsTried(t *testing.T) {
 	if _, err := e.try("rm", "c1", "nosuch", "c2"); exitCode(err) != 1 {
 		t.Fatalf("rm of two containers and a missing one: %v", err)
 	}
-	if ps := e.run("ps", "-q"); ps != "" {
+	if ps := e.run("ps", "-aq"); ps != "" {
 		t.Fatalf("rm left %q", ps)
 	}
 	if msg := e.run("rm", "-i", "nosuch"); msg != "" {
@@ -51,7 +52,7 @@ func TestEveryNameIsTried(t *testing.T) {
 		t.Fatalf("stop -a left %q", s)
 	}
 	e.run("rm", "-a")
-	if ps := e.run("ps", "-q"); ps != "" {
+	if ps := e.run("ps", "-aq"); ps != "" {
 		t.Fatalf("rm -a left %q", ps)
 	}
 	if msg := e.fails("rm", "-a", "c1"); !strings.Contains(msg, "not both") {
@@ -63,6 +64,63 @@ func TestEveryNameIsTried(t *testing.T) {
 	}
 	if images := e.run("images"); strings.Contains(images, "busybox") {
 		t.Fatalf("rmi stopped at the missing image:\n%s", images)
+	}
+}
+
+// ps lists running containers, ps -a all of them; ps, images and
+// checkpoints print JSON or a Go template with --format, as Podman's do.
+func TestListingsAsPodmanPrintsThem(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	e.runCounter("up", 2)
+	e.runCounter("down", 2)
+	e.run("checkpoint", "down")
+	if out := e.run("ps", "--format", "{{.Names}} {{.State}}"); out != "up running" {
+		t.Fatalf("ps lists %q, want the running container only", out)
+	}
+	if out := e.run("ps", "-a", "--format", "{{.Names}} {{.State}}"); !strings.Contains(out, "up running") || !strings.Contains(out, "down checkpointed") {
+		t.Fatalf("ps -a lists %q", out)
+	}
+	var ps []struct {
+		ID     string   `json:"Id"`
+		Names  []string `json:"Names"`
+		State  string   `json:"State"`
+		Pid    int      `json:"Pid"`
+		Ckpted string   `json:"CheckpointedAt"`
+	}
+	if err := json.Unmarshal([]byte(e.run("ps", "-a", "--format", "json")), &ps); err != nil || len(ps) != 2 {
+		t.Fatalf("ps -a --format json: %v, %+v", err, ps)
+	}
+	for _, c := range ps {
+		switch c.Names[0] {
+		case "up":
+			if c.State != "running" || c.Pid == 0 || len(c.ID) != 64 {
+				t.Errorf("running container in JSON: %+v", c)
+			}
+		case "down":
+			if c.State != "checkpointed" || c.Ckpted == "" {
+				t.Errorf("checkpointed container in JSON: %+v", c)
+			}
+		}
+	}
+	var cks []struct{ ID, Kind, Container string }
+	if err := json.Unmarshal([]byte(e.run("checkpoints", "--format", "json")), &cks); err != nil || len(cks) != 1 ||
+		cks[0].Kind != "store" || cks[0].Container != "down" {
+		t.Fatalf("checkpoints --format json: %v, %+v", err, cks)
+	}
+	var imgs []struct{ Names []string }
+	if err := json.Unmarshal([]byte(e.run("images", "--format", "json")), &imgs); err != nil || len(imgs) != 1 || imgs[0].Names[0] != "localhost/busybox:e2e" {
+		t.Fatalf("images --format json: %v, %+v", err, imgs)
+	}
+	if out := e.run("images", "--format", "{{.Names}}"); out != "localhost/busybox:e2e" {
+		t.Fatalf("images --format template: %q", out)
+	}
+	if msg := e.fails("ps", "--format", "{{.Nope}}"); !strings.Contains(msg, "--format") {
+		t.Fatalf("a template naming no field: %s", msg)
+	}
+	e.run("rm", "-f", "-a")
+	if out := e.run("ps", "-a", "--format", "json"); strings.TrimSpace(out) != "[]" {
+		t.Fatalf("an empty list in JSON is %q, want []", out)
 	}
 }
 

@@ -49,7 +49,7 @@ func TestCounterInPlaceTwiceThenAfterRemove(t *testing.T) {
 	counts := e.logCounts("web")
 	at := counts[len(counts)-1]
 	e.run("rm", "web")
-	if strings.Contains(e.run("ps"), "web") {
+	if strings.Contains(e.run("ps", "-a"), "web") {
 		t.Fatal("web still listed after rm")
 	}
 	e.run("restore", "web")

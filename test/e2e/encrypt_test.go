@@ -31,14 +31,14 @@ func TestEncryptedArchive(t *testing.T) {
 	if b, _ := os.ReadFile(archive); !strings.HasPrefix(string(b), "age-encryption.org/v1") {
 		t.Fatal("the archive is not an age file")
 	}
-	before := e.run("ps", "-q")
+	before := e.run("ps", "-aq")
 	if msg := e.fails("restore", "--import", archive, "--name", "x"); !strings.Contains(msg, "encrypted") {
 		t.Errorf("restore without an identity: %s", msg)
 	}
 	if msg := e.fails("--identity", wrongFile, "restore", "--import", archive, "--name", "x"); !strings.Contains(msg, "cannot open it") {
 		t.Errorf("restore with a wrong identity: %s", msg)
 	}
-	if after := e.run("ps", "-q"); after != before {
+	if after := e.run("ps", "-aq"); after != before {
 		t.Errorf("failed restores left containers:\n%s", after)
 	}
 	if work, _ := os.ReadDir(filepath.Join(e.root, "work")); len(work) != 0 {

@@ -69,7 +69,7 @@ func newEnv(t *testing.T) *env {
 	}
 	e := &env{t: t, root: root, runRoot: run, path: "/usr/local/sbin:" + os.Getenv("PATH")}
 	t.Cleanup(func() {
-		out, _ := e.try("ps", "-q")
+		out, _ := e.try("ps", "-aq")
 		for _, id := range strings.Fields(out) {
 			e.try("rm", "-f", id)
 		}
@@ -252,7 +252,7 @@ func (e *env) logCounts(name string) []int {
 // in `stasis ps`.
 func (e *env) status(name string) string {
 	e.t.Helper()
-	for _, l := range strings.Split(e.run("ps"), "\n")[1:] {
+	for _, l := range strings.Split(e.run("ps", "-a"), "\n")[1:] {
 		f := strings.Fields(l)
 		if len(f) > 1 && f[1] == name {
 			for _, w := range []string{"running", "paused", "checkpointed", "exited"} {

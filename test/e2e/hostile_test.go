@@ -195,10 +195,10 @@ func (e *env) within(t *testing.T, d time.Duration, args ...string) (string, str
 	return stdout.String(), stderr.String(), err
 }
 
-// names of the containers `stasis ps` lists.
+// names of the containers `stasis ps -a` lists.
 func (e *env) names(t *testing.T) []string {
 	t.Helper()
-	out, err := e.try("ps")
+	out, err := e.try("ps", "-a")
 	if err != nil {
 		t.Fatal(err)
 	}
