@@ -22,9 +22,9 @@ func checkpointCmd(g *globals) *cobra.Command {
 	var encryptTo, imageKeys []string
 	var tl engine.TimelineOptions
 	var compression string
-	var stats bool
+	var stats, all, latest bool
 	cmd := &cobra.Command{
-		Use:   "checkpoint CONTAINER",
+		Use:   "checkpoint [flags] CONTAINER...",
 		Short: "Checkpoint a running container with CRIU",
 		Long: `Checkpoint freezes the container, dumps its processes with CRIU and writes one
 archive holding the CRIU images, the rootfs changes and the container's
@@ -35,13 +35,24 @@ With --create-image it becomes a checkpoint image instead: an OCI image whose
 one layer is the archive, with the annotations CRI-O, Podman and containerd
 look for; --push sends it to its registry. Without --leave-running the
 container is stopped after the dump. If the dump fails, the container keeps
-running and no archive is left behind.`,
+running and no archive is left behind.
+
+Several containers (or --all, --latest) are checkpointed one after the
+other into the store, as Podman does: each one is tried, each failure
+reported, and the command exits 1 if any failed. A pod's containers are
+checkpointed as one moment by the agent (see docs/kubernetes.md).`,
 		Example: `  stasis checkpoint web --export web.tar.zst --leave-running
+  stasis checkpoint --all --leave-running
   stasis checkpoint web
   stasis checkpoint web --create-image registry.example.com/ckpt/web:v1 --push
   stasis checkpoint web --every 30s --keep 10      # a timeline; see 'stasis history' and 'stasis rewind'`,
-		Args: cobra.ExactArgs(1),
+		Args: targetArgs(&all, &latest),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.Export != "" || o.CreateImage != "" || cmd.Flags().Changed("every") {
+				if len(args) != 1 || all || latest {
+					return fmt.Errorf("--export, --create-image and --every take one container, named")
+				}
+			}
 			if c, err := g.client(); c != nil || err != nil {
 				if err != nil {
 					return err
@@ -49,10 +60,15 @@ running and no archive is left behind.`,
 				if o.Export != "" || cmd.Flags().Changed("every") {
 					return fmt.Errorf("--export and --every work on this machine only, not through --host")
 				}
-				return remoteCheckpoint(cmd.Context(), c, args[0], wire.CheckpointRequest{
-					LeaveRunning: o.LeaveRunning, Compression: compression, TCPEstablished: o.TCPEstablished,
-					FileLocks: o.FileLocks, CreateImage: o.CreateImage, Push: o.Push, EncryptTo: encryptTo,
-				}, stats)
+				if all || latest {
+					return fmt.Errorf("--all and --latest work on this machine only, not through --host")
+				}
+				return eachName(args, func(name string) error {
+					return remoteCheckpoint(cmd.Context(), c, name, wire.CheckpointRequest{
+						LeaveRunning: o.LeaveRunning, Compression: compression, TCPEstablished: o.TCPEstablished,
+						FileLocks: o.FileLocks, CreateImage: o.CreateImage, Push: o.Push, EncryptTo: encryptTo,
+					}, stats)
+				})
 			}
 			e, err := g.engine()
 			if err != nil {
@@ -78,19 +94,25 @@ running and no archive is left behind.`,
 					fmt.Println(r.StoreID)
 				})
 			}
-			res, err := e.Checkpoint(cmd.Context(), args[0], o)
+			names, err := targets(cmd.Context(), e, args, all, latest, func(c *engine.Container) bool { return c.Running() })
 			if err != nil {
 				return err
 			}
-			if stats {
-				return printJSON(res)
-			}
-			if res.Image != "" {
-				fmt.Println(res.Image)
+			return eachName(names, func(name string) error {
+				res, err := e.Checkpoint(cmd.Context(), name, o)
+				if err != nil {
+					return err
+				}
+				switch {
+				case stats:
+					return printJSON(res)
+				case res.Image != "":
+					fmt.Println(res.Image)
+				default:
+					fmt.Println(res.Archive)
+				}
 				return nil
-			}
-			fmt.Println(res.Archive)
-			return nil
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -108,6 +130,8 @@ running and no archive is left behind.`,
 	f.DurationVar(&tl.Every, "every", 0, "keep checkpointing (leaving it running) at this interval, until interrupted")
 	f.IntVar(&tl.Keep, "keep", 10, "with --every: how many of the newest checkpoints to keep")
 	f.IntVar(&tl.Count, "count", 0, "with --every: stop after this many checkpoints")
+	f.BoolVarP(&all, "all", "a", false, "checkpoint every running container")
+	f.BoolVarP(&latest, "latest", "l", false, "checkpoint the container created last")
 	return cmd
 }
 
@@ -196,10 +220,10 @@ type checkpointRow struct{ ID, Kind, Container, Image, Created, Size, Digest str
 
 func restoreCmd(g *globals) *cobra.Command {
 	var o engine.RestoreOptions
-	var stats bool
+	var stats, all, latest bool
 	var volumes []string
 	cmd := &cobra.Command{
-		Use:   "restore [CONTAINER | CHECKPOINT-IMAGE]",
+		Use:   "restore [flags] [CONTAINER... | CHECKPOINT-IMAGE]",
 		Short: "Restore a container from a checkpoint",
 		Long: `Restore brings a checkpointed container back from exactly where it was.
 
@@ -223,20 +247,35 @@ must find again. Each of its bind mounts, other than /etc/hosts,
 /etc/hostname, /etc/resolv.conf, /dev/shm and /run/.containerenv (stasis
 provides those), needs --volume SRC:DST for its destination; --privileged
 takes host namespaces, capabilities, devices and seccomp from the
-checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
+checkpoint as it recorded them. Unpacking stops at --max-unpack.
+
+Several containers (or --all: every checkpointed one; --latest: the one
+created last) are restored in place one after the other, as Podman does:
+each one is tried, each failure reported, and the command exits 1 if any
+failed.`,
 		Example: `  stasis restore web
   stasis restore --import web.tar.zst --name web2
   stasis restore --import jvm.tar.zst --lazy-pages
   stasis restore --import db.tar.zst --volume /srv/db:/var/lib/db
   stasis restore registry.example.com/ckpt/web:v1 --name web2`,
-		Args: cobra.MaximumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case (all || latest) && (o.Import != "" || o.Name != ""):
+				return errors.New("--all and --latest restore containers in place: no --import, no --name")
+			case o.Import != "":
+				return cobra.NoArgs(cmd, args)
+			case len(args) > 1 && o.Name != "":
+				return errors.New("--name names one restored container: give one checkpoint")
+			}
+			return targetArgs(&all, &latest)(cmd, args)
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if c, err := g.client(); c != nil || err != nil {
 				if err != nil {
 					return err
 				}
 				if o.Import != "" || len(args) != 1 {
-					return fmt.Errorf("through --host, name a stored checkpoint, a container or a checkpoint image (no --import)")
+					return fmt.Errorf("through --host, name one stored checkpoint, container or checkpoint image (no --import, --all, --latest)")
 				}
 				req := wire.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
 					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, Privileged: o.Privileged}
@@ -259,9 +298,6 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 			if err != nil {
 				return err
 			}
-			if len(args) == 1 {
-				o.Container = args[0]
-			}
 			for _, v := range volumes {
 				m, err := runc.ParseMount(v)
 				if err != nil {
@@ -269,15 +305,28 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 				}
 				o.Volumes = append(o.Volumes, m)
 			}
-			res, err := e.Restore(cmd.Context(), o)
+			names, err := targets(cmd.Context(), e, args, all, latest, func(c *engine.Container) bool {
+				return c.Status == engine.StatusCheckpointed
+			})
 			if err != nil {
 				return err
 			}
-			if stats {
-				return printJSON(res)
+			if o.Import != "" {
+				names = []string{""}
 			}
-			fmt.Println(res.ID)
-			return nil
+			return eachName(names, func(name string) error {
+				o := o
+				o.Container = name
+				res, err := e.Restore(cmd.Context(), o)
+				if err != nil {
+					return err
+				}
+				if stats {
+					return printJSON(res)
+				}
+				fmt.Println(res.ID)
+				return nil
+			})
 		},
 	}
 	f := cmd.Flags()
@@ -290,5 +339,7 @@ checkpoint as it recorded them. Unpacking stops at --max-unpack.`,
 	f.BoolVar(&o.Privileged, "privileged", false, "take host namespaces, capabilities, devices and seccomp from a checkpoint made elsewhere as it recorded them")
 	registryFlags(f, &o.Registry)
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
+	f.BoolVarP(&all, "all", "a", false, "restore every checkpointed container in place")
+	f.BoolVarP(&latest, "latest", "l", false, "restore the container created last")
 	return cmd
 }

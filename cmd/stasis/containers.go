@@ -225,7 +225,7 @@ func stopCmd(g *globals) *cobra.Command {
 		Long: `Stop containers: SIGTERM, then SIGKILL after --time. As Podman does, every
 container named is tried; each one stopped is printed, each failure
 reported, and the command exits 1 if any failed.`,
-		Args: allOrSome(&all),
+		Args: targetArgs(&all, nil),
 		RunE: eachArg(g, &all, func(c *engine.Container) bool { return c.Status == engine.StatusRunning },
 			func(ctx context.Context, e *engine.Engine, a string) error {
 				return e.Stop(ctx, a, timeout)
@@ -247,7 +247,7 @@ every container named is tried; each one removed is printed, each failure
 reported, and the command exits 1 if any failed. With --force, a running
 container is killed first and a name that does not exist is no error, so
 that one 'rm -f' cleans up whatever is there.`,
-		Args: allOrSome(&all),
+		Args: targetArgs(&all, nil),
 		RunE: eachArg(g, &all, nil, func(ctx context.Context, e *engine.Engine, a string) error {
 			return e.Remove(ctx, a, force)
 		}, func(err error) bool { return (force || ignore) && errors.Is(err, engine.ErrNotFound) }),
@@ -258,12 +258,16 @@ that one 'rm -f' cleans up whatever is there.`,
 	return cmd
 }
 
-// allOrSome takes container names, or none with --all.
-func allOrSome(all *bool) cobra.PositionalArgs {
+// targetArgs takes container names, or none with --all or --latest (when
+// latest is not nil).
+func targetArgs(all, latest *bool) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
-		if *all {
+		switch {
+		case *all && latest != nil && *latest:
+			return errors.New("give --all or --latest, not both")
+		case *all || latest != nil && *latest:
 			if len(args) > 0 {
-				return errors.New("give container names or --all, not both")
+				return errors.New("give container names or --all/--latest, not both")
 			}
 			return nil
 		}
@@ -271,17 +275,62 @@ func allOrSome(all *bool) cobra.PositionalArgs {
 	}
 }
 
+// targets are the containers a command acts on: args; with all, the
+// engine's containers that pick selects (every one when pick is nil); with
+// latest, the one created last.
+func targets(ctx context.Context, e *engine.Engine, args []string, all, latest bool, pick func(*engine.Container) bool) ([]string, error) {
+	if !all && !latest {
+		return args, nil
+	}
+	list, err := e.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	var last *engine.Container
+	for _, c := range list {
+		if all && (pick == nil || pick(c)) {
+			names = append(names, c.Name)
+		}
+		if last == nil || c.Created.After(last.Created) {
+			last = c
+		}
+	}
+	if latest {
+		if last == nil {
+			return nil, errors.New("--latest: there is no container")
+		}
+		return []string{last.Name}, nil
+	}
+	return names, nil
+}
+
+// eachName runs fn for each name as Podman's commands do: every one is
+// tried, each failure reported, and the command exits 1 at the end if any
+// failed (a script's one `rm -f a b` must not leave b running because a
+// is gone).
+func eachName(names []string, fn func(name string) error) error {
+	failed := false
+	for _, n := range names {
+		if err := fn(n); err != nil {
+			fmt.Fprintln(os.Stderr, "Error:", err)
+			failed = true
+		}
+	}
+	if failed {
+		return exitError(1)
+	}
+	return nil
+}
+
 func ignoreMissing(ignore *bool) func(error) bool {
 	return func(err error) bool { return *ignore && errors.Is(err, engine.ErrNotFound) }
 }
 
-// eachArg is the body of commands that act on each argument in turn, as
-// Podman's do: each one done is printed, each failure reported, and the
-// command goes on with the others and exits 1 at the end if any failed (a
-// script's one `rm -f a b` must not leave b running because a is gone).
-// With *all (when all is not nil), the arguments are the engine's
-// containers that pick selects (every one when pick is nil). skip says
-// which errors are no failure.
+// eachArg is the body of commands that act on each argument in turn
+// (eachName), printing each one done; with *all (when all is not nil), on
+// the containers pick selects (targets). skip says which errors are no
+// failure.
 func eachArg(g *globals, all *bool, pick func(*engine.Container) bool, fn func(ctx context.Context, e *engine.Engine, arg string) error,
 	skip func(error) bool) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
@@ -289,32 +338,19 @@ func eachArg(g *globals, all *bool, pick func(*engine.Container) bool, fn func(c
 		if err != nil {
 			return err
 		}
-		if all != nil && *all {
-			list, err := e.List(cmd.Context())
-			if err != nil {
-				return err
-			}
-			for _, c := range list {
-				if pick == nil || pick(c) {
-					args = append(args, c.Name)
-				}
-			}
+		names, err := targets(cmd.Context(), e, args, all != nil && *all, false, pick)
+		if err != nil {
+			return err
 		}
-		failed := false
-		for _, a := range args {
+		return eachName(names, func(a string) error {
 			err := fn(cmd.Context(), e, a)
-			switch {
-			case err == nil:
+			if err == nil {
 				fmt.Println(a)
-			case skip != nil && skip(err):
-			default:
-				fmt.Fprintln(os.Stderr, "Error:", err)
-				failed = true
 			}
-		}
-		if failed {
-			return exitError(1)
-		}
-		return nil
+			if skip != nil && skip(err) {
+				return nil
+			}
+			return err
+		})
 	}
 }

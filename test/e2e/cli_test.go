@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -121,6 +122,55 @@ func TestListingsAsPodmanPrintsThem(t *testing.T) {
 	e.run("rm", "-f", "-a")
 	if out := e.run("ps", "-a", "--format", "json"); strings.TrimSpace(out) != "[]" {
 		t.Fatalf("an empty list in JSON is %q, want []", out)
+	}
+}
+
+// checkpoint and restore take several containers, --all and --latest, as
+// Podman's do.
+func TestCheckpointAndRestoreSeveral(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	e.runCounter("one", 2)
+	e.runCounter("two", 2)
+
+	out, err := e.try("checkpoint", "one", "nosuch", "two")
+	if exitCode(err) != 1 || strings.Count(out, "\n") != 2 {
+		t.Fatalf("checkpoint of two containers and a missing one: %q, %v", out, err)
+	}
+	if s := e.status("one") + " " + e.status("two"); s != "checkpointed checkpointed" {
+		t.Fatalf("after checkpoint one two: %s", s)
+	}
+	e.runCounter("three", 2)
+	if out := e.run("restore", "--all"); strings.Count(out, "\n") != 1 {
+		t.Fatalf("restore --all printed %q, want the two restored", out)
+	}
+	for _, c := range []string{"one", "two", "three"} {
+		if s := e.status(c); s != "running" {
+			t.Fatalf("%s is %q after restore --all", c, s)
+		}
+	}
+	e.run("checkpoint", "--latest", "--leave-running")
+	if list := e.run("checkpoints", "--format", "{{.Container}}"); list != "one\ntwo\nthree" {
+		t.Fatalf("checkpoint --latest took %q", list)
+	}
+	e.run("checkpoint", "-a")
+	if out := e.run("ps", "--format", "{{.Names}}"); out != "" {
+		t.Fatalf("checkpoint -a left %q running", out)
+	}
+	e.run("restore", "-l")
+	if s := e.status("three"); s != "running" {
+		t.Fatalf("restore -l: three is %q", s)
+	}
+	for want, bad := range map[string][]string{
+		"take one container":      {"checkpoint", "--export", filepath.Join(t.TempDir(), "x.tar.zst"), "one", "two"},
+		"not both":                {"checkpoint", "-a", "one"},
+		"in place":                {"restore", "-a", "--name", "x"},
+		"names one restored":      {"restore", "one", "two", "--name", "x"},
+		"requires at least 1 arg": {"checkpoint"},
+	} {
+		if msg := e.fails(bad...); !strings.Contains(msg, want) {
+			t.Errorf("%v: %s, want it to say %q", bad, msg, want)
+		}
 	}
 }
 
