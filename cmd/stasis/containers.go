@@ -178,18 +178,25 @@ func truncate(s string, n int) string {
 }
 
 func logsCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "logs CONTAINER",
+	var o engine.LogsOptions
+	cmd := &cobra.Command{
+		Use:   "logs [flags] CONTAINER",
 		Short: "Print a container's output",
-		Args:  cobra.ExactArgs(1),
+		Long: `Print a container's output: stdout and stderr as it wrote them. With
+--follow, keep printing what it writes until it stops running (or until
+interrupted).`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			e, err := g.engine()
 			if err != nil {
 				return err
 			}
-			return e.Logs(cmd.Context(), args[0], os.Stdout)
+			return e.Logs(cmd.Context(), args[0], os.Stdout, o)
 		},
 	}
+	cmd.Flags().BoolVarP(&o.Follow, "follow", "f", false, "keep printing what the container writes until it stops running")
+	cmd.Flags().IntVarP(&o.Tail, "tail", "n", 0, "print only the last N lines (0: all)")
+	return cmd
 }
 
 func execCmd(g *globals) *cobra.Command {

@@ -78,7 +78,7 @@ func waitLog(ctx context.Context, e *engine.Engine, name string, re *regexp.Rege
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		var buf bytes.Buffer
-		if err := e.Logs(ctx, name, &buf); err != nil {
+		if err := e.Logs(ctx, name, &buf, engine.LogsOptions{}); err != nil {
 			return 0, err
 		}
 		for _, m := range re.FindAllStringSubmatch(buf.String(), -1) {
@@ -100,7 +100,7 @@ func waitLog(ctx context.Context, e *engine.Engine, name string, re *regexp.Rege
 
 func lastTick(ctx context.Context, e *engine.Engine, name string) (int, error) {
 	var buf bytes.Buffer
-	if err := e.Logs(ctx, name, &buf); err != nil {
+	if err := e.Logs(ctx, name, &buf, engine.LogsOptions{}); err != nil {
 		return 0, err
 	}
 	ms := regexp.MustCompile(`tick (\d+)`).FindAllStringSubmatch(buf.String(), -1)

@@ -264,8 +264,20 @@ func (e *Engine) Exec(ctx context.Context, ref string, args []string, stdin io.R
 	return e.rt.Exec(ctx, c.ID, args, nil, stdin, stdout, stderr)
 }
 
+// LogsOptions say which of a container's output Logs copies.
+type LogsOptions struct {
+	// Tail, when positive, copies only the last Tail lines.
+	Tail int
+	// Follow goes on copying what the container writes until it stops
+	// running (or ctx is done).
+	Follow bool
+}
+
+// followPoll is how often Logs looks for more output while following.
+const followPoll = 100 * time.Millisecond
+
 // Logs copies the container's output to w.
-func (e *Engine) Logs(ctx context.Context, ref string, w io.Writer) error {
+func (e *Engine) Logs(ctx context.Context, ref string, w io.Writer, o LogsOptions) error {
 	c, err := e.Get(ctx, ref)
 	if err != nil {
 		return err
@@ -278,6 +290,59 @@ func (e *Engine) Logs(ctx context.Context, ref string, w io.Writer) error {
 		return err
 	}
 	defer f.Close()
-	_, err = io.Copy(w, f)
-	return err
+	if o.Tail > 0 {
+		off, err := tailOffset(f, o.Tail)
+		if err != nil {
+			return err
+		}
+		if _, err := f.Seek(off, io.SeekStart); err != nil {
+			return err
+		}
+	}
+	for {
+		if _, err := io.Copy(w, f); err != nil {
+			return err
+		}
+		if !o.Follow {
+			return nil
+		}
+		// What it wrote before it stopped is copied once more, then done.
+		if c, err := e.Get(ctx, c.ID); err != nil || !c.Running() {
+			_, err := io.Copy(w, f)
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(followPoll):
+		}
+	}
+}
+
+// tailOffset is where the last n lines of f begin (a last line without
+// its newline counts).
+func tailOffset(f *os.File, n int) (int64, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	end := fi.Size()
+	buf := make([]byte, 64<<10)
+	seen := 0
+	for pos := end; pos > 0; {
+		k := min(int64(len(buf)), pos)
+		pos -= k
+		if _, err := f.ReadAt(buf[:k], pos); err != nil {
+			return 0, err
+		}
+		for i := k - 1; i >= 0; i-- {
+			if buf[i] != '\n' || pos+i == end-1 {
+				continue
+			}
+			if seen++; seen == n {
+				return pos + i + 1, nil
+			}
+		}
+	}
+	return 0, nil
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // stop, rm and rmi try every name, as Podman's do: a name that is gone
@@ -171,6 +172,25 @@ func TestCheckpointAndRestoreSeveral(t *testing.T) {
 		if msg := e.fails(bad...); !strings.Contains(msg, want) {
 			t.Errorf("%v: %s, want it to say %q", bad, msg, want)
 		}
+	}
+}
+
+// logs --tail prints the last lines, logs -f follows until the container
+// stops.
+func TestLogsTailAndFollow(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	e.run("run", "--name", "talk", "localhost/busybox:e2e", "sh", "-c", "for i in 1 2 3 4 5; do echo line $i; sleep 0.3; done")
+	start := time.Now()
+	out := e.run("logs", "-f", "talk")
+	if out != "line 1\nline 2\nline 3\nline 4\nline 5" {
+		t.Fatalf("logs -f printed %q", out)
+	}
+	if took := time.Since(start); took < time.Second || took > 20*time.Second {
+		t.Fatalf("logs -f returned after %v: it should follow until the container ends (~1.5 s)", took)
+	}
+	if out := e.run("logs", "--tail", "2", "talk"); out != "line 4\nline 5" {
+		t.Fatalf("logs --tail 2 printed %q", out)
 	}
 }
 
