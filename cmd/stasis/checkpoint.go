@@ -60,8 +60,8 @@ checkpointed as one moment by the agent (see docs/kubernetes.md).`,
 				if o.Export != "" || cmd.Flags().Changed("every") {
 					return fmt.Errorf("--export and --every work on this machine only, not through --host")
 				}
-				if all || latest {
-					return fmt.Errorf("--all and --latest work on this machine only, not through --host")
+				if all || latest || o.IgnoreRootfs {
+					return fmt.Errorf("--all, --latest and --ignore-rootfs work on this machine only, not through --host")
 				}
 				return eachName(args, func(name string) error {
 					return remoteCheckpoint(cmd.Context(), c, name, wire.CheckpointRequest{
@@ -130,6 +130,7 @@ checkpointed as one moment by the agent (see docs/kubernetes.md).`,
 	f.DurationVar(&tl.Every, "every", 0, "keep checkpointing (leaving it running) at this interval, until interrupted")
 	f.IntVar(&tl.Keep, "keep", 10, "with --every: how many of the newest checkpoints to keep")
 	f.IntVar(&tl.Count, "count", 0, "with --every: stop after this many checkpoints")
+	f.BoolVar(&o.IgnoreRootfs, "ignore-rootfs", false, "leave the container's file changes out of the checkpoint (a restore runs on the image as it is)")
 	f.BoolVarP(&all, "all", "a", false, "checkpoint every running container")
 	f.BoolVarP(&latest, "latest", "l", false, "checkpoint the container created last")
 	return cmd
@@ -274,8 +275,8 @@ failed.`,
 				if err != nil {
 					return err
 				}
-				if o.Import != "" || len(args) != 1 {
-					return fmt.Errorf("through --host, name one stored checkpoint, container or checkpoint image (no --import, --all, --latest)")
+				if o.Import != "" || len(args) != 1 || o.IgnoreRootfs {
+					return fmt.Errorf("through --host, name one stored checkpoint, container or checkpoint image (no --import, --all, --latest, --ignore-rootfs)")
 				}
 				req := wire.RestoreRequest{Checkpoint: args[0], Name: o.Name, LazyPages: o.LazyPages,
 					TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks, Privileged: o.Privileged}
@@ -339,6 +340,7 @@ failed.`,
 	f.BoolVar(&o.Privileged, "privileged", false, "take host namespaces, capabilities, devices and seccomp from a checkpoint made elsewhere as it recorded them")
 	registryFlags(f, &o.Registry)
 	f.BoolVar(&stats, "print-stats", false, "print CRIU's and stasis' timings as JSON")
+	f.BoolVar(&o.IgnoreRootfs, "ignore-rootfs", false, "restore onto the image as it is, without the file changes the checkpoint carries")
 	f.BoolVarP(&all, "all", "a", false, "restore every checkpointed container in place")
 	f.BoolVarP(&latest, "latest", "l", false, "restore the container created last")
 	return cmd

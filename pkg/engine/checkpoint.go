@@ -42,6 +42,8 @@ type CheckpointOptions struct {
 	// archive, shared with every stored checkpoint with the same diff: a
 	// timeline stores an unchanged diff once.
 	ShareRootfs bool
+	// IgnoreRootfs leaves the container's file changes out (DumpOptions).
+	IgnoreRootfs bool
 }
 
 // CheckpointResult says where a checkpoint went and where time went, as
@@ -78,7 +80,8 @@ func (e *Engine) Checkpoint(ctx context.Context, ref string, o CheckpointOptions
 	if err != nil {
 		return nil, fmt.Errorf("checkpoint %s: %w", c.Name, err)
 	}
-	res, err := e.Dump(ctx, DumpOptions{LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks},
+	res, err := e.Dump(ctx, DumpOptions{LeaveRunning: o.LeaveRunning, TCPEstablished: o.TCPEstablished, FileLocks: o.FileLocks,
+		IgnoreRootfs: o.IgnoreRootfs},
 		DumpJob{Subject: s, To: sink})
 	if err != nil {
 		return nil, err

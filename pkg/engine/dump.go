@@ -58,6 +58,9 @@ type DumpOptions struct {
 	LeaveRunning   bool
 	TCPEstablished bool
 	FileLocks      bool
+	// IgnoreRootfs leaves the rootfs changes out of the archives (Podman's
+	// --ignore-rootfs): a restore then runs on the image as it is.
+	IgnoreRootfs bool
 }
 
 // DumpJob is one subject of a dump and where its archive goes.
@@ -157,7 +160,7 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (out 
 	publishCtx, ctx := ctx, context.WithoutCancel(ctx)
 	for _, d := range ds {
 		t := time.Now()
-		if err := writeMembers(d.Subject, d.dir, version); err != nil {
+		if err := writeMembers(d.Subject, d.dir, version, !o.IgnoreRootfs); err != nil {
 			return nil, fmt.Errorf("checkpoint %s: %w", d.Subject.Name, err)
 		}
 		d.res.Phases.Add("rootfs", time.Since(t))
@@ -398,21 +401,11 @@ func (pc *pageCapture) abort() {
 // writeMembers writes what an archive holds beside the CRIU images:
 // rootfs-diff.tar and deleted.files from the rootfs' upper layer, then
 // spec.dump and config.dump as CRI-O and Podman name them, so that
-// checkpointctl and every engine read the archive.
-func writeMembers(s *Subject, dir, criuVersion string) error {
-	f, err := os.Create(filepath.Join(dir, archive.RootfsDiff))
-	if err != nil {
-		return err
-	}
-	deleted, err := s.Layout.Diff(f)
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("rootfs diff: %w", err)
-	}
-	if len(deleted) > 0 {
-		if err := archive.WriteJSON(dir, archive.DeletedFiles, deleted); err != nil {
+// checkpointctl and every engine read the archive. Without withRootfs the
+// first two are left out.
+func writeMembers(s *Subject, dir, criuVersion string, withRootfs bool) error {
+	if withRootfs {
+		if err := writeRootfsDiff(s, dir); err != nil {
 			return err
 		}
 	}
@@ -445,4 +438,24 @@ func writeMembers(s *Subject, dir, criuVersion string) error {
 		cfg.Command = spec.Process.Args
 	}
 	return archive.WriteJSON(dir, archive.ConfigDump, &cfg)
+}
+
+// writeRootfsDiff writes rootfs-diff.tar and deleted.files from the
+// subject's upper layer.
+func writeRootfsDiff(s *Subject, dir string) error {
+	f, err := os.Create(filepath.Join(dir, archive.RootfsDiff))
+	if err != nil {
+		return err
+	}
+	deleted, err := s.Layout.Diff(f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("rootfs diff: %w", err)
+	}
+	if len(deleted) > 0 {
+		return archive.WriteJSON(dir, archive.DeletedFiles, deleted)
+	}
+	return nil
 }

@@ -50,6 +50,9 @@ type RestoreOptions struct {
 	// Privileged takes host namespaces, capabilities, devices, seccomp and
 	// security labels from a checkpoint made elsewhere as it recorded them.
 	Privileged bool
+	// IgnoreRootfs restores onto the image as it is, without the file
+	// changes the checkpoint carries (Podman's --ignore-rootfs).
+	IgnoreRootfs bool
 }
 
 // RestoreResult reports a restore, as the agent answers it.
@@ -102,6 +105,8 @@ type target interface {
 	configure(ctx context.Context, e *Engine, ck *unpacked) error
 	// start runs `runc restore` and returns the restored init's pid.
 	start(ctx context.Context, e *Engine, ck *unpacked, o runc.RestoreOptions, lazy *criu.LazyPagesServer) (int, error)
+	// ignoresRootfs says the checkpoint's file changes are not replayed.
+	ignoresRootfs() bool
 	// abort undoes what prepare and configure did, after a failure, and
 	// returns what it could not undo.
 	abort(ctx context.Context, e *Engine) error
@@ -189,8 +194,10 @@ func (e *Engine) restore(ctx context.Context, src *source, t target, o runc.Rest
 	}
 	res.Phases.Add("prepare", time.Since(tm))
 	tm = time.Now()
-	if err := applyRootfs(ctx, ck.Dir, root, ck.deleted, e.maxUnpack); err != nil {
-		return nil, err
+	if !t.ignoresRootfs() {
+		if err := applyRootfs(ctx, ck.Dir, root, ck.deleted, e.maxUnpack); err != nil {
+			return nil, err
+		}
 	}
 	res.Phases.Add("rootfs", time.Since(tm))
 	if err := t.configure(ctx, e, ck); err != nil {

@@ -82,6 +82,9 @@ func (e *Engine) RestoreBundle(ctx context.Context, ref string, b Bundle, o Bund
 // bundleTarget restores into a Bundle.
 type bundleTarget struct{ b Bundle }
 
+// A pod's checkpoint is restored with its file changes, always.
+func (t *bundleTarget) ignoresRootfs() bool { return false }
+
 func (t *bundleTarget) prepare(context.Context, *Engine, *unpacked) (string, error) {
 	return t.b.Rootfs, nil
 }

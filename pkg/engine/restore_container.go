@@ -42,6 +42,8 @@ func (t *containerTarget) close() {
 	}
 }
 
+func (t *containerTarget) ignoresRootfs() bool { return t.o.IgnoreRootfs }
+
 func (t *containerTarget) prepare(ctx context.Context, e *Engine, ck *unpacked) (string, error) {
 	cfg, err := ck.Config()
 	if err != nil {

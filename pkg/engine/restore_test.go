@@ -88,6 +88,8 @@ func (f *fakeTarget) abort(context.Context, *Engine) error {
 
 func (f *fakeTarget) close() { f.calls = append(f.calls, "close") }
 
+func (f *fakeTarget) ignoresRootfs() bool { return false }
+
 func (f *fakeTarget) assertCalls(t *testing.T, want ...string) {
 	t.Helper()
 	if !reflect.DeepEqual(f.calls, want) {

@@ -194,6 +194,35 @@ func TestLogsTailAndFollow(t *testing.T) {
 	}
 }
 
+// --ignore-rootfs leaves the container's file changes out of a checkpoint,
+// or out of a restore, as Podman's does.
+func TestIgnoreRootfs(t *testing.T) {
+	e := newEnv(t)
+	e.importBusybox()
+	e.run("run", "--name", "src", "localhost/busybox:e2e", "sh", "-c", "echo kept > /marker; while true; do sleep 1; done")
+	for i := 0; i < 100 && e.status("src") != "running"; i++ {
+		time.Sleep(50 * time.Millisecond)
+	}
+	dir := t.TempDir()
+	bare, full := filepath.Join(dir, "bare.tar.zst"), filepath.Join(dir, "full.tar.zst")
+	e.run("checkpoint", "src", "--export", bare, "--ignore-rootfs", "--leave-running")
+	e.run("checkpoint", "src", "--export", full, "--leave-running")
+	list, err := exec.Command("tar", "--zstd", "-tf", bare).Output()
+	if err != nil || strings.Contains(string(list), "rootfs-diff.tar") || !strings.Contains(string(list), "config.dump") {
+		t.Fatalf("checkpoint --ignore-rootfs wrote %v:\n%s", err, list)
+	}
+	marker := func(name string) string {
+		out, _ := e.try("exec", name, "cat", "/marker")
+		return strings.TrimSpace(out)
+	}
+	e.run("restore", "--import", bare, "--name", "bare")
+	e.run("restore", "--import", full, "--name", "skipped", "--ignore-rootfs")
+	e.run("restore", "--import", full, "--name", "whole")
+	if got := marker("bare") + "," + marker("skipped") + "," + marker("whole"); got != ",,kept" {
+		t.Fatalf("/marker in the three restores: %q, want only the last to have it", got)
+	}
+}
+
 // exitCode is the exit status in e.try's error, 0 for none.
 func exitCode(err error) int {
 	var x *exec.ExitError
