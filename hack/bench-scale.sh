@@ -30,6 +30,7 @@ cleanup() {
   podman rmi -f $IMG >/dev/null 2>&1 || true
   [ -n "${KEEP:-}" ] || rm -rf "$work" "$shm" "$run" "$rr"
 }
+. hack/lib/bench.sh # before the trap: cleanup calls stop_registry
 trap cleanup EXIT
 
 # The image: the memhog binary alone.
@@ -42,7 +43,6 @@ podman import -q $work/memhog.tar $IMG >/dev/null
 mkdir -p $work/bundle && cp -a $work/rootfs $work/bundle/rootfs
 (cd $work/bundle && runc spec)
 
-. hack/lib/bench.sh
 REG=$(start_registry $work/registry)
 # runc for Podman too: the runtime is not what is compared.
 podman() { command podman --runtime runc "$@"; }

@@ -94,7 +94,7 @@ checkpointed as one moment by the agent (see docs/kubernetes.md).`,
 					fmt.Println(r.StoreID)
 				})
 			}
-			names, err := targets(cmd.Context(), e, args, all, latest, func(c *engine.Container) bool { return c.Running() })
+			names, err := targets(cmd.Context(), e, args, all, latest, (*engine.Container).Running)
 			if err != nil {
 				return err
 			}
@@ -306,14 +306,14 @@ failed.`,
 				}
 				o.Volumes = append(o.Volumes, m)
 			}
-			names, err := targets(cmd.Context(), e, args, all, latest, func(c *engine.Container) bool {
-				return c.Status == engine.StatusCheckpointed
-			})
-			if err != nil {
-				return err
-			}
-			if o.Import != "" {
-				names = []string{""}
+			names := []string{""} // --import names no container
+			if o.Import == "" {
+				names, err = targets(cmd.Context(), e, args, all, latest, func(c *engine.Container) bool {
+					return c.Status == engine.StatusCheckpointed
+				})
+				if err != nil {
+					return err
+				}
 			}
 			return eachName(names, func(name string) error {
 				o := o

@@ -233,7 +233,7 @@ func stopCmd(g *globals) *cobra.Command {
 container named is tried; each one stopped is printed, each failure
 reported, and the command exits 1 if any failed.`,
 		Args: targetArgs(&all, nil),
-		RunE: eachArg(g, &all, func(c *engine.Container) bool { return c.Status == engine.StatusRunning },
+		RunE: eachArg(g, &all, (*engine.Container).Running,
 			func(ctx context.Context, e *engine.Engine, a string) error {
 				return e.Stop(ctx, a, timeout)
 			}, ignoreMissing(&ignore)),
@@ -293,21 +293,17 @@ func targets(ctx context.Context, e *engine.Engine, args []string, all, latest b
 	if err != nil {
 		return nil, err
 	}
-	var names []string
-	var last *engine.Container
-	for _, c := range list {
-		if all && (pick == nil || pick(c)) {
-			names = append(names, c.Name)
-		}
-		if last == nil || c.Created.After(last.Created) {
-			last = c
-		}
-	}
-	if latest {
-		if last == nil {
+	if latest { // List is in the order of creation
+		if len(list) == 0 {
 			return nil, errors.New("--latest: there is no container")
 		}
-		return []string{last.Name}, nil
+		return []string{list[len(list)-1].Name}, nil
+	}
+	var names []string
+	for _, c := range list {
+		if pick == nil || pick(c) {
+			names = append(names, c.Name)
+		}
 	}
 	return names, nil
 }

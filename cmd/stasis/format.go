@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"os"
 	"strings"
@@ -52,9 +51,7 @@ func printList[J, R any](format string, jsonRows []J, rows []R, table func() err
 		if jsonRows == nil {
 			jsonRows = []J{} // "[]", never "null"
 		}
-		enc := json.NewEncoder(os.Stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(jsonRows)
+		return printJSON(jsonRows)
 	}
 	t, err := template.New("format").Parse(strings.TrimSuffix(format, "\n") + "\n")
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/stasis-dev/stasis/pkg/engine"
@@ -33,7 +32,7 @@ func remotePs(ctx context.Context, c *wire.Client, all bool) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(w, "CONTAINER ID\tNAME\tIMAGE\tSTATUS")
 	for _, x := range list {
-		if all || strings.HasPrefix(x.Status, string(engine.StatusRunning)) || strings.HasPrefix(x.Status, string(engine.StatusPaused)) {
+		if all || engine.Status(x.Status).Running() {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", truncate(x.ID, 12), x.Name, x.Image, x.Status)
 		}
 	}

@@ -86,14 +86,12 @@ func (b *Begun) stream(name string, r io.Reader) error {
 	if err != nil {
 		return err
 	}
-	if err := b.fw.Flush(); err != nil {
-		return err
-	}
-	at := b.n
 	i, err := b.fw.WriteRawFrame(frame, blockSize)
 	if err != nil {
 		return err
 	}
+	at := b.n - int64(len(frame)) // WriteRawFrame wrote it after every frame before
+
 	// Hidden from io.CopyBuffer, a file's WriteTo would copy 32 KiB at a
 	// time again.
 	n, err := io.CopyBuffer(b.fw, struct{ io.Reader }{r}, b.buf)

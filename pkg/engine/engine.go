@@ -184,7 +184,7 @@ func (e *Engine) records() ([]*Container, error) {
 	return out, nil
 }
 
-// List returns all containers with their current status.
+// List returns all containers with their current status, oldest first.
 func (e *Engine) List(ctx context.Context) ([]*Container, error) {
 	all, err := e.records()
 	if err != nil {
@@ -267,7 +267,11 @@ func (e *Engine) refresh(ctx context.Context, c *Container) {
 }
 
 // Running reports whether the container's processes are alive.
-func (c *Container) Running() bool { return c.Status == StatusRunning || c.Status == StatusPaused }
+func (c *Container) Running() bool { return c.Status.Running() }
+
+// Running reports whether the status is one of a container whose
+// processes exist: running or paused.
+func (s Status) Running() bool { return s == StatusRunning || s == StatusPaused }
 
 // Status is a container's state as stasis reports it: the OCI runtime's
 // while it has processes, else checkpointed or exited.

@@ -37,7 +37,7 @@ func (e *Engine) extractToMemory(ctx context.Context, src *source, work string) 
 	if !indexTrusted(src) || src.rootfsDiff != "" {
 		return "", nil, errNoMemoryPath
 	}
-	f, s, err := openIndexed(src, work)
+	f, s, err := openIndexed(ctx, src, work)
 	if errors.Is(err, archive.ErrNoIndex) {
 		return "", nil, errNoMemoryPath
 	}
@@ -57,6 +57,7 @@ func (e *Engine) extractToMemory(ctx context.Context, src *source, work string) 
 	}
 	if err := unix.Mount("tmpfs", dir, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC,
 		fmt.Sprintf("size=%d,mode=0700", size)); err != nil {
+		os.Remove(dir) // the disk unpacking goes into work instead
 		return "", nil, errNoMemoryPath
 	}
 	unmount := func() error { return unix.Unmount(dir, unix.MNT_DETACH) }

@@ -28,7 +28,7 @@ func indexTrusted(src *source) bool {
 // without an index (gzip, none, another engine's), which the caller then
 // unpacks whole.
 func (e *Engine) extractLazy(ctx context.Context, src *source, work string) (_ archive.Dir, _ *criu.ArchivePages, err error) {
-	f, s, err := openIndexed(src, work)
+	f, s, err := openIndexed(ctx, src, work)
 	if err != nil {
 		return "", nil, err
 	}
@@ -83,9 +83,9 @@ func isPagesImage(name string) bool {
 // which must be the one src vouches for; archive.ErrNoIndex when it has
 // none. An archive in its registry arrives into work. The caller closes
 // the file.
-func openIndexed(src *source, work string) (*os.File, *archive.Seekable, error) {
+func openIndexed(ctx context.Context, src *source, work string) (*os.File, *archive.Seekable, error) {
 	if src.remote != nil {
-		return openRemoteIndexed(src, work)
+		return openRemoteIndexed(ctx, src, work)
 	}
 	f, err := os.Open(src.archive)
 	if err != nil {

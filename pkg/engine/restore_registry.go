@@ -40,9 +40,7 @@ type registryArchive struct {
 // registryFetch is what the lazy-pages helper needs to go on fetching the
 // blob, and to store it when complete (criu.ArchivePages.Fetch).
 type registryFetch struct {
-	// Ref is the image, by its manifest's digest; Layer and Size are
-	// its archive's.
-	Ref   string `json:"ref"`
+	// Layer and Size are the image's archive's.
 	Layer string `json:"layer"`
 	Size  int64  `json:"size"`
 	// TLSVerify and Creds are the registry.Options the restore had.
@@ -54,9 +52,13 @@ type registryFetch struct {
 	Path  string `json:"path"`
 	Store string `json:"store"`
 	// Commit are the images the store gets, in order, once the blob is
-	// there: the checkpoint image, then its signature image.
+	// there: the checkpoint image (whose repository the blob is fetched
+	// from), then its signature image.
 	Commit []fetchedImage `json:"commit"`
 }
+
+// ref is the checkpoint image, by its manifest's digest.
+func (rf *registryFetch) ref() string { return rf.Commit[0].Ref }
 
 // fetchedImage is an image to store under Name, fetched by digest from Ref.
 type fetchedImage struct {
@@ -96,7 +98,7 @@ func (e *Engine) registrySource(ctx context.Context, src *source, ref string, im
 	repo := r.Context()
 	name := image.NormalizeName(ref)
 	fetch := registryFetch{
-		Ref: repo.Digest(digest.String()).String(), Layer: layer.Digest.String(), Size: layer.Size,
+		Layer: layer.Digest.String(), Size: layer.Size,
 		TLSVerify: o.TLSVerify, Creds: o.Creds, Store: e.Images.Dir(),
 		Commit: []fetchedImage{{Name: name, Ref: repo.Digest(digest.String()).String()}},
 	}
@@ -114,9 +116,10 @@ func (e *Engine) registrySource(ctx context.Context, src *source, ref string, im
 	return true, nil
 }
 
-// open starts the partial blob in the restore's work directory: the
-// helper inherits it, and a failed restore removes it with the directory.
-func (ra *registryArchive) open(work string) (*os.File, *image.Partial, error) {
+// open starts the partial blob in the restore's work directory, fetched
+// until ctx is done: the helper inherits it, and a failed restore removes
+// it with the directory.
+func (ra *registryArchive) open(ctx context.Context, work string) (*os.File, *image.Partial, error) {
 	path := filepath.Join(work, ".blob")
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
@@ -128,7 +131,7 @@ func (ra *registryArchive) open(work string) (*os.File, *image.Partial, error) {
 		f.Close()
 		return nil, nil, fmt.Errorf("room for the checkpoint's %d bytes beside the restore: %w", ra.fetch.Size, err)
 	}
-	p, err := image.NewPartial(context.Background(), f, ra.fetch.Size, ra.blob, nil)
+	p, err := image.NewPartial(ctx, f, ra.fetch.Size, ra.blob, nil)
 	if err != nil {
 		f.Close()
 		return nil, nil, err
@@ -157,8 +160,8 @@ func openArchivePages(f *os.File, a *criu.ArchivePages) (io.ReaderAt, int64, fun
 		return criu.OpenArchiveFile(f, a)
 	}
 	var rf registryFetch
-	if err := json.Unmarshal(a.Fetch, &rf); err != nil {
-		return nil, 0, nil, fmt.Errorf("registry fetch: %w", err)
+	if err := json.Unmarshal(a.Fetch, &rf); err != nil || len(rf.Commit) == 0 {
+		return nil, 0, nil, fmt.Errorf("registry fetch: %w (%d images)", err, len(rf.Commit))
 	}
 	h, err := v1.NewHash(rf.Layer)
 	if err != nil {
@@ -166,7 +169,7 @@ func openArchivePages(f *os.File, a *criu.ArchivePages) (io.ReaderAt, int64, fun
 	}
 	o := registry.Options{TLSVerify: rf.TLSVerify, Creds: rf.Creds}
 	ctx, cancel := context.WithCancel(context.Background())
-	blob, err := registry.OpenBlob(ctx, rf.Ref, h, rf.Size, o)
+	blob, err := registry.OpenBlob(ctx, rf.ref(), h, rf.Size, o)
 	if err != nil {
 		cancel()
 		return nil, 0, nil, err
@@ -186,7 +189,7 @@ func openArchivePages(f *os.File, a *criu.ArchivePages) (io.ReaderAt, int64, fun
 		}
 		defer cancel()
 		if err := <-filled; err != nil {
-			return fmt.Errorf("fetch %s: %w", rf.Ref, err)
+			return fmt.Errorf("fetch %s: %w", rf.ref(), err)
 		}
 		return storeFetched(ctx, p, rf, h, o)
 	}
@@ -204,7 +207,7 @@ func storeFetched(ctx context.Context, p *image.Partial, rf registryFetch, layer
 	}
 	added, err := store.AddPartial(p, rf.Path, layer)
 	if err != nil {
-		return fmt.Errorf("store %s: %w", rf.Ref, err)
+		return fmt.Errorf("store %s: %w", rf.ref(), err)
 	}
 	for i, c := range rf.Commit {
 		_, digest, _ := strings.Cut(c.Ref, "@")
@@ -226,8 +229,8 @@ func storeFetched(ctx context.Context, p *image.Partial, rf registryFetch, layer
 }
 
 // openRemoteIndexed is openIndexed for an archive in its registry.
-func openRemoteIndexed(src *source, work string) (*os.File, *archive.Seekable, error) {
-	f, p, err := src.remote.open(work)
+func openRemoteIndexed(ctx context.Context, src *source, work string) (*os.File, *archive.Seekable, error) {
+	f, p, err := src.remote.open(ctx, work)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -307,7 +307,8 @@ func (e *Engine) Logs(ctx context.Context, ref string, w io.Writer, o LogsOption
 			return nil
 		}
 		// What it wrote before it stopped is copied once more, then done.
-		if c, err := e.Get(ctx, c.ID); err != nil || !c.Running() {
+		// The monitor's exit file says it stopped, without asking runc.
+		if !c.Running() || monitor.ReadExit(e.paths(c.ID).exitFile()) != nil {
 			_, err := io.Copy(w, f)
 			return err
 		}
