@@ -19,6 +19,11 @@ type CheckpointSpec struct {
 	// store when empty.
 	// +optional
 	Destination Destination `json:"destination,omitempty"`
+	// KeepFrozen leaves the pod's containers frozen once dumped, for a
+	// Migration, which then ends them or, if the move fails, resumes
+	// them exactly where they were. Whoever sets it owns thawing them.
+	// +optional
+	KeepFrozen bool `json:"keepFrozen,omitempty"`
 }
 
 // Destination of a checkpoint.

@@ -26,6 +26,11 @@ type RestoreSpec struct {
 	// pod's (a name of another namespace means other rights here).
 	// +optional
 	ServiceAccountName string `json:"serviceAccountName,omitempty"`
+	// NodeName places the new pod on this node. A checkpoint kept in
+	// another node's store is fetched from that node's agent; without
+	// NodeName, such a checkpoint restores on its own node.
+	// +optional
+	NodeName string `json:"nodeName,omitempty"`
 }
 
 // CheckpointReference names a Checkpoint.

@@ -19,6 +19,7 @@ import (
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	"github.com/stasis-dev/stasis/internal/controller"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 func main() {
@@ -34,8 +35,9 @@ func main() {
 		fmt.Fprintf(flag.CommandLine.Output(), `Usage: stasis-controller [flags]
 
 Reconciles stasis.dev/v1alpha1 Checkpoints (the pod's node agent freezes,
-dumps and stores its containers) and Restores (a new pod, run by the
-RuntimeClass "stasis", restored from a Checkpoint). Deployed by
+dumps and stores its containers), Restores (a new pod, run by the
+RuntimeClass "stasis", restored from a Checkpoint) and Migrations (a pod
+checkpointed, deleted and restored under its name on another node). Deployed by
 config/default; see docs/kubernetes.md.
 
 Flags:
@@ -65,7 +67,7 @@ func run(metricsAddr, probeAddr, serviceAccount string, agents *controller.Agent
 	if err != nil {
 		return err
 	}
-	agents.Tokens = &controller.ServiceAccountTokens{Client: cs.CoreV1(), Namespace: ns, Name: name}
+	agents.Tokens = &wire.ServiceAccountTokens{Client: cs.CoreV1(), Namespace: ns, Name: name}
 	scheme := runtime.NewScheme()
 	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return err
@@ -84,6 +86,10 @@ func run(metricsAddr, probeAddr, serviceAccount string, agents *controller.Agent
 	}
 	if err := (&controller.RestoreReconciler{Client: mgr.GetClient(),
 		Events: mgr.GetEventRecorder("stasis-controller")}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&controller.MigrationReconciler{Client: mgr.GetClient(),
+		Events: mgr.GetEventRecorder("stasis-controller"), Agents: agents}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())

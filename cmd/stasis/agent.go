@@ -3,9 +3,12 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/sigstore/sigstore/pkg/signature"
@@ -13,6 +16,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/stasis-dev/stasis/pkg/agent"
+	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
 	"github.com/stasis-dev/stasis/pkg/provenance"
 	"github.com/stasis-dev/stasis/pkg/runc"
@@ -27,6 +31,8 @@ func agentCmd(g *globals) *cobra.Command {
 	var cfg agent.Config
 	var grace time.Duration
 	var signingKey, clusterName string
+	var peerCA, serviceAccount string
+	var peerPort int
 	var trustedKeys []string
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -112,6 +118,16 @@ grant lets it restore. It serves none of the HTTPS API.`,
 					return err
 				}
 				cfg.Kube, cfg.NodeName = kube, nodeName
+				if peerCA == "" && inCluster {
+					peerCA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+				}
+				if peerCA != "" {
+					peers, err := peerConfig(kube, e, listen, peerCA, serviceAccount, peerPort)
+					if err != nil {
+						return err
+					}
+					cfg.Grants.Peers = peers
+				}
 			} else if auth, err = agent.NewCertOrToken(tokens); err != nil {
 				return err
 			}
@@ -176,8 +192,33 @@ grant lets it restore. It serves none of the HTTPS API.`,
 	f.StringVar(&mountinfo, "mountinfo", "/proc/1/mountinfo", "where the containers' rootfs mounts are listed (the host's)")
 	f.StringVar(&signingKey, "signing-key", "", "the cluster's checkpoint key (PEM): pod checkpoints are signed with it, and only checkpoint images signed by it or a --trusted-key are restored")
 	f.StringVar(&clusterName, "cluster-name", "", "the cluster's name, claimed in the signatures of its checkpoints")
+	f.StringVar(&peerCA, "peer-ca", "", "in a cluster: CA of the other nodes' agents' certificates, the kubelets' serving CA (PEM; default with --in-cluster: the ServiceAccount's ca.crt); enables fetching checkpoints kept on other nodes")
+	f.IntVar(&peerPort, "peer-port", 0, "port the other nodes' agents listen on (default: that of --listen)")
+	f.StringVar(&serviceAccount, "service-account", "stasis-system/stasis-agent", "NAMESPACE/NAME of the agent's ServiceAccount, whose tokens (one per other node's agent) it asks the API server for")
 	f.StringArrayVar(&trustedKeys, "trusted-key", nil, "with --signing-key: a public key (PEM) whose signed checkpoint images are restored too (repeatable; an admin's, for checkpoints made elsewhere)")
 	return cmd
+}
+
+// peerConfig is how this agent fetches checkpoints from other nodes'
+// agents: at their InternalIP and peerPort (default: the port this agent
+// listens on, as a DaemonSet's agents all do), verified with peerCA, with
+// tokens of serviceAccount.
+func peerConfig(kube kubernetes.Interface, e *engine.Engine, listen, peerCA, serviceAccount string, peerPort int) (*agent.Peers, error) {
+	ns, name, ok := strings.Cut(serviceAccount, "/")
+	if !ok || ns == "" || name == "" {
+		return nil, fmt.Errorf("--service-account %q: want NAMESPACE/NAME", serviceAccount)
+	}
+	if peerPort == 0 {
+		_, port, err := net.SplitHostPort(listen)
+		if err != nil {
+			return nil, fmt.Errorf("--listen %q: %w", listen, err)
+		}
+		if peerPort, err = strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("--listen %q: %w", listen, err)
+		}
+	}
+	return &agent.Peers{Engine: e, Kube: kube, Nodes: wire.Nodes{Port: peerPort, CA: peerCA,
+		Tokens: &wire.ServiceAccountTokens{Client: kube.CoreV1(), Namespace: ns, Name: name}}}, nil
 }
 
 // defaultNodeName is the DaemonSet's NODE_NAME (from spec.nodeName), else

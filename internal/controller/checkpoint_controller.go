@@ -26,6 +26,9 @@ import (
 // Agents reach the stasis agent of a node.
 type Agents interface {
 	CheckpointPod(ctx context.Context, node *corev1.Node, req wire.PodCheckpointRequest) (*wire.PodCheckpointResult, error)
+	// ReleasePod ends or resumes the containers a KeepFrozen checkpoint
+	// left frozen.
+	ReleasePod(ctx context.Context, node *corev1.Node, req wire.PodReleaseRequest) error
 }
 
 // CheckpointReconciler reconciles Checkpoints.
@@ -98,7 +101,8 @@ func (r *CheckpointReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	if err := r.Client.Get(ctx, client.ObjectKey{Name: pod.Spec.NodeName}, &node); err != nil {
 		return ctrl.Result{}, err
 	}
-	areq := wire.PodCheckpointRequest{Namespace: ck.Namespace, Pod: pod.Name, Name: ck.Name, UID: string(ck.UID), Containers: containers}
+	areq := wire.PodCheckpointRequest{Namespace: ck.Namespace, Pod: pod.Name, Name: ck.Name, UID: string(ck.UID),
+		Containers: containers, KeepFrozen: ck.Spec.KeepFrozen}
 	if d := ck.Spec.Destination.Image; d != nil {
 		areq.Repository, areq.Insecure = d.Repository, d.Insecure
 	}

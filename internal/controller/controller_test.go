@@ -21,6 +21,7 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/wire"
 	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
@@ -73,7 +74,7 @@ func run(m *testing.M) int {
 	l.Close()
 	ev := mgr.GetEventRecorder("stasis-controller")
 	if err := (&CheckpointReconciler{Client: mgr.GetClient(), Events: ev, Requeue: 200 * time.Millisecond,
-		Agents: &AgentClients{Port: port, CA: n.CA, Tokens: fixedToken("t")}}).SetupWithManager(mgr); err != nil {
+		Agents: &AgentClients{Nodes: wire.Nodes{Port: port, CA: n.CA, Tokens: fixedToken("t")}}}).SetupWithManager(mgr); err != nil {
 		fmt.Println(err)
 		return 1
 	}

@@ -143,8 +143,8 @@ func (r *RestoreReconciler) fail(ctx context.Context, rs *stasisv1.Restore, reas
 // restorePod is the pod a Restore creates: the checkpointed pod's template
 // under the new name and namespace, run by the RuntimeClass "stasis" with
 // the Restore as its grant (AnnotationRestoreFrom), as the Restore's
-// service account, and placed on the checkpoint's node when the images
-// are in that node's store.
+// service account, and placed on the Restore's node, or else on the
+// checkpoint's node when the images are in that node's store.
 func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, error) {
 	t := ck.Status.PodTemplate
 	if t == nil || len(ck.Status.Containers) == 0 {
@@ -169,6 +169,12 @@ func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, err
 	pod.Spec.Hostname = ""
 	pod.Spec.ServiceAccountName, pod.Spec.DeprecatedServiceAccount = rs.Spec.ServiceAccountName, ""
 	pod.Spec.EphemeralContainers = nil
+	if rs.Spec.NodeName != "" {
+		// A checkpoint in another node's store is fetched from there by
+		// this node's agent.
+		pinTo(pod, rs.Spec.NodeName)
+		return pod, nil
+	}
 	local := false
 	for _, c := range ck.Status.Containers {
 		local = local || !strings.Contains(c.Image, "@sha256:")

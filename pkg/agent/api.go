@@ -85,6 +85,7 @@ func (s *Server) routes() {
 	s.route("PUT /v1/restore", "restore-upload", Admin, s.restoreUpload)
 	s.route("POST /checkpoint/{namespace}/{pod}/{container}", "checkpoint", Admin, s.kubeletCheckpoint)
 	s.route("POST /v1/pods/{namespace}/{pod}/checkpoint", "pod-checkpoint", Admin, s.podCheckpoint)
+	s.route("POST /v1/pods/{namespace}/{pod}/release", "pod-release", Admin, s.podRelease)
 	s.route("GET /v1/operations/{id}", "get-operation", Viewer, func(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
 		op, ok := s.ops.get(r.PathValue("id"), caller)
 		if !ok {
@@ -99,6 +100,7 @@ func (s *Server) routes() {
 		w.WriteHeader(http.StatusAccepted)
 		return r.PathValue("id"), nil
 	})
+	s.route("GET /v2/", "registry", Peer, s.registry)
 	s.nodeRoutes()
 }
 

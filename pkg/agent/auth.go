@@ -18,11 +18,15 @@ const (
 	Admin Role = "admin"
 	// Viewer may list and read metadata, never memory or archive bytes.
 	Viewer Role = "viewer"
+	// Peer is another node's agent: it may do what a viewer may, and read
+	// the node's checkpoint images (the /v2/ registry API) to restore
+	// them on its own node; it may not checkpoint, restore or delete.
+	Peer Role = "peer"
 )
 
 // allows reports whether a caller of role r may do what needs role need.
 func (r Role) allows(need Role) bool {
-	return r == Admin || (r == Viewer && need == Viewer)
+	return r == Admin || r == need || (r == Peer && need == Viewer)
 }
 
 // Identity is an authenticated caller.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -26,6 +27,11 @@ type Grants struct {
 	Client client.Reader
 	// NodeName is this node: only its own pods are answered for.
 	NodeName string
+	// Peers, when set, fetches a checkpoint kept in another node's store
+	// before the answer names it; without it such a checkpoint is refused.
+	Peers interface {
+		Fetch(ctx context.Context, node, image string) error
+	}
 }
 
 // NewGrants resolves grants for node with the API server rc reaches. Its
@@ -121,7 +127,27 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 			ans.Restore, ans.Image, ans.Namespace, ans.Container, ans.Archive = true, c.Image, ns, c.Name, c.Digest
 		}
 	}
+	if ans.Restore && !strings.Contains(ans.Image, "@sha256:") && ck.Status.NodeName != g.NodeName {
+		if err := g.fetch(ctx, &ck, ans.Image); err != nil {
+			return nil, err
+		}
+	}
 	return ans, nil
+}
+
+// fetch brings a checkpoint image kept in the store of the checkpoint's
+// node into this node's. What is fetched is only ever what a Checkpoint's
+// status names, from the node it names; stasis-runc verifies its
+// signature before it restores it, as any other.
+func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, image string) error {
+	if ck.Status.NodeName == "" {
+		return grantRefused("checkpoint %s/%s is kept in a node's store but records no node", ck.Namespace, ck.Name)
+	}
+	if g.Peers == nil {
+		return grantRefused("checkpoint %s/%s is kept on node %s, and this agent does not fetch from other nodes (start it with --peer-ca)",
+			ck.Namespace, ck.Name, ck.Status.NodeName)
+	}
+	return g.Peers.Fetch(ctx, ck.Status.NodeName, image)
 }
 
 // createdBy checks that the Restore created pod: its status (which only

@@ -33,7 +33,8 @@ func KubeConfig(kubeconfig string) (*rest.Config, error) {
 // KubeReview authenticates bearer tokens with the API server (TokenReview)
 // and finds the caller's role there (SubjectAccessReview), as the kubelet
 // does: a cluster decides, with RBAC, who may checkpoint. The rights are on
-// the stasis.dev resource "checkpoints": "create" makes an admin, "get" a
+// the stasis.dev resource "checkpoints": "create" makes an admin, "get" on
+// its subresource "images" a peer (the agents' own ServiceAccount), "get" a
 // viewer (config/rbac has the ClusterRoles). Client certificates are still
 // checked by TLS and read as CertOrToken reads them.
 //
@@ -97,10 +98,10 @@ func (k *KubeReview) review(ctx context.Context, tok string) (*Identity, error) 
 	u := tr.Status.User
 	id := &Identity{User: u.Username, Via: "kubernetes token"}
 	for _, c := range []struct {
-		verb string
-		role Role
-	}{{"create", Admin}, {"get", Viewer}} {
-		allowed, err := k.allowed(ctx, u, c.verb)
+		verb, subresource string
+		role              Role
+	}{{"create", "", Admin}, {"get", "images", Peer}, {"get", "", Viewer}} {
+		allowed, err := k.allowed(ctx, u, c.verb, c.subresource)
 		if err != nil {
 			return nil, err
 		}
@@ -112,7 +113,7 @@ func (k *KubeReview) review(ctx context.Context, tok string) (*Identity, error) 
 	return id, nil
 }
 
-func (k *KubeReview) allowed(ctx context.Context, u authnv1.UserInfo, verb string) (bool, error) {
+func (k *KubeReview) allowed(ctx context.Context, u authnv1.UserInfo, verb, subresource string) (bool, error) {
 	extra := map[string]authzv1.ExtraValue{}
 	for key, v := range u.Extra {
 		extra[key] = authzv1.ExtraValue(v)
@@ -120,7 +121,7 @@ func (k *KubeReview) allowed(ctx context.Context, u authnv1.UserInfo, verb strin
 	sar, err := k.client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authzv1.SubjectAccessReview{
 		Spec: authzv1.SubjectAccessReviewSpec{
 			User: u.Username, Groups: u.Groups, UID: u.UID, Extra: extra,
-			ResourceAttributes: &authzv1.ResourceAttributes{Group: "stasis.dev", Resource: "checkpoints", Verb: verb},
+			ResourceAttributes: &authzv1.ResourceAttributes{Group: "stasis.dev", Resource: "checkpoints", Subresource: subresource, Verb: verb},
 		},
 	}, metav1.CreateOptions{})
 	if err != nil {

@@ -47,6 +47,34 @@ func (s *Server) podCheckpoint(w http.ResponseWriter, r *http.Request, caller *I
 	})
 }
 
+// podRelease ends or resumes the containers of a pod that a checkpoint
+// left frozen (wire.PodCheckpointRequest.KeepFrozen). The pod may already
+// be deleted, so the containers are named by ID, and each must be paused
+// and belong to that pod by the runtime's own record.
+func (s *Server) podRelease(w http.ResponseWriter, r *http.Request, caller *Identity) (string, error) {
+	ns, pod := r.PathValue("namespace"), r.PathValue("pod")
+	target := ns + "/" + pod
+	if s.cfg.Pods == nil {
+		return target, fmt.Errorf("%w: %v", errBadRequest, errNoPods)
+	}
+	var req wire.PodReleaseRequest
+	if err := decode(r, &req); err != nil {
+		return target, err
+	}
+	req.Namespace, req.Pod = ns, pod
+	if len(req.Containers) == 0 {
+		return target, fmt.Errorf("%w: no containers named", errBadRequest)
+	}
+	if req.Action != wire.ReleaseKill && req.Action != wire.ReleaseResume {
+		return target, fmt.Errorf("%w: action %q (want %s or %s)", errBadRequest, req.Action, wire.ReleaseKill, wire.ReleaseResume)
+	}
+	if err := s.cfg.Pods.Release(r.Context(), req); err != nil {
+		return target, err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return target, nil
+}
+
 // podContainers sets req.Containers to the runtime IDs the API server
 // reports for the containers req names (all of the pod's when it names
 // none). The caller names containers but does not say what they are:

@@ -55,7 +55,11 @@ type DumpOptions struct {
 	// LeaveRunning freezes the subjects, all of them before the first is
 	// dumped, and thaws them once their rootfs diffs are read: files and
 	// memory match, and so do the containers of one pod.
-	LeaveRunning   bool
+	LeaveRunning bool
+	// KeepFrozen, with LeaveRunning, leaves the subjects frozen once the
+	// dump succeeded (a failed one still thaws them): a migration ends
+	// them when their copy runs elsewhere, or resumes them if it fails.
+	KeepFrozen     bool
 	TCPEstablished bool
 	FileLocks      bool
 	// IgnoreRootfs leaves the rootfs changes out of the archives (Podman's
@@ -165,8 +169,10 @@ func (e *Engine) Dump(ctx context.Context, o DumpOptions, jobs ...DumpJob) (out 
 		}
 		d.res.Phases.Add("rootfs", time.Since(t))
 	}
-	if err := thaw(); err != nil {
-		return nil, err
+	if !o.KeepFrozen {
+		if err := thaw(); err != nil {
+			return nil, err
+		}
 	}
 	// Every archive is written before any is published, and a failure
 	// takes back those written: no subject of a dump is checkpointed

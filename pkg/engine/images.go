@@ -22,11 +22,17 @@ import (
 // name; a checkpoint image comes with its signature image when the
 // registry has one.
 func (e *Engine) Pull(ctx context.Context, ref string, o registry.Options) (*image.Image, error) {
+	return e.PullAs(ctx, ref, ref, o)
+}
+
+// PullAs is Pull storing the image under name: a checkpoint image fetched
+// from another node's store keeps the name it has there.
+func (e *Engine) PullAs(ctx context.Context, ref, name string, o registry.Options) (*image.Image, error) {
 	img, err := registry.Image(ctx, ref, o)
 	if err != nil {
 		return nil, err
 	}
-	i, _, err := e.pull(ctx, ref, img, nil, o)
+	i, _, err := e.pull(ctx, ref, name, img, nil, o)
 	return i, err
 }
 
@@ -37,7 +43,7 @@ func (e *Engine) Pull(ctx context.Context, ref string, o registry.Options) (*ima
 // layer is fetched: only the manifest and the signature image have been
 // read by then. The signature names the manifest's digest, not that of
 // an index ref may name.
-func (e *Engine) pull(ctx context.Context, ref string, img v1.Image, x *provenance.Expect, o registry.Options) (i, sig *image.Image, err error) {
+func (e *Engine) pull(ctx context.Context, ref, name string, img v1.Image, x *provenance.Expect, o registry.Options) (i, sig *image.Image, err error) {
 	m, err := img.Manifest()
 	if err != nil {
 		return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
@@ -55,15 +61,15 @@ func (e *Engine) pull(ctx context.Context, ref string, img v1.Image, x *provenan
 	}
 	meter := progress.New(o.Progress, "pull "+ref, total)
 	defer meter.Done()
-	if i, err = e.Images.Add(ref, img, meter); err != nil {
+	if i, err = e.Images.Add(name, img, meter); err != nil {
 		return nil, nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
 	if sigImg == nil {
 		return i, nil, nil
 	}
-	name := signatureName(i.Name, digest)
-	_, had := e.Images.Get(name)
-	if sig, err = e.Images.Add(name, sigImg, nil); err != nil {
+	sigName := signatureName(i.Name, digest)
+	_, had := e.Images.Get(sigName)
+	if sig, err = e.Images.Add(sigName, sigImg, nil); err != nil {
 		return nil, nil, fmt.Errorf("pull %s: signature: %w", ref, err)
 	}
 	if had == nil {

@@ -257,7 +257,7 @@ func (e *Engine) fetchCheckpointImage(ctx context.Context, src *source, ref stri
 			return nil, err
 		}
 	}
-	i, sig, err := e.pull(ctx, ref, img, x, o)
+	i, sig, err := e.pull(ctx, ref, ref, img, x, o)
 	if err != nil {
 		return nil, err
 	}

@@ -107,7 +107,7 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r wire.PodCheckpointReque
 	}
 	// Established TCP connections are dumped so that the dump works; the
 	// restore closes them (the pod has a new address).
-	done, err := c.Engine.Dump(ctx, engine.DumpOptions{LeaveRunning: true, TCPEstablished: true}, jobs...)
+	done, err := c.Engine.Dump(ctx, engine.DumpOptions{LeaveRunning: true, KeepFrozen: r.KeepFrozen, TCPEstablished: true}, jobs...)
 	if err != nil {
 		return nil, fmt.Errorf("pod checkpoint %s/%s: %w", r.Namespace, r.Pod, err)
 	}
@@ -120,6 +120,57 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r wire.PodCheckpointReque
 		res.Containers = append(res.Containers, cr)
 	}
 	return res, nil
+}
+
+// Release ends (ReleaseKill) or thaws (ReleaseResume) the pod's containers
+// that a KeepFrozen checkpoint left frozen. A container that is no longer
+// paused is left as it is: a release asked twice does nothing more.
+// Killed, a frozen container's processes die as soon as it is thawed,
+// which the kill does last.
+func (c *Checkpointer) Release(ctx context.Context, r wire.PodReleaseRequest) error {
+	if r.Action != wire.ReleaseKill && r.Action != wire.ReleaseResume {
+		return fmt.Errorf("release %s/%s: action %q (want %s or %s)", r.Namespace, r.Pod, r.Action, wire.ReleaseKill, wire.ReleaseResume)
+	}
+	var errs []error
+	for _, ctr := range r.Containers {
+		if err := c.release(ctx, r.Namespace, r.Pod, ctr, r.Action); err != nil {
+			errs = append(errs, fmt.Errorf("release %s/%s container %s: %w", r.Namespace, r.Pod, ctr.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Checkpointer) release(ctx context.Context, namespace, name string, ctr wire.PodContainer, action string) error {
+	if ctr.ID == "" || strings.ContainsAny(ctr.ID, "/.") {
+		return fmt.Errorf("no valid ID %q", ctr.ID)
+	}
+	st, err := c.Runtime.State(ctx, ctr.ID)
+	if err != nil {
+		return err
+	}
+	if st.Status != runc.Paused {
+		return nil
+	}
+	// The pod may be gone from the API server by now (a migration deletes
+	// it before it ends its processes): the runtime's own record says
+	// whose container this is.
+	b, err := os.ReadFile(filepath.Join(c.HostRoot, st.Bundle, "config.json"))
+	if err != nil {
+		return err
+	}
+	var spec specs.Spec
+	if err := json.Unmarshal(b, &spec); err != nil {
+		return fmt.Errorf("config.json: %w", err)
+	}
+	if ns, pod := podOf(spec.Annotations); ns != namespace || pod != name {
+		return fmt.Errorf("container %s belongs to pod %s/%s", ctr.ID, ns, pod)
+	}
+	if action == wire.ReleaseKill {
+		if err := c.Runtime.Kill(ctx, ctr.ID, "KILL"); err != nil {
+			return err
+		}
+	}
+	return c.Runtime.Resume(ctx, ctr.ID)
 }
 
 // sink is where a container's checkpoint goes: its name in the node's
@@ -148,6 +199,15 @@ func (c *Checkpointer) publish(ctx context.Context, r wire.PodCheckpointRequest,
 		cr.Image = r.Repository + "@" + digest
 	}
 	return cr, nil
+}
+
+// podOf is the namespace and name of the pod a container's spec says it
+// belongs to, as containerd or CRI-O annotate it.
+func podOf(a map[string]string) (namespace, name string) {
+	if ns := a["io.kubernetes.cri.sandbox-namespace"]; ns != "" {
+		return ns, a["io.kubernetes.cri.sandbox-name"]
+	}
+	return a["io.kubernetes.pod.namespace"], a["io.kubernetes.pod.name"]
 }
 
 // Annotations the CRI runtimes put on a container's spec naming its image.

@@ -63,6 +63,9 @@ func OpenBlob(ctx context.Context, ref string, digest v1.Hash, size int64, o Opt
 // transport is an authenticated round tripper for repo, as the remote
 // package builds its own.
 func (o Options) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
+	if o.Transport != nil {
+		return transport.NewRetry(transport.NewUserAgent(o.Transport, "stasis")), nil
+	}
 	auth, err := o.basicAuth()
 	if err != nil {
 		return nil, err

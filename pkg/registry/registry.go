@@ -33,6 +33,11 @@ type Options struct {
 	Creds string
 	// Progress, when not nil, shows bytes moved.
 	Progress io.Writer
+	// Transport, when set, is the whole HTTP transport, TLS and
+	// credentials included (another node's agent, whose certificate must
+	// be its node's and which takes a token of its own): Creds and the
+	// keychain are not used.
+	Transport http.RoundTripper
 }
 
 func (o Options) nameOptions() []name.Option {
@@ -44,6 +49,9 @@ func (o Options) nameOptions() []name.Option {
 
 func (o Options) remoteOptions(ctx context.Context) ([]remote.Option, error) {
 	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("stasis")}
+	if o.Transport != nil {
+		return append(opts, remote.WithTransport(o.Transport)), nil
+	}
 	basic, err := o.basicAuth()
 	if err != nil {
 		return nil, err

@@ -22,6 +22,27 @@ type PodCheckpointRequest struct {
 	// <name>-<container>.
 	Repository string `json:"repository,omitempty"`
 	Insecure   bool   `json:"insecure,omitempty"`
+	// KeepFrozen leaves the containers frozen once dumped: the caller
+	// (a migration) ends them or resumes them with a PodReleaseRequest.
+	KeepFrozen bool `json:"keepFrozen,omitempty"`
+}
+
+// Release actions: what becomes of a pod's containers a checkpoint left
+// frozen.
+const (
+	// ReleaseResume thaws them where they were (a migration that failed).
+	ReleaseResume = "resume"
+	// ReleaseKill ends them (their copy runs elsewhere).
+	ReleaseKill = "kill"
+)
+
+// PodReleaseRequest ends or resumes the frozen containers of a pod
+// (POST /v1/pods/{namespace}/{pod}/release).
+type PodReleaseRequest struct {
+	Namespace  string         `json:"namespace"`
+	Pod        string         `json:"pod"`
+	Action     string         `json:"action"`
+	Containers []PodContainer `json:"containers"`
 }
 
 // PodCheckpointResult is a checkpoint per container.

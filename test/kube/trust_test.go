@@ -302,7 +302,7 @@ func TestWorkloadTemplatesCannotNameCheckpoints(t *testing.T) {
 // another name at the same address) is refused before a token is sent.
 func TestControllerTokenIsForOneAgentOnly(t *testing.T) {
 	requireNode(t)
-	tokens := &reconcilers.ServiceAccountTokens{Client: node.Client.CoreV1(), Namespace: "stasis-system", Name: "stasis-controller"}
+	tokens := &wire.ServiceAccountTokens{Client: node.Client.CoreV1(), Namespace: "stasis-system", Name: "stasis-controller"}
 	token, err := tokens.Token(ctx, node.Name)
 	if err != nil {
 		t.Fatal(err)
@@ -349,7 +349,7 @@ func TestControllerTokenIsForOneAgentOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	agents := &reconcilers.AgentClients{Port: l.Addr().(*net.TCPAddr).Port, CA: node.CA, Tokens: tokens}
+	agents := &reconcilers.AgentClients{Nodes: wire.Nodes{Port: l.Addr().(*net.TCPAddr).Port, CA: node.CA, Tokens: tokens}}
 	_, err = agents.CheckpointPod(ctx, n, wire.PodCheckpointRequest{Namespace: "x", Pod: "y", Name: "z", UID: "u"})
 	if err == nil || !strings.Contains(err.Error(), "system:node:"+node.Name) {
 		t.Fatalf("an impostor agent: %v, want a refusal naming system:node:%s", err, node.Name)

@@ -1,0 +1,395 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/policy"
+	"github.com/stasis-dev/stasis/pkg/wire"
+)
+
+// MigrationReconciler reconciles Migrations. A Migration is made of the
+// two objects that already do each half, so that each half is checked as
+// it is on its own: a Checkpoint of the pod that leaves it frozen
+// (KeepFrozen), then a Restore of that checkpoint under the pod's own name
+// on the target node, whose agent fetches the checkpoint from the source
+// node's. In between, the source pod is deleted and its frozen containers
+// ended; a Restore that fails is followed by one on the source node, so
+// that the pod runs somewhere.
+type MigrationReconciler struct {
+	Client  client.Client
+	Events  events.EventRecorder
+	Agents  Agents
+	Requeue time.Duration
+}
+
+// +kubebuilder:rbac:groups=stasis.dev,resources=migrations,verbs=get;list;watch
+// +kubebuilder:rbac:groups=stasis.dev,resources=migrations/status,verbs=get;update;patch
+// +kubebuilder:rbac:groups=stasis.dev,resources=checkpoints;restores,verbs=get;list;watch;create
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;delete
+
+// Reconcile moves a Migration through its phases; each step is idempotent
+// and recorded before the next, so a restarted controller resumes it.
+func (r *MigrationReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	var m stasisv1.Migration
+	if err := r.Client.Get(ctx, req.NamespacedName, &m); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	switch m.Status.Phase {
+	case stasisv1.MigrationSucceeded, stasisv1.MigrationFailed:
+		return ctrl.Result{}, nil
+	case "", stasisv1.MigrationPending:
+		return r.start(ctx, &m)
+	case stasisv1.MigrationCheckpointing:
+		return r.checkpointing(ctx, &m)
+	case stasisv1.MigrationRestoring:
+		return r.restoring(ctx, &m)
+	case stasisv1.MigrationRollingBack:
+		return r.rollingBack(ctx, &m)
+	}
+	return ctrl.Result{}, nil
+}
+
+// start checks the pod and the target and checkpoints the pod.
+func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
+	var pod corev1.Pod
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod); err != nil {
+		if apierrors.IsNotFound(err) {
+			return r.fail(ctx, m, "PodNotFound", "pod %s/%s does not exist", m.Namespace, m.Spec.PodName)
+		}
+		return ctrl.Result{}, err
+	}
+	if err := policy.MayCheckpoint("pod "+m.Namespace+"/"+pod.Name, pod.Annotations, true); err != nil {
+		return r.fail(ctx, m, "OptedOut", "%v", err)
+	}
+	if pod.Spec.NodeName == "" || pod.Status.Phase != corev1.PodRunning {
+		return r.fail(ctx, m, "PodNotRunning", "pod %s is %s, not running on a node", pod.Name, pod.Status.Phase)
+	}
+	if len(pod.OwnerReferences) > 0 {
+		o := pod.OwnerReferences[0]
+		return r.fail(ctx, m, "Unsupported", "pod %s is owned by %s %s: only pods without an owner migrate yet", pod.Name, o.Kind, o.Name)
+	}
+	target, err := r.target(ctx, m, pod.Spec.NodeName)
+	if err != nil {
+		return r.fail(ctx, m, "NoTargetNode", "%v", err)
+	}
+	var ids []stasisv1.SourceContainer
+	for _, cs := range pod.Status.ContainerStatuses {
+		_, id, _ := strings.Cut(cs.ContainerID, "://")
+		if cs.State.Running == nil || id == "" {
+			return r.fail(ctx, m, "PodNotRunning", "container %s of pod %s is not running", cs.Name, pod.Name)
+		}
+		ids = append(ids, stasisv1.SourceContainer{Name: cs.Name, ID: id})
+	}
+	now := metav1.Now()
+	m.Status = stasisv1.MigrationStatus{Phase: stasisv1.MigrationCheckpointing, SourceNode: pod.Spec.NodeName,
+		TargetNode: target, PodUID: string(pod.UID), Checkpoint: m.Name, SourceContainers: ids, StartTime: &now}
+	if err := r.Client.Status().Update(ctx, m); err != nil {
+		return ctrl.Result{}, err
+	}
+	ck := &stasisv1.Checkpoint{ObjectMeta: metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace},
+		Spec: stasisv1.CheckpointSpec{PodName: pod.Name, KeepFrozen: true}}
+	if err := r.createOwned(ctx, m, ck); err != nil {
+		return r.fail(ctx, m, "CheckpointFailed", "%v", err)
+	}
+	r.Events.Eventf(m, &pod, corev1.EventTypeNormal, "Migrating", "Migrate",
+		"moving pod %s from node %s to node %s (%s)", pod.Name, m.Status.SourceNode, target, mode(m))
+	return ctrl.Result{}, nil
+}
+
+func mode(m *stasisv1.Migration) stasisv1.MigrationMode {
+	if m.Spec.Mode == "" {
+		return stasisv1.MigrationOffline
+	}
+	return m.Spec.Mode
+}
+
+// target is the node the pod goes to: the spec's, which must be Ready
+// and not the source, or else the first such node by name that accepts
+// pods.
+func (r *MigrationReconciler) target(ctx context.Context, m *stasisv1.Migration, source string) (string, error) {
+	if n := m.Spec.TargetNode; n != "" {
+		if n == source {
+			return "", fmt.Errorf("pod %s already runs on node %s", m.Spec.PodName, n)
+		}
+		var node corev1.Node
+		if err := r.Client.Get(ctx, client.ObjectKey{Name: n}, &node); err != nil {
+			return "", fmt.Errorf("target node %s: %w", n, err)
+		}
+		if !nodeReady(&node) {
+			return "", fmt.Errorf("target node %s is not Ready", n)
+		}
+		return n, nil
+	}
+	var nodes corev1.NodeList
+	if err := r.Client.List(ctx, &nodes); err != nil {
+		return "", err
+	}
+	sort.Slice(nodes.Items, func(i, j int) bool { return nodes.Items[i].Name < nodes.Items[j].Name })
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		if n.Name != source && !n.Spec.Unschedulable && nodeReady(n) {
+			return n.Name, nil
+		}
+	}
+	return "", fmt.Errorf("no Ready node other than %s accepts pods", source)
+}
+
+func nodeReady(n *corev1.Node) bool {
+	for _, c := range n.Status.Conditions {
+		if c.Type == corev1.NodeReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// checkpointing waits for the Checkpoint; once it succeeded the source
+// pod is frozen, and is deleted before its copy is made.
+func (r *MigrationReconciler) checkpointing(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
+	var ck stasisv1.Checkpoint
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.Checkpoint}, &ck); err != nil {
+		if apierrors.IsNotFound(err) {
+			return r.fail(ctx, m, "CheckpointFailed", "checkpoint %s was deleted", m.Status.Checkpoint)
+		}
+		return ctrl.Result{}, err
+	}
+	switch ck.Status.Phase {
+	case stasisv1.PhaseFailed:
+		// A failed dump thaws the pod itself; a dump that succeeded
+		// after its caller gave up left it frozen, and is resumed here.
+		if err := r.release(ctx, m, wire.ReleaseResume); err != nil {
+			return ctrl.Result{}, fmt.Errorf("resume pod %s after its checkpoint failed: %w", m.Spec.PodName, err)
+		}
+		return r.fail(ctx, m, "CheckpointFailed", "%s; pod %s keeps running on node %s", ck.Status.Message, m.Spec.PodName, m.Status.SourceNode)
+	case stasisv1.PhaseSucceeded:
+	default:
+		return ctrl.Result{RequeueAfter: r.Requeue}, nil
+	}
+	for _, c := range ck.Status.Containers {
+		m.Status.BytesMoved += c.Size
+	}
+	m.Status.Phase, m.Status.Restore = stasisv1.MigrationRestoring, m.Name
+	if err := r.Client.Status().Update(ctx, m); err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.restoring(ctx, m)
+}
+
+// restoring ends the source pod (deleted, then its frozen containers
+// killed by its node's agent: killed first, the kubelet would restart
+// them) and has a Restore create it on the target node.
+func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
+	if !m.Status.SourceEnded {
+		gone, err := r.endSource(ctx, m)
+		if err != nil || !gone {
+			return ctrl.Result{RequeueAfter: r.Requeue}, err
+		}
+		m.Status.SourceEnded = true
+		if err := r.Client.Status().Update(ctx, m); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	rs, err := r.ensureRestore(ctx, m, m.Status.Restore, m.Status.TargetNode)
+	if err != nil {
+		return r.rollBack(ctx, m, err.Error())
+	}
+	switch rs.Status.Phase {
+	case stasisv1.PhaseSucceeded:
+	case stasisv1.PhaseFailed:
+		return r.rollBack(ctx, m, rs.Status.Message)
+	default:
+		return ctrl.Result{RequeueAfter: r.Requeue}, nil
+	}
+	now := metav1.Now()
+	m.Status.Phase, m.Status.CompletionTime = stasisv1.MigrationSucceeded, &now
+	if rs.Status.CompletionTime != nil {
+		var ck stasisv1.Checkpoint
+		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.Checkpoint}, &ck); err == nil && ck.Status.StartTime != nil {
+			m.Status.DowntimeMillis = rs.Status.CompletionTime.Sub(ck.Status.StartTime.Time).Milliseconds()
+		}
+	}
+	if err := r.Client.Status().Update(ctx, m); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.Events.Eventf(m, nil, corev1.EventTypeNormal, "Migrated", "Migrate",
+		"pod %s moved from node %s to node %s: down %dms, %d bytes moved, %s in all", m.Spec.PodName, m.Status.SourceNode,
+		m.Status.TargetNode, m.Status.DowntimeMillis, m.Status.BytesMoved, now.Sub(m.Status.StartTime.Time).Round(time.Millisecond))
+	return ctrl.Result{}, nil
+}
+
+// endSource deletes the source pod (the one this Migration recorded, no
+// other of its name) at once and has its node's agent kill its frozen
+// containers; gone says the pod's name is free.
+func (r *MigrationReconciler) endSource(ctx context.Context, m *stasisv1.Migration) (gone bool, err error) {
+	var pod corev1.Pod
+	err = r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod)
+	switch {
+	case apierrors.IsNotFound(err):
+	case err != nil:
+		return false, err
+	case string(pod.UID) == m.Status.PodUID:
+		zero := int64(0)
+		if err := r.Client.Delete(ctx, &pod, &client.DeleteOptions{GracePeriodSeconds: &zero,
+			Preconditions: &metav1.Preconditions{UID: &pod.UID}}); client.IgnoreNotFound(err) != nil {
+			return false, fmt.Errorf("delete pod %s: %w", pod.Name, err)
+		}
+	default:
+		return false, fmt.Errorf("pod %s was replaced (UID %s, not %s) while it was being migrated", pod.Name, pod.UID, m.Status.PodUID)
+	}
+	if err := r.release(ctx, m, wire.ReleaseKill); err != nil {
+		return false, err
+	}
+	err = r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod)
+	if apierrors.IsNotFound(err) {
+		return true, nil
+	}
+	return false, err
+}
+
+// release asks the source node's agent to kill or resume the containers
+// the checkpoint left frozen.
+func (r *MigrationReconciler) release(ctx context.Context, m *stasisv1.Migration, action string) error {
+	var node corev1.Node
+	if err := r.Client.Get(ctx, client.ObjectKey{Name: m.Status.SourceNode}, &node); err != nil {
+		return err
+	}
+	req := wire.PodReleaseRequest{Namespace: m.Namespace, Pod: m.Spec.PodName, Action: action}
+	for _, c := range m.Status.SourceContainers {
+		req.Containers = append(req.Containers, wire.PodContainer{Name: c.Name, ID: c.ID})
+	}
+	return r.Agents.ReleasePod(ctx, &node, req)
+}
+
+// ensureRestore is the Restore name of the migrated pod onto node,
+// created if need be.
+func (r *MigrationReconciler) ensureRestore(ctx context.Context, m *stasisv1.Migration, name, node string) (*stasisv1.Restore, error) {
+	var rs stasisv1.Restore
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: name}, &rs)
+	if err == nil {
+		if !metav1.IsControlledBy(&rs, m) {
+			return nil, fmt.Errorf("restore %s exists and is not this migration's", name)
+		}
+		return &rs, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, err
+	}
+	var ck stasisv1.Checkpoint
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.Checkpoint}, &ck); err != nil {
+		return nil, err
+	}
+	sa := ""
+	if t := ck.Status.PodTemplate; t != nil {
+		// The same namespace: the pod keeps its own service account.
+		sa = t.Spec.ServiceAccountName
+	}
+	rs = stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: m.Namespace},
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: ck.Name}, PodName: m.Spec.PodName,
+			NodeName: node, ServiceAccountName: sa}}
+	if err := r.createOwned(ctx, m, &rs); err != nil {
+		return nil, err
+	}
+	return &rs, nil
+}
+
+// rollBack restores the checkpoint on the source node, after the restore
+// on the target failed (its pod deleted first: it holds the name).
+func (r *MigrationReconciler) rollBack(ctx context.Context, m *stasisv1.Migration, why string) (ctrl.Result, error) {
+	m.Status.Phase, m.Status.Reason, m.Status.Message = stasisv1.MigrationRollingBack, "RestoreFailed",
+		fmt.Sprintf("restore on node %s failed: %s", m.Status.TargetNode, why)
+	if err := r.Client.Status().Update(ctx, m); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.Events.Eventf(m, nil, corev1.EventTypeWarning, "RestoreFailed", "Migrate", "%s; restoring pod %s on node %s again",
+		m.Status.Message, m.Spec.PodName, m.Status.SourceNode)
+	return r.rollingBack(ctx, m)
+}
+
+func (r *MigrationReconciler) rollingBack(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
+	back := m.Name + "-rollback"
+	if m.Status.Restore != back {
+		var pod corev1.Pod
+		err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod)
+		if err == nil && pod.Labels[stasisv1.LabelRestore] == m.Status.Restore {
+			zero := int64(0)
+			if err := r.Client.Delete(ctx, &pod, &client.DeleteOptions{GracePeriodSeconds: &zero}); client.IgnoreNotFound(err) != nil {
+				return ctrl.Result{}, err
+			}
+			return ctrl.Result{RequeueAfter: r.Requeue}, nil
+		}
+		if err != nil && !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, err
+		}
+		m.Status.Restore = back
+		if err := r.Client.Status().Update(ctx, m); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	rs, err := r.ensureRestore(ctx, m, back, m.Status.SourceNode)
+	if err != nil {
+		return r.fail(ctx, m, "RollbackFailed", "%s; restoring it on node %s failed too: %v (checkpoint %s is kept)",
+			m.Status.Message, m.Status.SourceNode, err, m.Status.Checkpoint)
+	}
+	switch rs.Status.Phase {
+	case stasisv1.PhaseSucceeded:
+		return r.fail(ctx, m, "RestoreFailed", "%s; pod %s runs again on node %s from its checkpoint", m.Status.Message,
+			m.Spec.PodName, m.Status.SourceNode)
+	case stasisv1.PhaseFailed:
+		return r.fail(ctx, m, "RollbackFailed", "%s; restoring it on node %s failed too: %s (checkpoint %s is kept)",
+			m.Status.Message, m.Status.SourceNode, rs.Status.Message, m.Status.Checkpoint)
+	}
+	return ctrl.Result{RequeueAfter: r.Requeue}, nil
+}
+
+// createOwned creates obj owned by m (deleted with it); one that exists
+// already must be m's.
+func (r *MigrationReconciler) createOwned(ctx context.Context, m *stasisv1.Migration, obj client.Object) error {
+	if err := controllerutil.SetControllerReference(m, obj, r.Client.Scheme()); err != nil {
+		return err
+	}
+	err := r.Client.Create(ctx, obj)
+	if apierrors.IsAlreadyExists(err) {
+		if err := r.Client.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return err
+		}
+		if !metav1.IsControlledBy(obj, m) {
+			return fmt.Errorf("%s %s exists and is not this migration's", obj.GetObjectKind().GroupVersionKind().Kind, obj.GetName())
+		}
+		return nil
+	}
+	return err
+}
+
+func (r *MigrationReconciler) fail(ctx context.Context, m *stasisv1.Migration, reason, format string, args ...any) (ctrl.Result, error) {
+	now := metav1.Now()
+	m.Status.Phase, m.Status.Reason, m.Status.Message = stasisv1.MigrationFailed, reason, fmt.Sprintf(format, args...)
+	m.Status.CompletionTime = &now
+	if err := r.Client.Status().Update(ctx, m); err != nil {
+		return ctrl.Result{}, err
+	}
+	r.Events.Eventf(m, nil, corev1.EventTypeWarning, reason, "Migrate", "%s", m.Status.Message)
+	return ctrl.Result{}, nil
+}
+
+// SetupWithManager registers the reconciler; the Checkpoint and Restores
+// it owns wake it.
+func (r *MigrationReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	if r.Requeue == 0 {
+		r.Requeue = time.Second
+	}
+	return ctrl.NewControllerManagedBy(mgr).For(&stasisv1.Migration{}).Named("migration").
+		Owns(&stasisv1.Checkpoint{}).Owns(&stasisv1.Restore{}).Complete(r)
+}
