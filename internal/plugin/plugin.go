@@ -1,6 +1,7 @@
 // Package plugin is the kubectl plugin (kubectl stasis ...): a thin front
-// for the stasis.dev API. It creates Checkpoints and Restores, waits for
-// them, and lists and describes them; the controller does the work.
+// for the stasis.dev API. It creates Checkpoints, Restores and Migrations,
+// waits for them, and lists and describes them; the controller does the
+// work.
 package plugin
 
 import (
@@ -33,7 +34,8 @@ func New(out io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:   "kubectl-stasis",
 		Short: "Checkpoint and restore pods with stasis",
-		Long: `kubectl stasis creates stasis.dev Checkpoints and Restores and follows them.
+		Long: `kubectl stasis creates stasis.dev Checkpoints, Restores and Migrations and
+follows them.
 Only cluster administrators (bound to the ClusterRole stasis-admin) may.`,
 		SilenceUsage: true,
 	}
@@ -43,7 +45,7 @@ Only cluster administrators (bound to the ClusterRole stasis-admin) may.`,
 	root.PersistentFlags().StringVarP(&overrides.Context.Namespace, "namespace", "n", "", "namespace (default: the context's)")
 	root.PersistentFlags().StringVar(&overrides.CurrentContext, "context", "", "kubeconfig context")
 	o.flags = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
-	root.AddCommand(o.checkpointCmd(), o.restoreCmd(), o.listCmd(), o.inspectCmd())
+	root.AddCommand(o.checkpointCmd(), o.restoreCmd(), o.migrateCmd(), o.listCmd(), o.inspectCmd())
 	return root
 }
 
@@ -75,12 +77,9 @@ func (o *options) checkpointCmd() *cobra.Command {
   kubectl stasis checkpoint pod/web -n shop --image registry.local/ckpt/web`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			pod, ok := strings.CutPrefix(args[0], "pod/")
-			if !ok {
-				pod, ok = strings.CutPrefix(args[0], "pods/")
-			}
-			if !ok || pod == "" {
-				return fmt.Errorf("name the pod as pod/NAME, not %q", args[0])
+			pod, err := podArg(args[0])
+			if err != nil {
+				return err
 			}
 			c, ns, err := o.client()
 			if err != nil {
@@ -113,6 +112,77 @@ func (o *options) checkpointCmd() *cobra.Command {
 	return cmd
 }
 
+// podArg is the pod's name in "pod/NAME".
+func podArg(arg string) (string, error) {
+	pod, ok := strings.CutPrefix(arg, "pod/")
+	if !ok {
+		pod, ok = strings.CutPrefix(arg, "pods/")
+	}
+	if !ok || pod == "" {
+		return "", fmt.Errorf("name the pod as pod/NAME, not %q", arg)
+	}
+	return pod, nil
+}
+
+func (o *options) migrateCmd() *cobra.Command {
+	var name, to string
+	var wait bool
+	cmd := &cobra.Command{
+		Use:   "migrate pod/NAME [--to NODE]",
+		Short: "Move a running pod to another node with its memory (a Migration)",
+		Long: `migrate creates a Migration: the pod is frozen and checkpointed, deleted,
+and restored under its own name on the target node, whose agent fetches the
+checkpoint from the source node's. If the restore fails, the pod is restored
+on its source node again. Pods annotated stasis.dev/migrate=never are refused.
+Only pods without an owner migrate yet.`,
+		Example: `  kubectl stasis migrate pod/web -n shop --to node-b`,
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			pod, err := podArg(args[0])
+			if err != nil {
+				return err
+			}
+			c, ns, err := o.client()
+			if err != nil {
+				return err
+			}
+			m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+				Spec: stasisv1.MigrationSpec{PodName: pod, TargetNode: to, Mode: stasisv1.MigrationOffline}}
+			if name == "" {
+				m.GenerateName = pod + "-"
+			}
+			if err := c.Create(cmd.Context(), m); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "migration.stasis.dev/%s created\n", m.Name)
+			for wait {
+				if err := c.Get(cmd.Context(), client.ObjectKeyFromObject(m), m); err != nil {
+					return err
+				}
+				switch m.Status.Phase {
+				case stasisv1.MigrationSucceeded:
+					fmt.Fprintf(o.out, "pod/%s runs on node %s (was on %s): down %dms, %d bytes moved\n", pod,
+						m.Status.TargetNode, m.Status.SourceNode, m.Status.DowntimeMillis, m.Status.BytesMoved)
+					return nil
+				case stasisv1.MigrationFailed:
+					return fmt.Errorf("migration %s failed: %s: %s", m.Name, m.Status.Reason, m.Status.Message)
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&name, "name", "", "the Migration's name (default: the pod's name and a suffix)")
+	f.StringVar(&to, "to", "", "the target node (default: the first Ready node other than the pod's, by name)")
+	f.BoolVar(&wait, "wait", true, "wait until it succeeds or fails")
+	return cmd
+}
+
 func (o *options) waitCheckpoint(ctx context.Context, c client.Client, ck *stasisv1.Checkpoint) error {
 	for {
 		if err := c.Get(ctx, client.ObjectKeyFromObject(ck), ck); err != nil {
@@ -136,7 +206,7 @@ func (o *options) waitCheckpoint(ctx context.Context, c client.Client, ck *stasi
 }
 
 func (o *options) restoreCmd() *cobra.Command {
-	var pod, from, serviceAccount string
+	var pod, from, serviceAccount, node string
 	var wait bool
 	cmd := &cobra.Command{
 		Use:     "restore CHECKPOINT --pod NAME",
@@ -153,7 +223,7 @@ func (o *options) restoreCmd() *cobra.Command {
 			}
 			rs := &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: pod},
 				Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Namespace: from, Name: args[0]}, PodName: pod,
-					ServiceAccountName: serviceAccount}}
+					ServiceAccountName: serviceAccount, NodeName: node}}
 			if err := c.Create(cmd.Context(), rs); err != nil {
 				return err
 			}
@@ -177,6 +247,7 @@ func (o *options) restoreCmd() *cobra.Command {
 	cmd.Flags().StringVar(&pod, "pod", "", "name of the new pod (and of the Restore)")
 	cmd.Flags().StringVar(&from, "from-namespace", "", "namespace of the Checkpoint (default: -n)")
 	cmd.Flags().StringVar(&serviceAccount, "service-account", "", "service account of -n the new pod runs as (default: the namespace's default one, never the source pod's)")
+	cmd.Flags().StringVar(&node, "node", "", "place the pod on this node (a checkpoint kept on another node is fetched from there; default: any node, or the checkpoint's when it is kept there)")
 	cmd.Flags().BoolVar(&wait, "wait", true, "wait until the pod is Ready or the restore failed")
 	return cmd
 }
