@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -43,10 +44,17 @@ func (p *Peers) Fetch(ctx context.Context, node, name string) error {
 		return err
 	}
 	_, err, _ := p.flight.Do(node+"\x00"+name, func() (any, error) {
-		return nil, p.fetch(context.WithoutCancel(ctx), node, name)
+		// Shared, the fetch outlives the caller that started it, within
+		// a bound of its own.
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
+		defer cancel()
+		return nil, p.fetch(ctx, node, name)
 	})
 	return err
 }
+
+// fetchTimeout bounds one fetch from another node.
+const fetchTimeout = 15 * time.Minute
 
 func (p *Peers) fetch(ctx context.Context, nodeName, name string) error {
 	node, err := p.Kube.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
