@@ -17,15 +17,15 @@ import (
 )
 
 // InstallCRDs installs the CRDs in dir and waits until they are served.
-func (n *Node) InstallCRDs(dir string) error {
-	_, err := envtest.InstallCRDs(n.Config, envtest.CRDInstallOptions{Paths: []string{dir}, ErrorIfPathMissing: true})
+func (cp *ControlPlane) InstallCRDs(dir string) error {
+	_, err := envtest.InstallCRDs(cp.Config, envtest.CRDInstallOptions{Paths: []string{dir}, ErrorIfPathMissing: true})
 	return err
 }
 
 // Apply creates the objects of multi-document YAML files, as
 // `kubectl create -f` does; objects that exist already are left alone.
-func (n *Node) Apply(ctx context.Context, files ...string) error {
-	c, err := client.New(n.Config, client.Options{})
+func (cp *ControlPlane) Apply(ctx context.Context, files ...string) error {
+	c, err := client.New(cp.Config, client.Options{})
 	if err != nil {
 		return err
 	}
@@ -63,6 +63,4 @@ func (n *Node) IssueServing(name string) (cert, key string, err error) {
 // KubeletServing is the kubelet's serving certificate and key: the
 // cluster CA's, for system:node:<name>, as a kubelet with
 // serverTLSBootstrap holds. A node's agent serves with it.
-func (n *Node) KubeletServing() (cert, key string) {
-	return n.pki.path("kubelet-serving.pem"), n.pki.path("kubelet-serving-key.pem")
-}
+func (n *Node) KubeletServing() (cert, key string) { return n.w.kubeletServing() }

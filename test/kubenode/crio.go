@@ -62,7 +62,77 @@ func StartCRIO(ctx context.Context, o Options, crioBin string) (_ *CRIO, err err
 	if err := writeRuntimeConfig(runtimeCfg, o); err != nil {
 		return nil, err
 	}
-	path := "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	cfgFile := filepath.Join(c.Dir, "crio.conf")
+	if err := writeCRIOConfig(cfgFile, crioPaths{root: filepath.Join(c.Dir, "storage"), logDir: filepath.Join(c.Dir, "pod-logs"), state: filepath.Join(c.Dir, "state"), run: c.Run, socket: c.Socket(),
+		pinns: filepath.Join(filepath.Dir(crioBin), "pinns"), runcRoot: c.RuncRoot(), cni: filepath.Join(c.Dir, "cni"),
+		stasisRunc: o.StasisRunc, runtimeConfig: runtimeCfg}); err != nil {
+		return nil, err
+	}
+	if c.log, err = os.Create(filepath.Join(c.Dir, "logs", "crio.log")); err != nil {
+		return nil, err
+	}
+	c.cmd = exec.Command(crioBin, "--config", cfgFile, "--config-dir", filepath.Join(c.Dir, "conf.d"))
+	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
+	c.cmd.Env = append(os.Environ(), crioSearchPath)
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(250 * time.Millisecond) {
+		if _, err := c.Crictl("version"); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("crio did not come up:\n%s", c.LogTail(20))
+		}
+	}
+	pause, err := buildPause(c.Dir)
+	if err != nil {
+		return nil, err
+	}
+	pauseFS, err := rootfsTar(nil, map[string][]byte{"pause": pause}, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	bb, err := BusyboxRootfs()
+	if err != nil {
+		return nil, err
+	}
+	for ref, fs := range map[string][]byte{PauseImage: pauseFS, BusyboxImage: bb} {
+		tarPath := filepath.Join(c.Dir, "rootfs.tar")
+		if err := os.WriteFile(tarPath, fs, 0o600); err != nil {
+			return nil, err
+		}
+		if out, err := c.podman("import", tarPath, ref).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("podman import %s: %v: %s", ref, err, out)
+		}
+	}
+	return c, nil
+}
+
+// crioSearchPath is CRI-O's PATH, and its conmons'.
+const crioSearchPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// crioPaths are where a CRI-O keeps its things: none in the default
+// places, which a CRI-O of the host may use.
+type crioPaths struct {
+	root   string // the image and container store
+	run    string // runtime state: the store's, namespaces, exit files, attach sockets
+	logDir string
+	state  string // what must survive a reboot (the version file)
+	socket string
+	pinns  string
+	// runcRoot is runc's --root for both handlers.
+	runcRoot string
+	cni      string // the CNI configuration directory
+	// stasisRunc and runtimeConfig are the "stasis" handler's binary and
+	// its configuration file.
+	stasisRunc, runtimeConfig string
+}
+
+// writeCRIOConfig writes a CRI-O configuration with the runtime handlers
+// "runc" and "stasis" (stasis-runc, under conmon as runc is).
+func writeCRIOConfig(path string, p crioPaths) error {
 	conf := fmt.Sprintf(`[crio]
 root = %[1]q
 runroot = %[2]q
@@ -109,54 +179,56 @@ network_dir = %[17]q
 plugin_dirs = ["/usr/lib/cni"]
 [crio.nri]
 enable_nri = false
-`, filepath.Join(c.Dir, "storage"), filepath.Join(c.Run, "storage"), filepath.Join(c.Dir, "pod-logs"),
-		filepath.Join(c.Run, "version"), filepath.Join(c.Dir, "state", "version"), filepath.Join(c.Dir, "state", "clean.shutdown"),
-		c.Socket(), filepath.Join(filepath.Dir(crioBin), "pinns"), filepath.Join(c.Run, "ns"), filepath.Join(c.Run, "exits"),
-		c.Run, c.RuncRoot(), path, o.StasisRunc, "STASIS_RUNTIME_CONFIG="+runtimeCfg, PauseImage, filepath.Join(c.Dir, "cni"))
-	cfgFile := filepath.Join(c.Dir, "crio.conf")
-	if err := os.WriteFile(cfgFile, []byte(conf), 0o600); err != nil {
-		return nil, err
-	}
-	if c.log, err = os.Create(filepath.Join(c.Dir, "logs", "crio.log")); err != nil {
-		return nil, err
-	}
-	c.cmd = exec.Command(crioBin, "--config", cfgFile, "--config-dir", filepath.Join(c.Dir, "conf.d"))
-	c.cmd.Stdout, c.cmd.Stderr = c.log, c.log
-	c.cmd.Env = append(os.Environ(), path)
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := c.cmd.Start(); err != nil {
-		return nil, err
-	}
-	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(250 * time.Millisecond) {
-		if _, err := c.Crictl("version"); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("crio did not come up:\n%s", c.LogTail(20))
-		}
-	}
-	pause, err := buildPause(c.Dir)
+`, p.root, filepath.Join(p.run, "storage"), p.logDir,
+		filepath.Join(p.run, "version"), filepath.Join(p.state, "version"), filepath.Join(p.state, "clean.shutdown"),
+		p.socket, p.pinns, filepath.Join(p.run, "ns"), filepath.Join(p.run, "exits"),
+		p.run, p.runcRoot, crioSearchPath, p.stasisRunc, "STASIS_RUNTIME_CONFIG="+p.runtimeConfig, PauseImage, p.cni)
+	return os.WriteFile(path, []byte(conf), 0o600)
+}
+
+// startCRIO starts a cluster member's CRI-O, for its kubelet.
+func (w *worker) startCRIO(ctx context.Context) error {
+	cni, err := w.writeCNI("stasis-kube")
 	if err != nil {
-		return nil, err
+		return err
 	}
-	pauseFS, err := rootfsTar(nil, map[string][]byte{"pause": pause}, nil, "")
-	if err != nil {
-		return nil, err
-	}
-	bb, err := BusyboxRootfs()
-	if err != nil {
-		return nil, err
-	}
-	for ref, fs := range map[string][]byte{PauseImage: pauseFS, BusyboxImage: bb} {
-		tarPath := filepath.Join(c.Dir, "rootfs.tar")
-		if err := os.WriteFile(tarPath, fs, 0o600); err != nil {
-			return nil, err
-		}
-		if out, err := c.podman("import", tarPath, ref).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("podman import %s: %v: %s", ref, err, out)
+	for _, d := range []string{w.path("state"), w.path("crio.conf.d")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
 		}
 	}
-	return c, nil
+	runtimeCfg := w.path("stasis-runtime.json")
+	if err := writeRuntimeConfig(runtimeCfg, w.opts); err != nil {
+		return err
+	}
+	cfg := w.path("crio.conf")
+	if err := writeCRIOConfig(cfg, crioPaths{root: w.path("storage"), run: w.run, logDir: w.path("crio-logs"),
+		state: w.path("state"), socket: w.socket(), pinns: filepath.Join(w.crioBin, "pinns"), runcRoot: w.runcRoot(),
+		cni: cni, stasisRunc: w.opts.StasisRunc, runtimeConfig: runtimeCfg}); err != nil {
+		return err
+	}
+	if err := os.WriteFile(w.path("crictl.yaml"), []byte("timeout: 60\n"), 0o600); err != nil {
+		return err
+	}
+	if err := w.procs.start(RuntimeCRIO, []string{crioSearchPath},
+		w.command(filepath.Join(w.crioBin, "crio"), "--config", cfg, "--config-dir", w.path("crio.conf.d"))); err != nil {
+		return err
+	}
+	return poll(ctx, 60*time.Second, "crio", func() (bool, error) {
+		out, err := w.crictl("version")
+		return err == nil, fmt.Errorf("%v: %s", err, out)
+	})
+}
+
+// crictl runs crictl against a member's CRI-O.
+func (w *worker) crictl(args ...string) (string, error) {
+	return crictl(w.crioBin, w.path("crictl.yaml"), w.socket(), args...)
+}
+
+// podman works on a member's CRI-O's image store, in the node's mount
+// namespace, where the mounts it makes stay.
+func (w *worker) podman(args ...string) *exec.Cmd {
+	return w.command("podman", podmanArgs(w.path("storage"), w.run, args)...)
 }
 
 // Socket is CRI-O's CRI endpoint.
@@ -167,16 +239,29 @@ func (c *CRIO) RuncRoot() string { return filepath.Join(c.Run, "runc") }
 
 // podman works on CRI-O's image store.
 func (c *CRIO) podman(args ...string) *exec.Cmd {
-	return exec.Command("podman", append([]string{"--root", filepath.Join(c.Dir, "storage"), "--runroot", filepath.Join(c.Run, "storage"),
-		"--storage-driver", "overlay", "--tmpdir", filepath.Join(c.Run, "libpod"), "--cgroup-manager", "cgroupfs",
-		"--events-backend", "file", "--runtime", "/usr/sbin/runc"}, args...)...)
+	return exec.Command("podman", podmanArgs(filepath.Join(c.Dir, "storage"), c.Run, args)...)
+}
+
+// podmanArgs make podman work on the image store of a CRI-O whose runtime
+// state is in run.
+func podmanArgs(root, run string, args []string) []string {
+	return append([]string{"--root", root, "--runroot", filepath.Join(run, "storage"),
+		"--storage-driver", "overlay", "--tmpdir", filepath.Join(run, "libpod"), "--cgroup-manager", "cgroupfs",
+		"--events-backend", "file", "--runtime", "/usr/sbin/runc"}, args...)
 }
 
 // Crictl runs crictl against this CRI-O.
 func (c *CRIO) Crictl(args ...string) (string, error) {
-	cmd := exec.Command(filepath.Join(filepath.Dir(c.bin), "crictl"), append([]string{"--config", filepath.Join(c.Dir, "crictl.yaml"),
-		"--runtime-endpoint", "unix://" + c.Socket(),
-		"--image-endpoint", "unix://" + c.Socket(), "--timeout", "60s"}, args...)...)
+	return crictl(filepath.Dir(c.bin), filepath.Join(c.Dir, "crictl.yaml"), c.Socket(), args...)
+}
+
+// crictl runs the crictl in binDir, with the config file config, against
+// the CRI endpoint socket. It runs on the host: a socket under a node's
+// run directory is a file every mount namespace sees.
+func crictl(binDir, config, socket string, args ...string) (string, error) {
+	cmd := exec.Command(filepath.Join(binDir, "crictl"), append([]string{"--config", config,
+		"--runtime-endpoint", "unix://" + socket,
+		"--image-endpoint", "unix://" + socket, "--timeout", "60s"}, args...)...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

@@ -101,6 +101,31 @@ func mustDiffIDs(img v1.Image) []v1.Hash {
 	return cf.RootFS.DiffIDs
 }
 
+// nodeImage is an image every node has without a registry.
+type nodeImage struct {
+	ref    string
+	rootfs []byte
+	entry  []string
+}
+
+// nodeImages are the sandbox's pause image and busybox; dir is where the
+// pause program is built.
+func nodeImages(dir string) ([]nodeImage, error) {
+	pause, err := buildPause(dir)
+	if err != nil {
+		return nil, err
+	}
+	pauseFS, err := rootfsTar(nil, map[string][]byte{"pause": pause}, nil, "")
+	if err != nil {
+		return nil, err
+	}
+	bb, err := BusyboxRootfs()
+	if err != nil {
+		return nil, err
+	}
+	return []nodeImage{{PauseImage, pauseFS, []string{"/pause"}}, {BusyboxImage, bb, []string{"/bin/sh"}}}, nil
+}
+
 // buildPause compiles the sandbox's pause program, static.
 func buildPause(dir string) ([]byte, error) {
 	out := filepath.Join(dir, "pause")
@@ -115,14 +140,18 @@ func buildPause(dir string) ([]byte, error) {
 // ImportRootfs imports a rootfs tar as a one-layer image ref with the
 // given entrypoint into the node's containerd.
 func (n *Node) ImportRootfs(ref, rootfsTar string, entrypoint []string) error {
+	return n.w.importRootfs(ref, rootfsTar, entrypoint)
+}
+
+func (w *worker) importRootfs(ref, rootfsTar string, entrypoint []string) error {
 	b, err := os.ReadFile(rootfsTar)
 	if err != nil {
 		return err
 	}
-	tb := n.path("import.tar")
+	tb := w.path("import.tar")
 	defer os.Remove(tb)
 	if err := imageTarball(tb, ref, b, entrypoint); err != nil {
 		return err
 	}
-	return n.ImportImage(tb)
+	return w.importImage(tb)
 }

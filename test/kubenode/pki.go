@@ -45,6 +45,10 @@ func newPKI(dir string) (*pki, error) {
 
 func (p *pki) path(name string) string { return filepath.Join(p.dir, name) }
 
+// in is the same CA issuing into another directory: a cluster node's
+// kubelet certificates go with the node.
+func (p *pki) in(dir string) *pki { return &pki{dir: dir, cert: p.cert, key: p.key} }
+
 // issue signs a certificate for cn in group org (a client's role) and, for
 // a server, the given addresses and names; it returns cert and key paths.
 func (p *pki) issue(file, cn, org string, ips []net.IP, dns []string) (string, string, error) {

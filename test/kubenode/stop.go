@@ -12,26 +12,18 @@ import (
 	"time"
 )
 
-// cgroupRoot is the kubelet's cgroupRoot: every pod process is under it.
-const cgroupRoot = "stasis-kube"
-
 // Stop ends the node and removes what it made: processes (pods included),
 // mounts, cgroups, the CNI bridge and the directories.
 func (n *Node) Stop() {
-	// Node components first, in reverse order; the API server before etcd,
-	// which it would otherwise retry forever.
-	for i := len(n.procs) - 1; i >= 0; i-- {
-		p := n.procs[i]
-		terminate(p.cmd)
-		p.log.Close()
-		if p.name == "containerd" {
-			n.killPods()
-		}
-	}
 	// A control plane alone made no pods, bridge or cgroups: those of
 	// this name belong to a whole node that may be running beside it.
-	if !n.opts.ControlPlaneOnly {
-		n.killPods() // when containerd never started
+	node := n.w != nil && !n.opts.ControlPlaneOnly
+	// The kubelet and containerd first, then the control plane.
+	if node {
+		n.w.stop()
+	}
+	n.ControlPlane.stop()
+	if node {
 		exec.Command("ip", "link", "del", bridge).Run()
 		removeCgroups(cgroupRoot)
 	}
@@ -55,24 +47,6 @@ func terminate(cmd *exec.Cmd) {
 		cmd.Process.Kill()
 		<-done
 	}
-}
-
-// killPods kills the shims of this node's containerd and every process in
-// the pods' cgroups: shims outlive containerd by design.
-func (n *Node) killPods() {
-	if n.Run == "" {
-		return
-	}
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, c := range procs {
-		b, _ := os.ReadFile(c)
-		if strings.Contains(string(b), "containerd-shim") && strings.Contains(string(b), n.Socket()) {
-			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(c))); err == nil {
-				syscall.Kill(pid, syscall.SIGKILL)
-			}
-		}
-	}
-	killCgroup(cgroupRoot)
 }
 
 // killCgroup kills every process under the cgroup root (in any hierarchy).
