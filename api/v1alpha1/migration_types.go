@@ -94,8 +94,11 @@ type MigrationStatus struct {
 	// fetched.
 	// +optional
 	BytesMoved int64 `json:"bytesMoved,omitempty"`
-	// DowntimeMillis runs from the moment the pod was frozen to the
-	// moment its copy was Ready on the target node.
+	// FreezeTime is when the Checkpoint that freezes the pod was asked
+	// for; DowntimeMillis runs from it to the moment the controller saw
+	// the pod's copy Ready on the target node.
+	// +optional
+	FreezeTime *metav1.MicroTime `json:"freezeTime,omitempty"`
 	// +optional
 	DowntimeMillis int64 `json:"downtimeMillis,omitempty"`
 	// +optional

@@ -284,6 +284,10 @@ func (in *MigrationStatus) DeepCopyInto(out *MigrationStatus) {
 		*out = make([]SourceContainer, len(*in))
 		copy(*out, *in)
 	}
+	if in.FreezeTime != nil {
+		in, out := &in.FreezeTime, &out.FreezeTime
+		*out = (*in).DeepCopy()
+	}
 	if in.StartTime != nil {
 		in, out := &in.StartTime, &out.StartTime
 		*out = (*in).DeepCopy()

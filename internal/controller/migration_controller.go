@@ -29,7 +29,10 @@ import (
 // ended; a Restore that fails is followed by one on the source node, so
 // that the pod runs somewhere.
 type MigrationReconciler struct {
-	Client  client.Client
+	Client client.Client
+	// Reader reads past the cache: an object just created is not in it
+	// yet, which must not read as deleted.
+	Reader  client.Reader
 	Events  events.EventRecorder
 	Agents  Agents
 	Requeue time.Duration
@@ -93,9 +96,10 @@ func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) 
 		}
 		ids = append(ids, stasisv1.SourceContainer{Name: cs.Name, ID: id})
 	}
-	now := metav1.Now()
+	now, freeze := metav1.Now(), metav1.NowMicro()
 	m.Status = stasisv1.MigrationStatus{Phase: stasisv1.MigrationCheckpointing, SourceNode: pod.Spec.NodeName,
-		TargetNode: target, PodUID: string(pod.UID), Checkpoint: m.Name, SourceContainers: ids, StartTime: &now}
+		TargetNode: target, PodUID: string(pod.UID), Checkpoint: m.Name, SourceContainers: ids, StartTime: &now,
+		FreezeTime: &freeze}
 	if err := r.Client.Status().Update(ctx, m); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -160,8 +164,11 @@ func nodeReady(n *corev1.Node) bool {
 // pod is frozen, and is deleted before its copy is made.
 func (r *MigrationReconciler) checkpointing(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
 	var ck stasisv1.Checkpoint
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.Checkpoint}, &ck); err != nil {
+	if err := r.Reader.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.Checkpoint}, &ck); err != nil {
 		if apierrors.IsNotFound(err) {
+			if err := r.release(ctx, m, wire.ReleaseResume); err != nil {
+				return ctrl.Result{}, err
+			}
 			return r.fail(ctx, m, "CheckpointFailed", "checkpoint %s was deleted", m.Status.Checkpoint)
 		}
 		return ctrl.Result{}, err
@@ -215,11 +222,8 @@ func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migrati
 	}
 	now := metav1.Now()
 	m.Status.Phase, m.Status.CompletionTime = stasisv1.MigrationSucceeded, &now
-	if rs.Status.CompletionTime != nil {
-		var ck stasisv1.Checkpoint
-		if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.Checkpoint}, &ck); err == nil && ck.Status.StartTime != nil {
-			m.Status.DowntimeMillis = rs.Status.CompletionTime.Sub(ck.Status.StartTime.Time).Milliseconds()
-		}
+	if m.Status.FreezeTime != nil {
+		m.Status.DowntimeMillis = time.Since(m.Status.FreezeTime.Time).Milliseconds()
 	}
 	if err := r.Client.Status().Update(ctx, m); err != nil {
 		return ctrl.Result{}, err
@@ -277,7 +281,7 @@ func (r *MigrationReconciler) release(ctx context.Context, m *stasisv1.Migration
 // created if need be.
 func (r *MigrationReconciler) ensureRestore(ctx context.Context, m *stasisv1.Migration, name, node string) (*stasisv1.Restore, error) {
 	var rs stasisv1.Restore
-	err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: name}, &rs)
+	err := r.Reader.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: name}, &rs)
 	if err == nil {
 		if !metav1.IsControlledBy(&rs, m) {
 			return nil, fmt.Errorf("restore %s exists and is not this migration's", name)
@@ -389,6 +393,9 @@ func (r *MigrationReconciler) fail(ctx context.Context, m *stasisv1.Migration, r
 func (r *MigrationReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Requeue == 0 {
 		r.Requeue = time.Second
+	}
+	if r.Reader == nil {
+		r.Reader = mgr.GetAPIReader()
 	}
 	return ctrl.NewControllerManagedBy(mgr).For(&stasisv1.Migration{}).Named("migration").
 		Owns(&stasisv1.Checkpoint{}).Owns(&stasisv1.Restore{}).Complete(r)

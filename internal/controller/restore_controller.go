@@ -207,9 +207,17 @@ func pinTo(pod *corev1.Pod, node string) {
 		na.RequiredDuringSchedulingIgnoredDuringExecution = &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{term}}
 		return
 	}
-	// Terms are ORed: the node requirement joins each of them.
+	// Terms are ORed: the node requirement joins each of them, in place
+	// of a node an earlier pin named (a pod restored from a restored
+	// pod's checkpoint carries that one's).
 	for i := range req.NodeSelectorTerms {
-		req.NodeSelectorTerms[i].MatchFields = append(req.NodeSelectorTerms[i].MatchFields, term.MatchFields...)
+		var keep []corev1.NodeSelectorRequirement
+		for _, f := range req.NodeSelectorTerms[i].MatchFields {
+			if f.Key != "metadata.name" {
+				keep = append(keep, f)
+			}
+		}
+		req.NodeSelectorTerms[i].MatchFields = append(keep, term.MatchFields...)
 	}
 }
 

@@ -169,6 +169,11 @@ func (c *Checkpointer) release(ctx context.Context, namespace, name string, ctr 
 		if err := c.Runtime.Kill(ctx, ctr.ID, "KILL"); err != nil {
 			return err
 		}
+		// runc 1.2 thaws a container it SIGKILLs; older ones leave
+		// that to us.
+		if st, err := c.Runtime.State(ctx, ctr.ID); err != nil || st.Status != runc.Paused {
+			return nil
+		}
 	}
 	return c.Runtime.Resume(ctx, ctr.ID)
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -33,6 +34,8 @@ const agentPort = 7443
 
 var (
 	cluster *kubenode.Cluster
+	// stackDir holds the agents' and the controller's logs.
+	stackDir string
 	kc      client.Client
 	bin     string
 	// agents are the running agents by node name; stopAgent and
@@ -124,6 +127,7 @@ func startStasis(ctx context.Context, signingKey string) (func(), error) {
 	if err != nil {
 		return nil, err
 	}
+	stackDir = dir
 	var controller *exec.Cmd
 	stop := func() {
 		if controller != nil {
@@ -236,6 +240,29 @@ users: [{name: u, user: {tokenFile: %q}}]
 contexts: [{name: c, context: {cluster: c, user: u}}]
 current-context: c
 `, server, cluster.CA, token)), 0o600)
+}
+
+// logTails are the last lines of the agents' and the controller's logs,
+// for a failure's message.
+func logTails() string {
+	var b strings.Builder
+	for _, f := range []string{"controller.log", "agent-node-a.log", "agent-node-b.log"} {
+		out, _ := exec.Command("tail", "-n", "15", filepath.Join(stackDir, f)).CombinedOutput()
+		fmt.Fprintf(&b, "--- %s\n%s", f, out)
+	}
+	for _, n := range cluster.Nodes {
+		fmt.Fprintf(&b, "--- kubelet %s\n%s", n.Name, n.LogTail("kubelet", 10))
+	}
+	var rs stasisv1.RestoreList
+	kc.List(context.Background(), &rs)
+	for _, r := range rs.Items {
+		fmt.Fprintf(&b, "--- restore %s/%s: %+v\n", r.Namespace, r.Name, r.Status)
+	}
+	pods, _ := cluster.Client.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{})
+	for _, p := range pods.Items {
+		fmt.Fprintf(&b, "--- pod %s/%s on %s: %s %+v\n", p.Namespace, p.Name, p.Spec.NodeName, p.Status.Phase, p.Status.ContainerStatuses)
+	}
+	return b.String()
 }
 
 // waitListening waits until something accepts connections at addr.

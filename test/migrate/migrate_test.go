@@ -193,7 +193,7 @@ func migrate(t *testing.T, ns, name, pod, target string) *stasisv1.Migration {
 			return m
 		}
 	}
-	t.Fatalf("migration %s/%s did not end: %+v", ns, name, m.Status)
+	t.Fatalf("migration %s/%s did not end: %+v\n%s", ns, name, m.Status, logTails())
 	return nil
 }
 
