@@ -1,7 +1,7 @@
 // Package migrate tests Migrations on a real two-node Kubernetes started
 // once for the package by test/kubenode: node-a and node-b, each with its
-// own containerd, kubelet and stasis agent in its own network and mount
-// namespaces, and one stasis controller, all bound to the RBAC of
+// own runtime (containerd on node-a, CRI-O on node-b), kubelet and stasis
+// agent in its own network and mount namespaces, and one stasis controller, all bound to the RBAC of
 // config/rbac.
 package migrate
 
@@ -82,7 +82,9 @@ func run(m *testing.M) int {
 	}
 	ctx := context.Background()
 	cluster, err = kubenode.StartCluster(ctx, kubenode.ClusterOptions{
-		Nodes:            []kubenode.NodeSpec{{Name: "node-a"}, {Name: "node-b"}},
+		// containerd on one node, CRI-O on the other: every migration
+		// crosses runtimes.
+		Nodes:            []kubenode.NodeSpec{{Name: "node-a"}, {Name: "node-b", Runtime: kubenode.RuntimeCRIO}},
 		StasisRunc:       filepath.Join(bin, "stasis-runc"),
 		StasisClusterKey: key + ".pub",
 		Log:              os.Stdout,
@@ -175,9 +177,13 @@ func startStasis(ctx context.Context, signingKey string) (func(), error) {
 // fetching from the other nodes' agents.
 func agentArgs(n *kubenode.Member, kubeconfig, signingKey string) []string {
 	cert, key := n.KubeletServing()
+	runcRoot := n.RuncRoot()
+	if n.Runtime == kubenode.RuntimeContainerd {
+		runcRoot = filepath.Join(runcRoot, "k8s.io")
+	}
 	return []string{"--root", n.StasisRoot, "--runroot", n.StasisRunRoot, "agent",
 		"--listen", net.JoinHostPort(n.IP, strconv.Itoa(agentPort)), "--tls-cert", cert, "--tls-key", key,
-		"--kubeconfig", kubeconfig, "--cri-runc-root", filepath.Join(n.RuncRoot(), "k8s.io"),
+		"--kubeconfig", kubeconfig, "--cri-runc-root", runcRoot,
 		"--mountinfo", "/proc/self/mountinfo", "--node-name", n.Name, "--signing-key", signingKey,
 		"--peer-ca", cluster.CA}
 }
