@@ -16,9 +16,11 @@ const (
 
 // MigrationSpec says which pod moves where.
 type MigrationSpec struct {
-	// PodName is the pod, in the Migration's namespace. It keeps its
-	// name: the pod on the target node is created once the source pod is
-	// gone.
+	// PodName is the pod, in the Migration's namespace: one without an
+	// owner, which keeps its name (its copy on the target node is created
+	// once it is gone), or a ReplicaSet's (a Deployment's), whose copy is
+	// made beside it under a new name and joins the ReplicaSet once
+	// Ready.
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="podName is immutable"
 	PodName string `json:"podName"`
@@ -75,6 +77,12 @@ type MigrationStatus struct {
 	// other of the same name.
 	// +optional
 	PodUID string `json:"podUID,omitempty"`
+	// TargetPod is the pod on the target node: the same name for a pod
+	// without an owner; for a ReplicaSet's pod, a name of the
+	// ReplicaSet's kind, the pod joining it once Ready (the source pod
+	// runs frozen until then, so the ReplicaSet never starts a replica).
+	// +optional
+	TargetPod string `json:"targetPod,omitempty"`
 	// Checkpoint and Restore are the objects the Migration made (named
 	// after it; a rollback's Restore ends in "-rollback").
 	// +optional

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilrand "k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/tools/events"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -41,7 +42,7 @@ type MigrationReconciler struct {
 // +kubebuilder:rbac:groups=stasis.dev,resources=migrations,verbs=get;list;watch
 // +kubebuilder:rbac:groups=stasis.dev,resources=migrations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=stasis.dev,resources=checkpoints;restores,verbs=get;list;watch;create
-// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;delete
+// +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;delete;patch
 
 // Reconcile moves a Migration through its phases; each step is idempotent
 // and recorded before the next, so a restarted controller resumes it.
@@ -80,9 +81,13 @@ func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) 
 	if pod.Spec.NodeName == "" || pod.Status.Phase != corev1.PodRunning {
 		return r.fail(ctx, m, "PodNotRunning", "pod %s is %s, not running on a node", pod.Name, pod.Status.Phase)
 	}
-	if len(pod.OwnerReferences) > 0 {
-		o := pod.OwnerReferences[0]
-		return r.fail(ctx, m, "Unsupported", "pod %s is owned by %s %s: only pods without an owner migrate yet", pod.Name, o.Kind, o.Name)
+	targetPod := pod.Name
+	if o := metav1.GetControllerOf(&pod); o != nil {
+		if o.Kind != "ReplicaSet" || pod.GenerateName == "" {
+			return r.fail(ctx, m, "Unsupported", "pod %s is owned by %s %s: pods without an owner and a ReplicaSet's (a Deployment's) migrate, others not yet",
+				pod.Name, o.Kind, o.Name)
+		}
+		targetPod = pod.GenerateName + utilrand.String(5)
 	}
 	target, err := r.target(ctx, m, pod.Spec.NodeName)
 	if err != nil {
@@ -98,8 +103,8 @@ func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) 
 	}
 	now, freeze := metav1.Now(), metav1.NowMicro()
 	m.Status = stasisv1.MigrationStatus{Phase: stasisv1.MigrationCheckpointing, SourceNode: pod.Spec.NodeName,
-		TargetNode: target, PodUID: string(pod.UID), Checkpoint: m.Name, SourceContainers: ids, StartTime: &now,
-		FreezeTime: &freeze}
+		TargetNode: target, PodUID: string(pod.UID), TargetPod: targetPod, Checkpoint: m.Name, SourceContainers: ids,
+		StartTime: &now, FreezeTime: &freeze}
 	if err := r.Client.Status().Update(ctx, m); err != nil {
 		return ctrl.Result{}, err
 	}
@@ -195,30 +200,42 @@ func (r *MigrationReconciler) checkpointing(ctx context.Context, m *stasisv1.Mig
 	return r.restoring(ctx, m)
 }
 
-// restoring ends the source pod (deleted, then its frozen containers
+// restoring has a Restore create the pod's copy on the target node. A pod
+// that keeps its name is ended first (deleted, then its frozen containers
 // killed by its node's agent: killed first, the kubelet would restart
-// them) and has a Restore create it on the target node.
+// them), and a failed restore is rolled back onto the source node. A
+// ReplicaSet's pod stays frozen beside its copy, which joins the
+// ReplicaSet once Ready, before the source is ended; a failed restore
+// then only resumes the source.
 func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
-	if !m.Status.SourceEnded {
-		gone, err := r.endSource(ctx, m)
-		if err != nil || !gone {
-			return ctrl.Result{RequeueAfter: r.Requeue}, err
-		}
-		m.Status.SourceEnded = true
-		if err := r.Client.Status().Update(ctx, m); err != nil {
-			return ctrl.Result{}, err
+	sameName := m.Status.TargetPod == m.Spec.PodName
+	if sameName && !m.Status.SourceEnded {
+		if res, err := r.endSourceOnce(ctx, m); err != nil || !res.IsZero() {
+			return res, err
 		}
 	}
-	rs, err := r.ensureRestore(ctx, m, m.Status.Restore, m.Status.TargetNode)
+	failed := r.rollBack
+	if !sameName {
+		failed = r.abandon
+	}
+	rs, err := r.ensureRestore(ctx, m, m.Status.Restore, m.Status.TargetNode, m.Status.TargetPod)
 	if err != nil {
-		return r.rollBack(ctx, m, err.Error())
+		return failed(ctx, m, err.Error())
 	}
 	switch rs.Status.Phase {
 	case stasisv1.PhaseSucceeded:
 	case stasisv1.PhaseFailed:
-		return r.rollBack(ctx, m, rs.Status.Message)
+		return failed(ctx, m, rs.Status.Message)
 	default:
 		return ctrl.Result{RequeueAfter: r.Requeue}, nil
+	}
+	if !m.Status.SourceEnded {
+		if err := r.adopt(ctx, m); err != nil {
+			return ctrl.Result{}, err
+		}
+		if res, err := r.endSourceOnce(ctx, m); err != nil || !res.IsZero() {
+			return res, err
+		}
 	}
 	now := metav1.Now()
 	m.Status.Phase, m.Status.CompletionTime = stasisv1.MigrationSucceeded, &now
@@ -232,6 +249,83 @@ func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migrati
 		"pod %s moved from node %s to node %s: down %dms, %d bytes moved, %s in all", m.Spec.PodName, m.Status.SourceNode,
 		m.Status.TargetNode, m.Status.DowntimeMillis, m.Status.BytesMoved, now.Sub(m.Status.StartTime.Time).Round(time.Millisecond))
 	return ctrl.Result{}, nil
+}
+
+// endSourceOnce ends the source pod and records that it did; a zero
+// result means it is done.
+func (r *MigrationReconciler) endSourceOnce(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
+	gone, err := r.endSource(ctx, m)
+	if err != nil || !gone {
+		return ctrl.Result{RequeueAfter: r.Requeue}, err
+	}
+	m.Status.SourceEnded = true
+	return ctrl.Result{}, r.Client.Status().Update(ctx, m)
+}
+
+// adopt makes the Ready copy of a ReplicaSet's pod the ReplicaSet's: its
+// pod-template-hash label (without which the ReplicaSet's selector does
+// not match it) and the source's controller reference. The source is
+// given the lowest deletion cost first, so that a ReplicaSet that sees one
+// pod too many before the source is gone removes the source.
+func (r *MigrationReconciler) adopt(ctx context.Context, m *stasisv1.Migration) error {
+	var src, dst corev1.Pod
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &src); err != nil {
+		return fmt.Errorf("source pod %s: %w", m.Spec.PodName, err)
+	}
+	if string(src.UID) != m.Status.PodUID {
+		return fmt.Errorf("pod %s was replaced while it was being migrated", src.Name)
+	}
+	owner := metav1.GetControllerOf(&src)
+	if owner == nil {
+		return fmt.Errorf("pod %s has no owner any more", src.Name)
+	}
+	before := src.DeepCopy()
+	if src.Annotations == nil {
+		src.Annotations = map[string]string{}
+	}
+	src.Annotations[podDeletionCost] = "-2147483648"
+	if err := r.Client.Patch(ctx, &src, client.MergeFrom(before)); err != nil {
+		return fmt.Errorf("source pod %s: %w", src.Name, err)
+	}
+	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.TargetPod}, &dst); err != nil {
+		return fmt.Errorf("pod %s: %w", m.Status.TargetPod, err)
+	}
+	if metav1.IsControlledBy(&dst, &metav1.ObjectMeta{UID: owner.UID}) {
+		return nil
+	}
+	before = dst.DeepCopy()
+	if h, ok := src.Labels["pod-template-hash"]; ok {
+		dst.Labels["pod-template-hash"] = h
+	}
+	dst.OwnerReferences = append(dst.OwnerReferences, *owner)
+	if err := r.Client.Patch(ctx, &dst, client.MergeFrom(before)); err != nil {
+		return fmt.Errorf("pod %s joins %s %s: %w", dst.Name, owner.Kind, owner.Name, err)
+	}
+	return nil
+}
+
+// podDeletionCost is the annotation a ReplicaSet orders its pods by when
+// it removes one of them.
+const podDeletionCost = "controller.kubernetes.io/pod-deletion-cost"
+
+// abandon ends a ReplicaSet pod's migration whose restore failed: the copy
+// is deleted and the source, never deleted, resumed where it was.
+func (r *MigrationReconciler) abandon(ctx context.Context, m *stasisv1.Migration, why string) (ctrl.Result, error) {
+	var pod corev1.Pod
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.TargetPod}, &pod)
+	if err == nil && pod.Labels[stasisv1.LabelRestore] == m.Status.Restore {
+		zero := int64(0)
+		if err := r.Client.Delete(ctx, &pod, &client.DeleteOptions{GracePeriodSeconds: &zero}); client.IgnoreNotFound(err) != nil {
+			return ctrl.Result{}, err
+		}
+	} else if client.IgnoreNotFound(err) != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.release(ctx, m, wire.ReleaseResume); err != nil {
+		return ctrl.Result{}, fmt.Errorf("resume pod %s: %w", m.Spec.PodName, err)
+	}
+	return r.fail(ctx, m, "RestoreFailed", "restore on node %s failed: %s; pod %s keeps running on node %s",
+		m.Status.TargetNode, why, m.Spec.PodName, m.Status.SourceNode)
 }
 
 // endSource deletes the source pod (the one this Migration recorded, no
@@ -277,9 +371,9 @@ func (r *MigrationReconciler) release(ctx context.Context, m *stasisv1.Migration
 	return r.Agents.ReleasePod(ctx, &node, req)
 }
 
-// ensureRestore is the Restore name of the migrated pod onto node,
+// ensureRestore is the Restore name of the migrated pod onto node as pod,
 // created if need be.
-func (r *MigrationReconciler) ensureRestore(ctx context.Context, m *stasisv1.Migration, name, node string) (*stasisv1.Restore, error) {
+func (r *MigrationReconciler) ensureRestore(ctx context.Context, m *stasisv1.Migration, name, node, pod string) (*stasisv1.Restore, error) {
 	var rs stasisv1.Restore
 	err := r.Reader.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: name}, &rs)
 	if err == nil {
@@ -301,7 +395,7 @@ func (r *MigrationReconciler) ensureRestore(ctx context.Context, m *stasisv1.Mig
 		sa = t.Spec.ServiceAccountName
 	}
 	rs = stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: m.Namespace},
-		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: ck.Name}, PodName: m.Spec.PodName,
+		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: ck.Name}, PodName: pod,
 			NodeName: node, ServiceAccountName: sa}}
 	if err := r.createOwned(ctx, m, &rs); err != nil {
 		return nil, err
@@ -342,7 +436,7 @@ func (r *MigrationReconciler) rollingBack(ctx context.Context, m *stasisv1.Migra
 			return ctrl.Result{}, err
 		}
 	}
-	rs, err := r.ensureRestore(ctx, m, back, m.Status.SourceNode)
+	rs, err := r.ensureRestore(ctx, m, back, m.Status.SourceNode, m.Spec.PodName)
 	if err != nil {
 		return r.fail(ctx, m, "RollbackFailed", "%s; restoring it on node %s failed too: %v (checkpoint %s is kept)",
 			m.Status.Message, m.Status.SourceNode, err, m.Status.Checkpoint)

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	specs "github.com/opencontainers/runtime-spec/specs-go"
+
 	"github.com/stasis-dev/stasis/pkg/archive"
 	"github.com/stasis-dev/stasis/pkg/criu"
 	"github.com/stasis-dev/stasis/pkg/provenance"
@@ -98,7 +100,55 @@ func (t *bundleTarget) configure(ctx context.Context, e *Engine, ck *unpacked) e
 	if err := os.WriteFile(conf, []byte("skip-file-rwx-check\ntcp-close\n"), 0o600); err != nil {
 		return err
 	}
-	return setBundleAnnotation(t.b.Dir, "org.criu.config", conf)
+	dumped, err := ck.Spec()
+	if err != nil {
+		return err
+	}
+	return editBundleSpec(t.b.Dir, func(spec map[string]json.RawMessage) error {
+		if err := addRuntimeMounts(t.b.Dir, spec, dumped.Mounts); err != nil {
+			return err
+		}
+		return setAnnotation(spec, "org.criu.config", conf)
+	})
+}
+
+// runtimeFiles are files a CRI runtime bind-mounts into every container of
+// its own, empty or nearly: CRI-O's (and Podman's) /run/.containerenv.
+// A checkpoint taken under CRI-O has that mount, which CRIU restores only
+// where the new container's spec has it too; containerd's has not.
+var runtimeFiles = map[string]bool{"/run/.containerenv": true}
+
+// addRuntimeMounts adds to the bundle's spec each runtimeFiles bind mount
+// the checkpoint has and the spec lacks, from an empty file in the bundle.
+func addRuntimeMounts(bundle string, spec map[string]json.RawMessage, dumped []specs.Mount) error {
+	var mounts []specs.Mount
+	if raw, ok := spec["mounts"]; ok {
+		if err := json.Unmarshal(raw, &mounts); err != nil {
+			return err
+		}
+	}
+	have := map[string]bool{}
+	for _, m := range mounts {
+		have[m.Destination] = true
+	}
+	added := false
+	for _, m := range dumped {
+		if !runtimeFiles[m.Destination] || have[m.Destination] {
+			continue
+		}
+		src := filepath.Join(bundle, "stasis-"+strings.TrimPrefix(filepath.Base(m.Destination), "."))
+		if err := os.WriteFile(src, nil, 0o644); err != nil {
+			return err
+		}
+		mounts = append(mounts, specs.Mount{Destination: m.Destination, Type: "bind", Source: src, Options: []string{"rbind", "ro"}})
+		added = true
+	}
+	if !added {
+		return nil
+	}
+	b, err := json.Marshal(mounts)
+	spec["mounts"] = b
+	return err
 }
 
 func (t *bundleTarget) start(ctx context.Context, e *Engine, ck *unpacked, o runc.RestoreOptions, _ *criu.LazyPagesServer) (int, error) {
@@ -135,10 +185,10 @@ func (t *bundleTarget) start(ctx context.Context, e *Engine, ck *unpacked, o run
 func (t *bundleTarget) abort(context.Context, *Engine) error { return nil }
 func (t *bundleTarget) close()                               {}
 
-// setBundleAnnotation adds an annotation to the bundle's config.json,
-// keeping everything else as it was: the file is rewritten as generic
-// JSON, so fields newer than stasis' runtime-spec survive.
-func setBundleAnnotation(bundle, key, value string) error {
+// editBundleSpec rewrites the bundle's config.json with edit, keeping
+// everything else as it was: the file is rewritten as generic JSON, so
+// fields newer than stasis' runtime-spec survive.
+func editBundleSpec(bundle string, edit func(map[string]json.RawMessage) error) error {
 	p := filepath.Join(bundle, "config.json")
 	b, err := os.ReadFile(p)
 	if err != nil {
@@ -148,14 +198,7 @@ func setBundleAnnotation(bundle, key, value string) error {
 	if err := json.Unmarshal(b, &spec); err != nil {
 		return err
 	}
-	ann := map[string]string{}
-	if raw, ok := spec["annotations"]; ok {
-		if err := json.Unmarshal(raw, &ann); err != nil {
-			return err
-		}
-	}
-	ann[key] = value
-	if spec["annotations"], err = json.Marshal(ann); err != nil {
+	if err := edit(spec); err != nil {
 		return err
 	}
 	if b, err = json.Marshal(spec); err != nil {
@@ -170,4 +213,18 @@ func setBundleAnnotation(bundle, key, value string) error {
 		return err
 	}
 	return os.Rename(tmp, p)
+}
+
+// setAnnotation sets an annotation of a spec read as generic JSON.
+func setAnnotation(spec map[string]json.RawMessage, key, value string) error {
+	ann := map[string]string{}
+	if raw, ok := spec["annotations"]; ok {
+		if err := json.Unmarshal(raw, &ann); err != nil {
+			return err
+		}
+	}
+	ann[key] = value
+	var err error
+	spec["annotations"], err = json.Marshal(ann)
+	return err
 }

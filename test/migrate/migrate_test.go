@@ -10,9 +10,11 @@ import (
 	"testing"
 	"time"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/watch"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
@@ -48,6 +50,20 @@ func TestMigrateCounterThereAndBack(t *testing.T) {
 		t.Fatalf("migration back: %s to %q %s: %s", back.Status.Phase, back.Status.TargetNode, back.Status.Reason, back.Status.Message)
 	}
 	t.Logf("node-b → node-a: down %d ms, %d bytes moved", back.Status.DowntimeMillis, back.Status.BytesMoved)
+	checkMoved(t, ns, "web", "node-a", last)
+}
+
+// A pod CRI-O started (with CRI-O's own mounts, /run/.containerenv among
+// them) moves to the containerd node.
+func TestMigrateFromCRIO(t *testing.T) {
+	requireCluster(t)
+	ns := namespace(t, "from-crio")
+	runCounter(t, ns, "web", "node-b", nil)
+	last := waitCount(t, ns, "web", 2)
+	m := migrate(t, ns, "web-to-a", "web", "node-a")
+	if m.Status.Phase != stasisv1.MigrationSucceeded {
+		t.Fatalf("migration: %s %s: %s", m.Status.Phase, m.Status.Reason, m.Status.Message)
+	}
 	checkMoved(t, ns, "web", "node-a", last)
 }
 
@@ -224,4 +240,126 @@ func checkMoved(t *testing.T, ns, name, node string, last int) {
 		}
 	}
 	fmt.Printf("pod %s/%s on %s at %s counts on from %d\n", ns, name, node, pod.Status.PodIP, all[0])
+}
+
+// A Deployment's pod moves to the other node: its copy, made beside the
+// frozen source, joins the ReplicaSet once Ready and counts on; the
+// ReplicaSet never starts a replica of its own and never has fewer than
+// its replicas (watched, not sampled).
+func TestMigrateDeploymentPod(t *testing.T) {
+	requireCluster(t)
+	ns := namespace(t, "deployment")
+	ctx := context.Background()
+	replicas := int32(2)
+	labels := map[string]string{"app": "web"}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "web", Namespace: ns},
+		Spec: appsv1.DeploymentSpec{Replicas: &replicas, Selector: &metav1.LabelSelector{MatchLabels: labels},
+			Template: corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{TerminationGracePeriodSeconds: new(int64), Containers: []corev1.Container{{Name: "counter",
+					Image: kubenode.BusyboxImage, ImagePullPolicy: corev1.PullNever, Command: []string{"sh", "-c", counterScript}}}}}}}
+	if _, err := cluster.Client.AppsV1().Deployments(ns).Create(ctx, d, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var pods []corev1.Pod
+	var listed string // the list's resource version, which the watch starts from
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		list, err := cluster.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed, pods = list.ResourceVersion, pods[:0]
+		for _, p := range list.Items {
+			if p.Status.Phase == corev1.PodRunning {
+				pods = append(pods, p)
+			}
+		}
+		if len(pods) == int(replicas) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("deployment web: %d of %d pods running", len(pods), replicas)
+		}
+	}
+	src := pods[0]
+	target := "node-a"
+	if src.Spec.NodeName == "node-a" {
+		target = "node-b"
+	}
+	last := waitCount(t, ns, src.Name, 2)
+
+	w, err := cluster.Client.CoreV1().Pods(ns).Watch(ctx, metav1.ListOptions{LabelSelector: "app=web", ResourceVersion: listed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	watched := make(chan podCount)
+	go countOwned(w.ResultChan(), []string{pods[0].Name, pods[1].Name}, watched)
+	m := migrate(t, ns, "move-one", src.Name, target)
+	w.Stop()
+	seen := <-watched
+	if m.Status.Phase != stasisv1.MigrationSucceeded {
+		t.Fatalf("migration: %s %s: %s", m.Status.Phase, m.Status.Reason, m.Status.Message)
+	}
+	t.Logf("%s → %s on %s: down %d ms", src.Name, m.Status.TargetPod, target, m.Status.DowntimeMillis)
+	checkMoved(t, ns, m.Status.TargetPod, target, last)
+	moved := getPod(t, ns, m.Status.TargetPod)
+	if o := metav1.GetControllerOf(moved); o == nil || o.Kind != "ReplicaSet" || moved.Labels["pod-template-hash"] != src.Labels["pod-template-hash"] {
+		t.Fatalf("pod %s is not the ReplicaSet's: owner %+v, labels %v", moved.Name, o, moved.Labels)
+	}
+	if _, err := cluster.Client.CoreV1().Pods(ns).Get(ctx, src.Name, metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Fatalf("source pod %s still there: %v", src.Name, err)
+	}
+	want := map[string]bool{pods[0].Name: true, pods[1].Name: true, m.Status.TargetPod: true}
+	for name := range seen.names {
+		if !want[name] {
+			t.Errorf("pod %s appeared during the migration: the ReplicaSet started a replica of its own", name)
+		}
+	}
+	if seen.min < int(replicas) {
+		t.Errorf("the ReplicaSet had %d pods at one point, fewer than its %d replicas", seen.min, replicas)
+	}
+	// Once settled, the ReplicaSet still has its two, and makes no third.
+	time.Sleep(3 * time.Second)
+	list, err := cluster.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Items) != int(replicas) {
+		var names []string
+		for _, p := range list.Items {
+			names = append(names, p.Name)
+		}
+		t.Fatalf("after the migration the Deployment has pods %v, want %d", names, replicas)
+	}
+}
+
+// podCount is what a watch of a ReplicaSet's pods saw: every pod name,
+// and the fewest pods the ReplicaSet owned, not being deleted, at once.
+type podCount struct {
+	names map[string]bool
+	min   int
+}
+
+func countOwned(events <-chan watch.Event, initial []string, out chan<- podCount) {
+	owned := map[string]bool{}
+	c := podCount{names: map[string]bool{}, min: len(initial)}
+	for _, n := range initial {
+		owned[n], c.names[n] = true, true
+	}
+	for ev := range events {
+		p, ok := ev.Object.(*corev1.Pod)
+		if !ok {
+			continue
+		}
+		c.names[p.Name] = true
+		live := ev.Type != watch.Deleted && p.DeletionTimestamp == nil && metav1.GetControllerOf(p) != nil
+		if live {
+			owned[p.Name] = true
+		} else {
+			delete(owned, p.Name)
+		}
+		if len(owned) < c.min {
+			c.min = len(owned)
+		}
+	}
+	out <- c
 }
