@@ -33,6 +33,14 @@ type MigrationSpec struct {
 	// +optional
 	// +kubebuilder:default=Offline
 	Mode MigrationMode `json:"mode,omitempty"`
+	// LazyPages starts the pod on the target node before its memory has
+	// arrived: the target reads the checkpoint where it lies, in the
+	// source node's store, page by page on first touch and the rest in
+	// the background (userfaultfd), so the downtime does not grow with
+	// the memory. Until every page is in, the pod's memory is partly on
+	// the source node, which must stay up.
+	// +optional
+	LazyPages bool `json:"lazyPages,omitempty"`
 }
 
 // MigrationPhase is where a Migration is.

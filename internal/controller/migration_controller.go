@@ -396,7 +396,7 @@ func (r *MigrationReconciler) ensureRestore(ctx context.Context, m *stasisv1.Mig
 	}
 	rs = stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: m.Namespace},
 		Spec: stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: ck.Name}, PodName: pod,
-			NodeName: node, ServiceAccountName: sa}}
+			NodeName: node, ServiceAccountName: sa, LazyPages: m.Spec.LazyPages}}
 	if err := r.createOwned(ctx, m, &rs); err != nil {
 		return nil, err
 	}

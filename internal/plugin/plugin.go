@@ -126,7 +126,7 @@ func podArg(arg string) (string, error) {
 
 func (o *options) migrateCmd() *cobra.Command {
 	var name, to string
-	var wait bool
+	var wait, lazy bool
 	cmd := &cobra.Command{
 		Use:   "migrate pod/NAME [--to NODE]",
 		Short: "Move a running pod to another node with its memory (a Migration)",
@@ -147,7 +147,7 @@ Only pods without an owner migrate yet.`,
 				return err
 			}
 			m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-				Spec: stasisv1.MigrationSpec{PodName: pod, TargetNode: to, Mode: stasisv1.MigrationOffline}}
+				Spec: stasisv1.MigrationSpec{PodName: pod, TargetNode: to, Mode: stasisv1.MigrationOffline, LazyPages: lazy}}
 			if name == "" {
 				m.GenerateName = pod + "-"
 			}
@@ -179,6 +179,7 @@ Only pods without an owner migrate yet.`,
 	f := cmd.Flags()
 	f.StringVar(&name, "name", "", "the Migration's name (default: the pod's name and a suffix)")
 	f.StringVar(&to, "to", "", "the target node (default: the first Ready node other than the pod's, by name)")
+	f.BoolVar(&lazy, "lazy-pages", false, "start on the target before the memory has arrived, reading it from the source node's store as it is touched")
 	f.BoolVar(&wait, "wait", true, "wait until it succeeds or fails")
 	return cmd
 }

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -31,6 +32,7 @@ type Grants struct {
 	// before the answer names it; without it such a checkpoint is refused.
 	Peers interface {
 		Fetch(ctx context.Context, node, image string) error
+		Remote(ctx context.Context, node, image string) (string, *registry.Pinned, error)
 	}
 }
 
@@ -128,7 +130,7 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 		}
 	}
 	if ans.Restore && !strings.Contains(ans.Image, "@sha256:") && ck.Status.NodeName != g.NodeName {
-		if err := g.fetch(ctx, &ck, ans.Image); err != nil {
+		if err := g.fetch(ctx, &ck, ans); err != nil {
 			return nil, err
 		}
 	}
@@ -136,10 +138,12 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 }
 
 // fetch brings a checkpoint image kept in the store of the checkpoint's
-// node into this node's. What is fetched is only ever what a Checkpoint's
-// status names, from the node it names; stasis-runc verifies its
-// signature before it restores it, as any other.
-func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, image string) error {
+// node into this node's, or, for a lazy restore, points the answer at it
+// there (the pages are read where they lie, and the image is stored here
+// once complete). What is read is only ever what a Checkpoint's status
+// names, from the node it names; stasis-runc verifies its signature
+// before it restores it, as any other.
+func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, ans *wire.GrantAnswer) error {
 	if ck.Status.NodeName == "" {
 		return grantRefused("checkpoint %s/%s is kept in a node's store but records no node", ck.Namespace, ck.Name)
 	}
@@ -147,7 +151,15 @@ func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, image strin
 		return grantRefused("checkpoint %s/%s is kept on node %s, and this agent does not fetch from other nodes (start it with --peer-ca)",
 			ck.Namespace, ck.Name, ck.Status.NodeName)
 	}
-	return g.Peers.Fetch(ctx, ck.Status.NodeName, image)
+	if !ans.LazyPages {
+		return g.Peers.Fetch(ctx, ck.Status.NodeName, ans.Image)
+	}
+	ref, p, err := g.Peers.Remote(ctx, ck.Status.NodeName, ans.Image)
+	if err != nil {
+		return err
+	}
+	ans.Image, ans.Peer = ref, &wire.PeerRegistry{CA: p.CA, Subject: p.Subject, Organization: p.Organization, Token: p.Token}
+	return nil
 }
 
 // createdBy checks that the Restore created pod: its status (which only

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"time"
 
@@ -18,17 +19,17 @@ import (
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
-// Peers fetches checkpoint images from the stores of other nodes' agents
-// into this node's, through their /v2/ API: the transfer of a Restore onto
-// another node and of a migration, agent to agent (TLS, the other agent's
-// certificate its node's own, a token of this agent's ServiceAccount for
-// that agent alone), with no registry and no shared disk between them.
+// Peers reads checkpoint images from the stores of other nodes' agents,
+// through their /v2/ API: the transfer of a Restore onto another node and
+// of a migration, agent to agent (TLS, the other agent's certificate its
+// node's own, a token of this agent's ServiceAccount for that agent
+// alone), with no registry and no shared disk between them.
 type Peers struct {
+	// Nodes says where the agents listen, the CA file their
+	// certificates chain to and the tokens to send them.
 	Nodes  wire.Nodes
 	Kube   kubernetes.Interface
 	Engine *engine.Engine
-	// Fetched, when set, counts the bytes of each image fetched.
-	Fetched func(bytes int64)
 
 	flight singleflight.Group
 }
@@ -48,7 +49,14 @@ func (p *Peers) Fetch(ctx context.Context, node, name string) error {
 		// a bound of its own.
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fetchTimeout)
 		defer cancel()
-		return nil, p.fetch(ctx, node, name)
+		ref, pinned, err := p.Remote(ctx, node, name)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := p.Engine.PullAs(ctx, ref, name, registry.Options{Pinned: pinned}); err != nil {
+			return nil, fmt.Errorf("fetch %s from the agent of node %s: %w", name, node, err)
+		}
+		return nil, nil
 	})
 	return err
 }
@@ -56,22 +64,26 @@ func (p *Peers) Fetch(ctx context.Context, node, name string) error {
 // fetchTimeout bounds one fetch from another node.
 const fetchTimeout = 15 * time.Minute
 
-func (p *Peers) fetch(ctx context.Context, nodeName, name string) error {
+// Remote is image name in node's store as a registry reference, and who
+// that registry must be: what a lazy restore reads the pages from where
+// they lie, on the other node.
+func (p *Peers) Remote(ctx context.Context, nodeName, name string) (string, *registry.Pinned, error) {
 	node, err := p.Kube.CoreV1().Nodes().Get(ctx, nodeName, metav1.GetOptions{})
 	if err != nil {
-		return fmt.Errorf("fetch %s from node %s: %w", name, nodeName, err)
+		return "", nil, fmt.Errorf("node %s: %w", nodeName, err)
 	}
-	c, err := p.Nodes.Client(ctx, node)
+	base, err := p.Nodes.URL(node)
 	if err != nil {
-		return fmt.Errorf("fetch %s from node %s: %w", name, nodeName, err)
+		return "", nil, err
 	}
-	ref := strings.TrimPrefix(c.Base(), "https://") + "/" + image.NormalizeName(name)
-	img, err := p.Engine.PullAs(ctx, ref, name, registry.Options{TLSVerify: true, Transport: c.Transport()})
+	ca, err := os.ReadFile(p.Nodes.CA)
 	if err != nil {
-		return fmt.Errorf("fetch %s from the agent of node %s: %w", name, nodeName, err)
+		return "", nil, fmt.Errorf("the agents' CA: %w", err)
 	}
-	if p.Fetched != nil {
-		p.Fetched(img.Size)
+	token, err := p.Nodes.Tokens.Token(ctx, nodeName)
+	if err != nil {
+		return "", nil, err
 	}
-	return nil
+	ref := strings.TrimPrefix(base, "https://") + "/" + image.NormalizeName(name)
+	return ref, &registry.Pinned{CA: ca, Subject: "system:node:" + nodeName, Organization: "system:nodes", Token: token}, nil
 }

@@ -2,20 +2,26 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/registry"
-	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // A node's store served to a peer: what a repository holds is fetched with
@@ -44,27 +50,23 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := httptest.NewTLSServer(s.Handler())
+	// The agent serves with its node's certificate, as a kubelet's.
+	caPEM, serving := nodeCertificate(t, "node-a")
+	ts := httptest.NewUnstartedServer(s.Handler())
+	ts.TLS = &tls.Config{Certificates: []tls.Certificate{serving}}
+	ts.StartTLS()
 	defer ts.Close()
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	client := func(token string) *wire.Client {
-		c, err := wire.NewClient(ts.URL, wire.ClientOptions{CA: ca, Token: token})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
 	host := strings.TrimPrefix(ts.URL, "https://")
+	pinned := func(subject, token string) registry.Options {
+		return registry.Options{Pinned: &registry.Pinned{CA: caPEM, Subject: subject, Organization: "system:nodes", Token: token}}
+	}
 
 	dst, err := image.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := &engine.Engine{Images: dst}
-	peer := registry.Options{TLSVerify: true, Transport: client("peer-0123456789a").Transport()}
+	peer := pinned("system:node:node-a", "peer-0123456789a")
 	got, err := e.PullAs(context.Background(), host+"/"+name, name, peer)
 	if err != nil {
 		t.Fatal(err)
@@ -87,7 +89,7 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 		for k, v := range h {
 			req.Header.Set(k, v)
 		}
-		resp, err := ts.Client().Do(req)
+		resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}).Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -96,6 +98,17 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 	}
 	if r := get("/v2/localhost/stasis/ns/web-1-0123abcd/blobs/"+ld.String(), "peer-0123456789a", map[string]string{"Range": "bytes=10-19"}); r.StatusCode != http.StatusPartialContent || r.ContentLength != 10 {
 		t.Fatalf("range request: %s, %d bytes", r.Status, r.ContentLength)
+	}
+	// And as a lazy restore reads it, by TLS although the address is
+	// local (registry.Blob).
+	size, _ := ls[0].Size()
+	blob, err := registry.OpenBlob(context.Background(), host+"/localhost/stasis/ns/web-1-0123abcd", ld, size, peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	part := make([]byte, 10)
+	if _, err := blob.ReadAt(part, 100); err != nil {
+		t.Fatal(err)
 	}
 	// The other repository's blob is not this repository's.
 	ols, _ := other.Layers()
@@ -115,8 +128,38 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 			t.Errorf("GET %s as %q: %s, want %d", c.path, c.token, r.Status, c.want)
 		}
 	}
+	// Another node's certificate is not the one the caller expects: no
+	// token is sent to it.
+	if _, err := e.PullAs(context.Background(), host+"/"+name, "x:y", pinned("system:node:node-b", "peer-0123456789a")); err == nil ||
+		!strings.Contains(err.Error(), "not \"system:node:node-b\"") {
+		t.Errorf("a registry with another node's certificate: %v", err)
+	}
 	// A peer may not do what an admin does.
 	if code := call(t, s.Handler(), http.MethodPost, "/v1/pods/ns/web/checkpoint", "peer-0123456789a"); code != http.StatusForbidden {
 		t.Errorf("a peer's pod checkpoint: %d, want 403", code)
 	}
+}
+
+// nodeCertificate is a CA (PEM) and a serving certificate it issued to
+// node for 127.0.0.1, as the cluster CA issues a kubelet's.
+func nodeCertificate(t *testing.T, node string) ([]byte, tls.Certificate) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2),
+		Subject:     pkix.Name{CommonName: "system:node:" + node, Organization: []string{"system:nodes"}},
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -43,9 +43,11 @@ type registryFetch struct {
 	// Layer and Size are the image's archive's.
 	Layer string `json:"layer"`
 	Size  int64  `json:"size"`
-	// TLSVerify and Creds are the registry.Options the restore had.
-	TLSVerify bool   `json:"tls_verify"`
-	Creds     string `json:"creds,omitempty"`
+	// TLSVerify, Creds and Pinned are the registry.Options the restore
+	// had.
+	TLSVerify bool             `json:"tls_verify"`
+	Creds     string           `json:"creds,omitempty"`
+	Pinned    *registry.Pinned `json:"pinned,omitempty"`
 	// Have are the chunks the restore fetched already (image.Partial).
 	Have [][2]int `json:"have"`
 	// Path is the partial blob's file; Store the image store it goes to.
@@ -99,7 +101,7 @@ func (e *Engine) registrySource(ctx context.Context, src *source, ref string, im
 	name := image.NormalizeName(ref)
 	fetch := registryFetch{
 		Layer: layer.Digest.String(), Size: layer.Size,
-		TLSVerify: o.TLSVerify, Creds: o.Creds, Store: e.Images.Dir(),
+		TLSVerify: o.TLSVerify, Creds: o.Creds, Pinned: o.Pinned, Store: e.Images.Dir(),
 		Commit: []fetchedImage{{Name: name, Ref: repo.Digest(digest.String()).String()}},
 	}
 	if sig != nil {
@@ -167,7 +169,7 @@ func openArchivePages(f *os.File, a *criu.ArchivePages) (io.ReaderAt, int64, fun
 	if err != nil {
 		return nil, 0, nil, err
 	}
-	o := registry.Options{TLSVerify: rf.TLSVerify, Creds: rf.Creds}
+	o := registry.Options{TLSVerify: rf.TLSVerify, Creds: rf.Creds, Pinned: rf.Pinned}
 	ctx, cancel := context.WithCancel(context.Background())
 	blob, err := registry.OpenBlob(ctx, rf.ref(), h, rf.Size, o)
 	if err != nil {

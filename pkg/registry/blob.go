@@ -45,8 +45,14 @@ func OpenBlob(ctx context.Context, ref string, digest v1.Hash, size int64, o Opt
 	if err != nil {
 		return nil, explain("open blob of", ref, err)
 	}
+	scheme := repo.Scheme()
+	if o.Pinned != nil {
+		// Scheme says http for a private address; a pinned registry is
+		// reached by TLS only.
+		scheme = "https"
+	}
 	b := &Blob{
-		url:    fmt.Sprintf("%s://%s/v2/%s/blobs/%s", repo.Scheme(), repo.RegistryStr(), repo.RepositoryStr(), digest),
+		url:    fmt.Sprintf("%s://%s/v2/%s/blobs/%s", scheme, repo.RegistryStr(), repo.RepositoryStr(), digest),
 		size:   size,
 		client: &http.Client{Transport: rt},
 	}
@@ -63,8 +69,12 @@ func OpenBlob(ctx context.Context, ref string, digest v1.Hash, size int64, o Opt
 // transport is an authenticated round tripper for repo, as the remote
 // package builds its own.
 func (o Options) transport(ctx context.Context, repo name.Repository) (http.RoundTripper, error) {
-	if o.Transport != nil {
-		return transport.NewRetry(transport.NewUserAgent(o.Transport, "stasis")), nil
+	if o.Pinned != nil {
+		t, err := o.Pinned.transport()
+		if err != nil {
+			return nil, err
+		}
+		return transport.NewRetry(transport.NewUserAgent(t, "stasis")), nil
 	}
 	auth, err := o.basicAuth()
 	if err != nil {

@@ -33,15 +33,14 @@ type Options struct {
 	Creds string
 	// Progress, when not nil, shows bytes moved.
 	Progress io.Writer
-	// Transport, when set, is the whole HTTP transport, TLS and
-	// credentials included (another node's agent, whose certificate must
-	// be its node's and which takes a token of its own): Creds and the
-	// keychain are not used.
-	Transport http.RoundTripper
+	// Pinned, when set, is who the registry must be and what it is
+	// sent (another node's stasis agent); TLSVerify, Creds and the
+	// keychain are then not used.
+	Pinned *Pinned `json:"pinned,omitempty"`
 }
 
 func (o Options) nameOptions() []name.Option {
-	if !o.TLSVerify {
+	if !o.TLSVerify && o.Pinned == nil {
 		return []name.Option{name.Insecure}
 	}
 	return nil
@@ -49,8 +48,12 @@ func (o Options) nameOptions() []name.Option {
 
 func (o Options) remoteOptions(ctx context.Context) ([]remote.Option, error) {
 	opts := []remote.Option{remote.WithContext(ctx), remote.WithUserAgent("stasis")}
-	if o.Transport != nil {
-		return append(opts, remote.WithTransport(o.Transport)), nil
+	if o.Pinned != nil {
+		t, err := o.Pinned.transport()
+		if err != nil {
+			return nil, err
+		}
+		return append(opts, remote.WithTransport(t)), nil
 	}
 	basic, err := o.basicAuth()
 	if err != nil {

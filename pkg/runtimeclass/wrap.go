@@ -264,7 +264,11 @@ func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bu
 	if err != nil {
 		return err
 	}
-	tlsVerify := w.cfg.TLSVerify == nil || *w.cfg.TLSVerify
+	opts := registry.Options{TLSVerify: w.cfg.TLSVerify == nil || *w.cfg.TLSVerify}
+	if p := ans.Peer; p != nil {
+		// Another node's store, read where it lies.
+		opts.Pinned = &registry.Pinned{CA: p.CA, Subject: p.Subject, Organization: p.Organization, Token: p.Token}
+	}
 	// The agent read the grant's lazyPages and the pod's annotation.
 	lazy := ans.LazyPages || w.cfg.LazyPages
 	// The grant says whose checkpoint this must be; the signature, checked
@@ -273,7 +277,7 @@ func (w *wrapper) restore(ctx context.Context, inv invocation, c createFlags, bu
 		Runtime: &runc.Runtime{Binary: w.runc, Globals: inv.globals},
 		ID:      c.id, Dir: bundle, Rootfs: spec.rootPath(bundle),
 		PidFile: c.pidFile, ConsoleSocket: c.consoleSocket, NoPivot: c.noPivot,
-	}, engine.BundleOptions{Registry: registry.Options{TLSVerify: tlsVerify}, LazyPages: lazy,
+	}, engine.BundleOptions{Registry: opts, LazyPages: lazy,
 		Expect: provenance.Expect{Namespace: ans.Namespace, Container: ans.Container, Archive: ans.Archive}})
 	if err != nil {
 		return err

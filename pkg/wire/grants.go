@@ -39,4 +39,16 @@ type GrantAnswer struct {
 	Container string `json:"container,omitempty"`
 	Archive   string `json:"archive,omitempty"`
 	LazyPages bool   `json:"lazyPages,omitempty"`
+	// Peer, when set, says Image is in another node's store, read lazily
+	// through its agent's /v2/ API: who that agent must be and the token
+	// to send it (registry.Pinned's fields; wire links no registry code).
+	Peer *PeerRegistry `json:"peer,omitempty"`
+}
+
+// PeerRegistry is another node's agent serving its store as a registry.
+type PeerRegistry struct {
+	CA           []byte `json:"ca"` // PEM
+	Subject      string `json:"subject"`
+	Organization string `json:"organization,omitempty"`
+	Token        string `json:"token"`
 }

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"fmt"
 	"net"
-	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -122,24 +121,3 @@ func (s *ServiceAccountTokens) Token(ctx context.Context, node string) (string, 
 	s.tokens[node] = tr.Status
 	return tr.Status.Token, nil
 }
-
-// Transport is the client's HTTP transport with its token added to each
-// request: what a registry client (go-containerregistry) reading the
-// agent's /v2/ API goes through.
-func (c *Client) Transport() http.RoundTripper {
-	return &bearer{token: c.token, next: c.http.Transport}
-}
-
-type bearer struct {
-	token string
-	next  http.RoundTripper
-}
-
-func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+b.token)
-	return b.next.RoundTrip(r)
-}
-
-// Base is the agent's URL.
-func (c *Client) Base() string { return c.base }

@@ -36,8 +36,8 @@ var (
 	cluster *kubenode.Cluster
 	// stackDir holds the agents' and the controller's logs.
 	stackDir string
-	kc      client.Client
-	bin     string
+	kc       client.Client
+	bin      string
 	// agents are the running agents by node name; stopAgent and
 	// startAgent let a test take one away.
 	agents = map[string]*exec.Cmd{}

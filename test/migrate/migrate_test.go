@@ -67,6 +67,44 @@ func TestMigrateFromCRIO(t *testing.T) {
 	checkMoved(t, ns, "web", "node-a", last)
 }
 
+// With lazy pages the pod starts on node-b before its memory is there:
+// memhog, which reads its memory as it ticks, ticks on, its pages read
+// from node-a's store through node-a's agent.
+func TestMigrateLazy(t *testing.T) {
+	requireCluster(t)
+	importMemhog(t)
+	ns := namespace(t, "lazy")
+	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hog", Namespace: ns},
+		Spec: corev1.PodSpec{NodeName: "node-a", TerminationGracePeriodSeconds: new(int64),
+			Containers: []corev1.Container{{Name: "app", Image: memhogImage, ImagePullPolicy: corev1.PullNever,
+				Command: []string{"/memhog", "64"}}}}}
+	if _, err := cluster.Client.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ns, "hog", "node-a")
+	waitTicking(t, ns, "hog")
+	m := migrateWith(t, ns, "hog-to-b", stasisv1.MigrationSpec{PodName: "hog", TargetNode: "node-b", LazyPages: true})
+	if m.Status.Phase != stasisv1.MigrationSucceeded {
+		t.Fatalf("migration: %s %s: %s\n%s", m.Status.Phase, m.Status.Reason, m.Status.Message, logTails())
+	}
+	waitRunning(t, ns, "hog", "node-b")
+	first := firstTick(t, ns, "hog")
+	// Ticking on for 2 s more reads 100 pages spread over the 64 MiB.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		b, _ := cluster.Client.CoreV1().Pods(ns).GetLogs("hog", &corev1.PodLogOptions{Timestamps: true, TailLines: ptr(int64(1))}).DoRaw(context.Background())
+		if ts, ok := tickTime(strings.TrimSpace(string(b))); ok && ts.Sub(first) > 2*time.Second {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("memhog stopped ticking on node-b: %s\n%s", b, logTails())
+		}
+	}
+	var rs stasisv1.Restore
+	if err := kc.Get(context.Background(), client.ObjectKey{Namespace: ns, Name: m.Status.Restore}, &rs); err != nil || !rs.Spec.LazyPages {
+		t.Fatalf("the migration's Restore is not lazy: %v %+v", err, rs.Spec)
+	}
+}
+
 // A pod marked never to migrate is refused, whoever asks, and counts on
 // where it is, thawed.
 func TestMigrateOptedOutIsRefused(t *testing.T) {
@@ -199,8 +237,12 @@ func waitCount(t *testing.T, ns, pod string, n int) int {
 // migrate creates a Migration and waits until it ends.
 func migrate(t *testing.T, ns, name, pod, target string) *stasisv1.Migration {
 	t.Helper()
-	m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-		Spec: stasisv1.MigrationSpec{PodName: pod, TargetNode: target}}
+	return migrateWith(t, ns, name, stasisv1.MigrationSpec{PodName: pod, TargetNode: target})
+}
+
+func migrateWith(t *testing.T, ns, name string, spec stasisv1.MigrationSpec) *stasisv1.Migration {
+	t.Helper()
+	m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: spec}
 	if err := kc.Create(context.Background(), m); err != nil {
 		t.Fatal(err)
 	}
