@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -93,13 +94,9 @@ func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) 
 	if err != nil {
 		return r.fail(ctx, m, "NoTargetNode", "%v", err)
 	}
-	var ids []stasisv1.SourceContainer
-	for _, cs := range pod.Status.ContainerStatuses {
-		_, id, _ := strings.Cut(cs.ContainerID, "://")
-		if cs.State.Running == nil || id == "" {
-			return r.fail(ctx, m, "PodNotRunning", "container %s of pod %s is not running", cs.Name, pod.Name)
-		}
-		ids = append(ids, stasisv1.SourceContainer{Name: cs.Name, ID: id})
+	ids, err := runningContainers(&pod)
+	if err != nil {
+		return r.fail(ctx, m, "PodNotRunning", "%v", err)
 	}
 	now, freeze := metav1.Now(), metav1.NowMicro()
 	m.Status = stasisv1.MigrationStatus{Phase: stasisv1.MigrationCheckpointing, SourceNode: pod.Spec.NodeName,
@@ -116,6 +113,20 @@ func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) 
 	r.Events.Eventf(m, &pod, corev1.EventTypeNormal, "Migrating", "Migrate",
 		"moving pod %s from node %s to node %s (%s)", pod.Name, m.Status.SourceNode, target, mode(m))
 	return ctrl.Result{}, nil
+}
+
+// runningContainers are the pod's containers as its runtime knows them:
+// what the source node's agent is asked to kill or resume.
+func runningContainers(pod *corev1.Pod) ([]stasisv1.SourceContainer, error) {
+	var ids []stasisv1.SourceContainer
+	for _, cs := range pod.Status.ContainerStatuses {
+		_, id, _ := strings.Cut(cs.ContainerID, "://")
+		if cs.State.Running == nil || id == "" {
+			return nil, fmt.Errorf("container %s of pod %s is not running", cs.Name, pod.Name)
+		}
+		ids = append(ids, stasisv1.SourceContainer{Name: cs.Name, ID: id})
+	}
+	return ids, nil
 }
 
 func mode(m *stasisv1.Migration) stasisv1.MigrationMode {
@@ -193,6 +204,14 @@ func (r *MigrationReconciler) checkpointing(ctx context.Context, m *stasisv1.Mig
 	for _, c := range ck.Status.Containers {
 		m.Status.BytesMoved += c.Size
 	}
+	// A container that restarted between start and the dump was
+	// checkpointed, and is frozen, under its new ID.
+	var pod corev1.Pod
+	if err := r.Reader.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod); err == nil && string(pod.UID) == m.Status.PodUID {
+		if ids, err := runningContainers(&pod); err == nil {
+			m.Status.SourceContainers = ids
+		}
+	}
 	m.Status.Phase, m.Status.Restore = stasisv1.MigrationRestoring, m.Name
 	if err := r.Client.Status().Update(ctx, m); err != nil {
 		return ctrl.Result{}, err
@@ -230,7 +249,9 @@ func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migrati
 		return ctrl.Result{RequeueAfter: r.Requeue}, nil
 	}
 	if !m.Status.SourceEnded {
-		if err := r.adopt(ctx, m); err != nil {
+		if err := r.adopt(ctx, m); errors.Is(err, errSourceGone) {
+			return r.sourceGone(ctx, m, err)
+		} else if err != nil {
 			return ctrl.Result{}, err
 		}
 		if res, err := r.endSourceOnce(ctx, m); err != nil || !res.IsZero() {
@@ -269,11 +290,12 @@ func (r *MigrationReconciler) endSourceOnce(ctx context.Context, m *stasisv1.Mig
 // pod too many before the source is gone removes the source.
 func (r *MigrationReconciler) adopt(ctx context.Context, m *stasisv1.Migration) error {
 	var src, dst corev1.Pod
-	if err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &src); err != nil {
-		return fmt.Errorf("source pod %s: %w", m.Spec.PodName, err)
+	err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &src)
+	if apierrors.IsNotFound(err) || (err == nil && string(src.UID) != m.Status.PodUID) {
+		return fmt.Errorf("%w: pod %s was deleted while it was being migrated", errSourceGone, m.Spec.PodName)
 	}
-	if string(src.UID) != m.Status.PodUID {
-		return fmt.Errorf("pod %s was replaced while it was being migrated", src.Name)
+	if err != nil {
+		return fmt.Errorf("source pod %s: %w", m.Spec.PodName, err)
 	}
 	owner := metav1.GetControllerOf(&src)
 	if owner == nil {
@@ -304,6 +326,8 @@ func (r *MigrationReconciler) adopt(ctx context.Context, m *stasisv1.Migration) 
 	return nil
 }
 
+var errSourceGone = errors.New("source deleted")
+
 // podDeletionCost is the annotation a ReplicaSet orders its pods by when
 // it removes one of them.
 const podDeletionCost = "controller.kubernetes.io/pod-deletion-cost"
@@ -311,14 +335,7 @@ const podDeletionCost = "controller.kubernetes.io/pod-deletion-cost"
 // abandon ends a ReplicaSet pod's migration whose restore failed: the copy
 // is deleted and the source, never deleted, resumed where it was.
 func (r *MigrationReconciler) abandon(ctx context.Context, m *stasisv1.Migration, why string) (ctrl.Result, error) {
-	var pod corev1.Pod
-	err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Status.TargetPod}, &pod)
-	if err == nil && pod.Labels[stasisv1.LabelRestore] == m.Status.Restore {
-		zero := int64(0)
-		if err := r.Client.Delete(ctx, &pod, &client.DeleteOptions{GracePeriodSeconds: &zero}); client.IgnoreNotFound(err) != nil {
-			return ctrl.Result{}, err
-		}
-	} else if client.IgnoreNotFound(err) != nil {
+	if _, err := r.deleteCopy(ctx, m, m.Status.TargetPod); err != nil {
 		return ctrl.Result{}, err
 	}
 	if err := r.release(ctx, m, wire.ReleaseResume); err != nil {
@@ -326,6 +343,37 @@ func (r *MigrationReconciler) abandon(ctx context.Context, m *stasisv1.Migration
 	}
 	return r.fail(ctx, m, "RestoreFailed", "restore on node %s failed: %s; pod %s keeps running on node %s",
 		m.Status.TargetNode, why, m.Spec.PodName, m.Status.SourceNode)
+}
+
+// deleteCopy deletes pod name if the migration's Restore made it (a
+// failed copy); gone says no such pod is left.
+func (r *MigrationReconciler) deleteCopy(ctx context.Context, m *stasisv1.Migration, name string) (gone bool, err error) {
+	var pod corev1.Pod
+	err = r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: name}, &pod)
+	switch {
+	case apierrors.IsNotFound(err):
+		return true, nil
+	case err != nil:
+		return false, err
+	case pod.Labels[stasisv1.LabelRestore] != m.Status.Restore:
+		return true, nil // not the copy: someone else's pod of that name
+	}
+	zero := int64(0)
+	return false, client.IgnoreNotFound(r.Client.Delete(ctx, &pod, &client.DeleteOptions{GracePeriodSeconds: &zero}))
+}
+
+// sourceGone ends a ReplicaSet pod's migration whose source was deleted
+// by someone else (a scale-down, kubectl delete) while it was frozen: its
+// copy goes the same way rather than into the ReplicaSet, and its frozen
+// containers, which no kubelet can stop, are killed.
+func (r *MigrationReconciler) sourceGone(ctx context.Context, m *stasisv1.Migration, why error) (ctrl.Result, error) {
+	if _, err := r.deleteCopy(ctx, m, m.Status.TargetPod); err != nil {
+		return ctrl.Result{}, err
+	}
+	if err := r.release(ctx, m, wire.ReleaseKill); err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.fail(ctx, m, "SourceDeleted", "%v; its copy %s is deleted too", why, m.Status.TargetPod)
 }
 
 // endSource deletes the source pod (the one this Migration recorded, no
@@ -419,17 +467,8 @@ func (r *MigrationReconciler) rollBack(ctx context.Context, m *stasisv1.Migratio
 func (r *MigrationReconciler) rollingBack(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
 	back := m.Name + "-rollback"
 	if m.Status.Restore != back {
-		var pod corev1.Pod
-		err := r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod)
-		if err == nil && pod.Labels[stasisv1.LabelRestore] == m.Status.Restore {
-			zero := int64(0)
-			if err := r.Client.Delete(ctx, &pod, &client.DeleteOptions{GracePeriodSeconds: &zero}); client.IgnoreNotFound(err) != nil {
-				return ctrl.Result{}, err
-			}
-			return ctrl.Result{RequeueAfter: r.Requeue}, nil
-		}
-		if err != nil && !apierrors.IsNotFound(err) {
-			return ctrl.Result{}, err
+		if gone, err := r.deleteCopy(ctx, m, m.Spec.PodName); err != nil || !gone {
+			return ctrl.Result{RequeueAfter: r.Requeue}, err
 		}
 		m.Status.Restore = back
 		if err := r.Client.Status().Update(ctx, m); err != nil {

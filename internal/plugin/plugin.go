@@ -133,8 +133,15 @@ func (o *options) migrateCmd() *cobra.Command {
 		Long: `migrate creates a Migration: the pod is frozen and checkpointed, deleted,
 and restored under its own name on the target node, whose agent fetches the
 checkpoint from the source node's. If the restore fails, the pod is restored
-on its source node again. Pods annotated stasis.dev/migrate=never are refused.
-Only pods without an owner migrate yet.`,
+on its source node again.
+
+A Deployment's pod (one a ReplicaSet owns) is restored beside its frozen
+source under a new name and joins the ReplicaSet once Ready; if that fails,
+the source is resumed. With --lazy-pages the target runs before the memory
+has arrived, its pages read from the source node on demand.
+
+Refused: pods annotated stasis.dev/migrate=never, and pods of other owners
+(StatefulSets, Jobs, DaemonSets).`,
 		Example: `  kubectl stasis migrate pod/web -n shop --to node-b`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
@@ -28,6 +29,10 @@ type Grants struct {
 	Client client.Reader
 	// NodeName is this node: only its own pods are answered for.
 	NodeName string
+	// Stored, when set, says whether this node's store already holds an
+	// image: a checkpoint kept on another node whose store this one shares
+	// (a network mount) is restored from here, without fetching.
+	Stored func(image string) bool
 	// Peers, when set, fetches a checkpoint kept in another node's store
 	// before the answer names it; without it such a checkpoint is refused.
 	Peers interface {
@@ -129,7 +134,8 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 			ans.Restore, ans.Image, ans.Namespace, ans.Container, ans.Archive = true, c.Image, ns, c.Name, c.Digest
 		}
 	}
-	if ans.Restore && !strings.Contains(ans.Image, "@sha256:") && ck.Status.NodeName != g.NodeName {
+	if ans.Restore && !strings.Contains(ans.Image, "@sha256:") && ck.Status.NodeName != g.NodeName &&
+		(g.Stored == nil || !g.Stored(ans.Image)) {
 		if err := g.fetch(ctx, &ck, ans); err != nil {
 			return nil, err
 		}
@@ -146,6 +152,13 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, ans *wire.GrantAnswer) error {
 	if ck.Status.NodeName == "" {
 		return grantRefused("checkpoint %s/%s is kept in a node's store but records no node", ck.Namespace, ck.Name)
+	}
+	if t := ck.Status.PodTemplate; t != nil {
+		// The source node's registry refuses it too; refused here first,
+		// with the reason, rather than as a peer's 403.
+		if err := policy.MayCheckpoint("pod "+ck.Namespace+"/"+ck.Spec.PodName, t.Annotations, true); err != nil {
+			return grantRefused("%v", err)
+		}
 	}
 	if g.Peers == nil {
 		return grantRefused("checkpoint %s/%s is kept on node %s, and this agent does not fetch from other nodes (start it with --peer-ca)",

@@ -17,6 +17,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/policy"
+	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
@@ -268,5 +270,76 @@ func TestGrantAPIServerFailureIsNoRefusal(t *testing.T) {
 		Namespace: "shop", Pod: "web", PodUID: "uid-web", Container: "app"})
 	if !errors.Is(err, down) || errors.Is(err, errGrant) {
 		t.Fatalf("got %v, want the API server's error and no refusal", err)
+	}
+}
+
+// farPeers stands in for the agents of other nodes: it records what it was
+// asked to fetch.
+type farPeers struct{ fetched []string }
+
+func (p *farPeers) Fetch(_ context.Context, node, image string) error {
+	p.fetched = append(p.fetched, node+" "+image)
+	return nil
+}
+
+func (p *farPeers) Remote(_ context.Context, node, image string) (string, *registry.Pinned, error) {
+	return node + ":9443/" + image, &registry.Pinned{Subject: "system:node:" + node, Token: "t"}, nil
+}
+
+// A checkpoint kept in another node's store is fetched from that node's
+// agent, unless this node's store holds it already (a store both share)
+// or its pod is marked never to leave its node.
+func TestGrantCheckpointOnAnotherNode(t *testing.T) {
+	const far = "localhost/stasis-ckpt/shop/ck-far:app" // a node store's name: no digest
+	ck := func(name string, ann map[string]string) *stasisv1.Checkpoint {
+		return &stasisv1.Checkpoint{
+			ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+			Spec:       stasisv1.CheckpointSpec{PodName: "web"},
+			Status: stasisv1.CheckpointStatus{Phase: stasisv1.PhaseSucceeded, NodeName: "n2",
+				Containers:  []stasisv1.ContainerCheckpoint{{Name: "app", Image: far}},
+				PodTemplate: &corev1.PodTemplateSpec{ObjectMeta: metav1.ObjectMeta{Annotations: ann}}},
+		}
+	}
+	restore := func(name, ck string) *stasisv1.Restore {
+		return &stasisv1.Restore{ObjectMeta: metav1.ObjectMeta{Namespace: "shop", Name: name},
+			Spec:   stasisv1.RestoreSpec{CheckpointRef: stasisv1.CheckpointReference{Name: ck}, PodName: "web"},
+			Status: stasisv1.RestoreStatus{PodUID: "uid-web"}}
+	}
+	objs := []client.Object{ck("ck-far", nil), ck("ck-stays", map[string]string{policy.Migrate: policy.Never}),
+		restore("far", "ck-far"), restore("stays", "ck-stays")}
+	for _, c := range []struct {
+		name, grant string
+		stored      bool
+		peers       bool
+		fetched     string
+		refused     string
+	}{
+		{name: "fetched from its node", grant: "Restore/far", peers: true, fetched: "n2 " + far},
+		{name: "in a store this node shares", grant: "Restore/far", stored: true},
+		{name: "no peers", grant: "Restore/far", refused: "does not fetch from other nodes"},
+		{name: "opted out", grant: "Restore/stays", peers: true, stored: false, refused: "stasis.dev/migrate=never"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			g := testGrants(t, nil, append(objs, grantPod(from(c.grant)))...)
+			g.Stored = func(image string) bool { return c.stored && image == far }
+			p := &farPeers{}
+			if c.peers {
+				g.Peers = p
+			}
+			ans, err := g.Resolve(context.Background(), wire.GrantRequest{
+				Namespace: "shop", Pod: "web", PodUID: "uid-web", Container: "app", Grant: c.grant})
+			if c.refused != "" {
+				if !errors.Is(err, errGrant) || !strings.Contains(err.Error(), c.refused) || len(p.fetched) > 0 {
+					t.Fatalf("got %+v, %v, fetched %v; want a refusal saying %q and nothing fetched", ans, err, p.fetched, c.refused)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ans.Image != far || strings.Join(p.fetched, ",") != c.fetched {
+				t.Errorf("got image %q, fetched %v; want %q, fetched %q", ans.Image, p.fetched, far, c.fetched)
+			}
+		})
 	}
 }

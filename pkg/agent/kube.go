@@ -33,9 +33,10 @@ func KubeConfig(kubeconfig string) (*rest.Config, error) {
 // KubeReview authenticates bearer tokens with the API server (TokenReview)
 // and finds the caller's role there (SubjectAccessReview), as the kubelet
 // does: a cluster decides, with RBAC, who may checkpoint. The rights are on
-// the stasis.dev resource "checkpoints": "create" makes an admin, "get" on
-// its subresource "images" a peer (the agents' own ServiceAccount), "get" a
-// viewer (config/rbac has the ClusterRoles). Client certificates are still
+// the stasis.dev resource "checkpoints": "create" makes an admin, the verb
+// "fetch" on its subresource "images" a peer (the agents' own
+// ServiceAccount: a verb of its own, so that no read-only role made of
+// wildcards grants it), "get" a viewer (config/rbac has the ClusterRoles). Client certificates are still
 // checked by TLS and read as CertOrToken reads them.
 //
 // Only tokens issued for the agent's audience are accepted: a token meant
@@ -100,7 +101,7 @@ func (k *KubeReview) review(ctx context.Context, tok string) (*Identity, error) 
 	for _, c := range []struct {
 		verb, subresource string
 		role              Role
-	}{{"create", "", Admin}, {"get", "images", Peer}, {"get", "", Viewer}} {
+	}{{"create", "", Admin}, {"fetch", "images", Peer}, {"get", "", Viewer}} {
 		allowed, err := k.allowed(ctx, u, c.verb, c.subresource)
 		if err != nil {
 			return nil, err

@@ -19,8 +19,14 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/v1/random"
 
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	"github.com/stasis-dev/stasis/pkg/engine"
 	"github.com/stasis-dev/stasis/pkg/image"
+	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/registry"
 )
 
@@ -43,7 +49,22 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 	if _, err := src.Add("localhost/other:x", other, nil); err != nil {
 		t.Fatal(err)
 	}
-	s, err := New(Config{Engine: &engine.Engine{Images: src}, Auth: &CertOrToken{tokens: map[string]Identity{
+	// Checkpoints of this node (n1): web-1's images may leave it;
+	// secret-1's pod is marked never to migrate; far-1 was taken on
+	// another node.
+	for _, n := range []string{"localhost/stasis/ns/secret-1-abcdef01:app", "localhost/stasis/ns/far-1-99999999:app"} {
+		if _, err := src.Add(n, other, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ck := func(name, uid, node string, marks map[string]string) *stasisv1.Checkpoint {
+		return &stasisv1.Checkpoint{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID(uid)},
+			Status: stasisv1.CheckpointStatus{NodeName: node, PodTemplate: &corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Annotations: marks}}}}
+	}
+	grants := testGrants(t, nil, ck("web-1", "0123abcd-0000", "n1", nil),
+		ck("secret-1", "abcdef01-0000", "n1", map[string]string{policy.Migrate: policy.Never}), ck("far-1", "99999999-0000", "n2", nil))
+	s, err := New(Config{Engine: &engine.Engine{Images: src}, Grants: grants, NodeName: "n1", Auth: &CertOrToken{tokens: map[string]Identity{
 		"peer-0123456789a": {User: "system:serviceaccount:stasis-system:stasis-agent", Role: Peer, Via: "token"},
 		"vera-0123456789a": {User: "vera", Role: Viewer, Via: "token"},
 	}}})
@@ -120,6 +141,11 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 		{"/v2/localhost/stasis/ns/web-1-0123abcd/blobs/" + od.String(), "peer-0123456789a", http.StatusNotFound},
 		{"/v2/localhost/stasis/ns/web-1-0123abcd/manifests/x", "peer-0123456789a", http.StatusNotFound},
 		{"/v2/localhost/stasis/ns/web-1-0123abcd/blobs/sha256:zz", "peer-0123456789a", http.StatusBadRequest},
+		// Only a Checkpoint's images of this node, and not a pod's that
+		// must stay on it.
+		{"/v2/localhost/other/manifests/x", "peer-0123456789a", http.StatusForbidden},
+		{"/v2/localhost/stasis/ns/secret-1-abcdef01/manifests/app", "peer-0123456789a", http.StatusForbidden},
+		{"/v2/localhost/stasis/ns/far-1-99999999/manifests/app", "peer-0123456789a", http.StatusForbidden},
 		// Archive bytes are memory: a viewer reads none.
 		{"/v2/localhost/stasis/ns/web-1-0123abcd/blobs/" + ld.String(), "vera-0123456789a", http.StatusForbidden},
 		{"/v2/", "", http.StatusUnauthorized},
@@ -128,11 +154,27 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 			t.Errorf("GET %s as %q: %s, want %d", c.path, c.token, r.Status, c.want)
 		}
 	}
-	// Another node's certificate is not the one the caller expects: no
-	// token is sent to it.
+	// Another node's certificate is not the one the caller expects, and
+	// a registry at a private address that speaks plain HTTP is not the
+	// agent: neither gets the token.
 	if _, err := e.PullAs(context.Background(), host+"/"+name, "x:y", pinned("system:node:node-b", "peer-0123456789a")); err == nil ||
 		!strings.Contains(err.Error(), "not \"system:node:node-b\"") {
 		t.Errorf("a registry with another node's certificate: %v", err)
+	}
+	var sent []string
+	plain := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sent = append(sent, r.Header.Get("Authorization"))
+		w.WriteHeader(http.StatusOK)
+	}))
+	defer plain.Close()
+	if _, err := e.PullAs(context.Background(), strings.TrimPrefix(plain.URL, "http://")+"/"+name, "x:y",
+		pinned("system:node:node-a", "peer-0123456789a")); err == nil {
+		t.Errorf("a pull from a plain-HTTP registry succeeded")
+	}
+	for _, a := range sent {
+		if a != "" {
+			t.Errorf("the token went over plain HTTP: %q", a)
+		}
 	}
 	// A peer may not do what an admin does.
 	if code := call(t, s.Handler(), http.MethodPost, "/v1/pods/ns/web/checkpoint", "peer-0123456789a"); code != http.StatusForbidden {

@@ -71,6 +71,8 @@ type Server struct {
 	nodeMux *http.ServeMux
 	// background counts async operations, which shutdown lets finish.
 	background sync.WaitGroup
+	// peerReads are the repositories other nodes' agents may read.
+	peerReads peerReads
 }
 
 // New builds an agent.

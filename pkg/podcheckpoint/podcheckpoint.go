@@ -69,6 +69,21 @@ func LocalImage(r wire.PodCheckpointRequest, container string) string {
 	return fmt.Sprintf("localhost/stasis/%s/%s-%s:%s", r.Namespace, r.Name, uid, container)
 }
 
+// ParseLocalImage reads the repository of a LocalImage name: the
+// namespace, the Checkpoint's name and the first 8 characters of its UID.
+func ParseLocalImage(repo string) (namespace, name, uid string, ok bool) {
+	rest, ok := strings.CutPrefix(repo, "localhost/stasis/")
+	if !ok {
+		return "", "", "", false
+	}
+	namespace, rest, ok = strings.Cut(rest, "/")
+	i := strings.LastIndex(rest, "-")
+	if !ok || i < 1 || strings.Contains(rest, "/") {
+		return "", "", "", false
+	}
+	return namespace, rest[:i], rest[i+1:], true
+}
+
 // Checkpoint checkpoints the pod's containers (engine.Dump, all frozen
 // together), stores each as a checkpoint image, signs and pushes them.
 func (c *Checkpointer) Checkpoint(ctx context.Context, r wire.PodCheckpointRequest) (*wire.PodCheckpointResult, error) {
@@ -124,7 +139,8 @@ func (c *Checkpointer) Checkpoint(ctx context.Context, r wire.PodCheckpointReque
 
 // Release ends (ReleaseKill) or thaws (ReleaseResume) the pod's containers
 // that a KeepFrozen checkpoint left frozen. A container that is no longer
-// paused is left as it is: a release asked twice does nothing more.
+// paused is left as it is: a release asked twice does nothing more. One
+// the runtime no longer knows is ended, as a kill asks; a resume fails.
 // Killed, a frozen container's processes die as soon as it is thawed,
 // which the kill does last.
 func (c *Checkpointer) Release(ctx context.Context, r wire.PodReleaseRequest) error {
@@ -145,6 +161,9 @@ func (c *Checkpointer) release(ctx context.Context, namespace, name string, ctr 
 		return fmt.Errorf("no valid ID %q", ctr.ID)
 	}
 	st, err := c.Runtime.State(ctx, ctr.ID)
+	if errors.Is(err, runc.ErrNotExist) && action == wire.ReleaseKill {
+		return nil // ended already, as asked
+	}
 	if err != nil {
 		return err
 	}

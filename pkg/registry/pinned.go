@@ -56,7 +56,13 @@ type bearer struct {
 	next  http.RoundTripper
 }
 
+// RoundTrip sends the token over TLS only: go-containerregistry tries
+// plain HTTP too for a private address, and that request must go out
+// without it, and fail.
 func (b *bearer) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme != "https" {
+		return nil, fmt.Errorf("pinned registry %s: refused over plain HTTP", r.URL.Host)
+	}
 	r = r.Clone(r.Context())
 	r.Header.Set("Authorization", "Bearer "+b.token)
 	return b.next.RoundTrip(r)
