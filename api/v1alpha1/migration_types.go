@@ -86,7 +86,7 @@ type MigrationStatus struct {
 	// +optional
 	PodUID string `json:"podUID,omitempty"`
 	// TargetPod is the pod on the target node: the same name for a pod
-	// without an owner; for a ReplicaSet's pod, a name of the
+	// without an owner or a StatefulSet's; for a ReplicaSet's pod, a name of the
 	// ReplicaSet's kind, the pod joining it once Ready (the source pod
 	// runs frozen until then, so the ReplicaSet never starts a replica).
 	// +optional

@@ -44,6 +44,7 @@ type MigrationReconciler struct {
 // +kubebuilder:rbac:groups=stasis.dev,resources=migrations/status,verbs=get;update;patch
 // +kubebuilder:rbac:groups=stasis.dev,resources=checkpoints;restores,verbs=get;list;watch;create
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch;delete;patch
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims;persistentvolumes,verbs=get
 
 // Reconcile moves a Migration through its phases; each step is idempotent
 // and recorded before the next, so a restarted controller resumes it.
@@ -84,15 +85,24 @@ func (r *MigrationReconciler) start(ctx context.Context, m *stasisv1.Migration) 
 	}
 	targetPod := pod.Name
 	if o := metav1.GetControllerOf(&pod); o != nil {
-		if o.Kind != "ReplicaSet" || pod.GenerateName == "" {
-			return r.fail(ctx, m, "Unsupported", "pod %s is owned by %s %s: pods without an owner and a ReplicaSet's (a Deployment's) migrate, others not yet",
+		switch {
+		case o.Kind == "ReplicaSet" && pod.GenerateName != "":
+			targetPod = pod.GenerateName + utilrand.String(5)
+		case o.Kind == "StatefulSet":
+			// Same name, same identity: the name is held for the copy
+			// (config/admission/migration_hold.yaml) and the StatefulSet
+			// adopts it.
+		default:
+			return r.fail(ctx, m, "Unsupported", "pod %s is owned by %s %s: pods without an owner, a ReplicaSet's (a Deployment's) and a StatefulSet's migrate, others not yet",
 				pod.Name, o.Kind, o.Name)
 		}
-		targetPod = pod.GenerateName + utilrand.String(5)
 	}
 	target, err := r.target(ctx, m, pod.Spec.NodeName)
 	if err != nil {
 		return r.fail(ctx, m, "NoTargetNode", "%v", err)
+	}
+	if err := r.volumesReach(ctx, &pod, target); err != nil {
+		return r.fail(ctx, m, "VolumeNotReachable", "%v", err)
 	}
 	ids, err := runningContainers(&pod)
 	if err != nil {
@@ -229,7 +239,11 @@ func (r *MigrationReconciler) checkpointing(ctx context.Context, m *stasisv1.Mig
 func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migration) (ctrl.Result, error) {
 	sameName := m.Status.TargetPod == m.Spec.PodName
 	if sameName && !m.Status.SourceEnded {
-		if res, err := r.endSourceOnce(ctx, m); err != nil || !res.IsZero() {
+		res, err := r.endSourceOnce(ctx, m)
+		if errors.Is(err, errNameTaken) {
+			return r.fail(ctx, m, "NameTaken", "%v; the source is ended, its checkpoint %s kept", err, m.Status.Checkpoint)
+		}
+		if err != nil || !res.IsZero() {
 			return res, err
 		}
 	}
@@ -326,7 +340,7 @@ func (r *MigrationReconciler) adopt(ctx context.Context, m *stasisv1.Migration) 
 	return nil
 }
 
-var errSourceGone = errors.New("source deleted")
+var errSourceGone = errors.New("the source is gone")
 
 // podDeletionCost is the annotation a ReplicaSet orders its pods by when
 // it removes one of them.
@@ -392,18 +406,26 @@ func (r *MigrationReconciler) endSource(ctx context.Context, m *stasisv1.Migrati
 			Preconditions: &metav1.Preconditions{UID: &pod.UID}}); client.IgnoreNotFound(err) != nil {
 			return false, fmt.Errorf("delete pod %s: %w", pod.Name, err)
 		}
-	default:
-		return false, fmt.Errorf("pod %s was replaced (UID %s, not %s) while it was being migrated", pod.Name, pod.UID, m.Status.PodUID)
 	}
+	// The source's frozen containers are killed whoever holds the name
+	// now: its pod object is gone, and no kubelet can stop them.
 	if err := r.release(ctx, m, wire.ReleaseKill); err != nil {
 		return false, err
 	}
 	err = r.Client.Get(ctx, client.ObjectKey{Namespace: m.Namespace, Name: m.Spec.PodName}, &pod)
-	if apierrors.IsNotFound(err) {
+	switch {
+	case apierrors.IsNotFound(err):
 		return true, nil
+	case err == nil && string(pod.UID) != m.Status.PodUID:
+		return false, fmt.Errorf("%w: pod %s (UID %s) was created under its name while it was being migrated "+
+			"(config/admission/migration_hold.yaml holds the name for the copy: is it installed?)", errNameTaken, pod.Name, pod.UID)
 	}
 	return false, err
 }
+
+// errNameTaken is a pod of the migrated pod's name that is not the source:
+// its copy cannot be made, and that pod is no one's to delete.
+var errNameTaken = errors.New("its name is taken")
 
 // release asks the source node's agent to kill or resume the containers
 // the checkpoint left frozen.

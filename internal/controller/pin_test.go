@@ -20,7 +20,7 @@ func TestPinToReplacesAnEarlierPin(t *testing.T) {
 	got := pod.Spec.Affinity.NodeAffinity.RequiredDuringSchedulingIgnoredDuringExecution.NodeSelectorTerms
 	want := []corev1.NodeSelectorTerm{{
 		MatchExpressions: []corev1.NodeSelectorRequirement{zone},
-		MatchFields: []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"node-a"}}},
+		MatchFields:      []corev1.NodeSelectorRequirement{{Key: "metadata.name", Operator: corev1.NodeSelectorOpIn, Values: []string{"node-a"}}},
 	}}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("pinned twice: %+v, want %+v", got, want)

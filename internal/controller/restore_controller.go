@@ -165,8 +165,12 @@ func restorePod(rs *stasisv1.Restore, ck *stasisv1.Checkpoint) (*corev1.Pod, err
 	pod.Annotations[stasisv1.AnnotationRestoreFrom] = stasisv1.Grant{Kind: stasisv1.GrantRestore, Name: rs.Name}.String()
 	rc := RuntimeClass
 	pod.Spec.RuntimeClassName = &rc
-	// The old pod's hostname must not come along: the new pod has its own.
-	pod.Spec.Hostname = ""
+	// The old pod's hostname must not come along: the new pod has its
+	// own. A pod of the same name (a StatefulSet's, migrated) keeps its
+	// identity, hostname and subdomain with it.
+	if pod.Spec.Hostname != pod.Name {
+		pod.Spec.Hostname = ""
+	}
 	pod.Spec.ServiceAccountName, pod.Spec.DeprecatedServiceAccount = rs.Spec.ServiceAccountName, ""
 	pod.Spec.EphemeralContainers = nil
 	if rs.Spec.NodeName != "" {

@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/yaml"
@@ -45,7 +46,7 @@ Only cluster administrators (bound to the ClusterRole stasis-admin) may.`,
 	root.PersistentFlags().StringVarP(&overrides.Context.Namespace, "namespace", "n", "", "namespace (default: the context's)")
 	root.PersistentFlags().StringVar(&overrides.CurrentContext, "context", "", "kubeconfig context")
 	o.flags = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, overrides)
-	root.AddCommand(o.checkpointCmd(), o.restoreCmd(), o.migrateCmd(), o.listCmd(), o.inspectCmd())
+	root.AddCommand(o.checkpointCmd(), o.restoreCmd(), o.migrateCmd(), o.drainCmd(), o.listCmd(), o.inspectCmd())
 	return root
 }
 
@@ -60,6 +61,10 @@ func (o *options) client() (client.Client, string, error) {
 	}
 	scheme := runtime.NewScheme()
 	if err := stasisv1.AddToScheme(scheme); err != nil {
+		return nil, "", err
+	}
+	// Pods, nodes and evictions, for drain.
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
 		return nil, "", err
 	}
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
@@ -140,8 +145,12 @@ source under a new name and joins the ReplicaSet once Ready; if that fails,
 the source is resumed. With --lazy-pages the target runs before the memory
 has arrived, its pages read from the source node on demand.
 
-Refused: pods annotated stasis.dev/migrate=never, and pods of other owners
-(StatefulSets, Jobs, DaemonSets).`,
+A StatefulSet's pod keeps its name and identity: the name is held for its
+copy while it moves, and the StatefulSet adopts the copy.
+
+Refused: pods annotated stasis.dev/migrate=never, pods of other owners
+(Jobs, DaemonSets), and pods whose persistent volumes the target node
+cannot mount.`,
 		Example: `  kubectl stasis migrate pod/web -n shop --to node-b`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {

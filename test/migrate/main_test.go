@@ -122,7 +122,7 @@ func startStasis(ctx context.Context, signingKey string) (func(), error) {
 		return nil, err
 	}
 	if err := cluster.Apply(ctx, "../../config/rbac/checkpoint_roles.yaml", "../../config/rbac/role.yaml",
-		"../../config/rbac/service_accounts.yaml"); err != nil {
+		"../../config/rbac/service_accounts.yaml", "../../config/admission/migration_hold.yaml"); err != nil {
 		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "stasis-migrate-stack-")

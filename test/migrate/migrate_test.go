@@ -201,9 +201,12 @@ func getPod(t *testing.T, ns, name string) *corev1.Pod {
 	return pod
 }
 
-// counts are the counter values the pod's container logged, in order.
-func counts(ns, pod string) ([]int, error) {
-	b, err := cluster.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: "counter"}).DoRaw(context.Background())
+// counts are the counter values the pod's container "counter" logged, in
+// order.
+func counts(ns, pod string) ([]int, error) { return countsIn(ns, pod, "counter") }
+
+func countsIn(ns, pod, container string) ([]int, error) {
+	b, err := cluster.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{Container: container}).DoRaw(context.Background())
 	if err != nil {
 		return nil, err
 	}
