@@ -15,6 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	ctrlmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
@@ -89,7 +90,8 @@ func run(metricsAddr, probeAddr, serviceAccount string, agents *controller.Agent
 		return err
 	}
 	if err := (&controller.MigrationReconciler{Client: mgr.GetClient(),
-		Events: mgr.GetEventRecorder("stasis-controller"), Agents: agents}).SetupWithManager(mgr); err != nil {
+		Events: mgr.GetEventRecorder("stasis-controller"), Agents: agents,
+		Metrics: controller.NewMigrationMetrics(ctrlmetrics.Registry)}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return mgr.Start(ctrl.SetupSignalHandler())

@@ -34,9 +34,11 @@ type MigrationReconciler struct {
 	Client client.Client
 	// Reader reads past the cache: an object just created is not in it
 	// yet, which must not read as deleted.
-	Reader  client.Reader
-	Events  events.EventRecorder
-	Agents  Agents
+	Reader client.Reader
+	Events events.EventRecorder
+	Agents Agents
+	// Metrics, when set, records each Migration that ends.
+	Metrics *MigrationMetrics
 	Requeue time.Duration
 }
 
@@ -280,6 +282,7 @@ func (r *MigrationReconciler) restoring(ctx context.Context, m *stasisv1.Migrati
 	if err := r.Client.Status().Update(ctx, m); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.Metrics.observe(m)
 	r.Events.Eventf(m, nil, corev1.EventTypeNormal, "Migrated", "Migrate",
 		"pod %s moved from node %s to node %s: down %dms, %d bytes moved, %s in all", m.Spec.PodName, m.Status.SourceNode,
 		m.Status.TargetNode, m.Status.DowntimeMillis, m.Status.BytesMoved, now.Sub(m.Status.StartTime.Time).Round(time.Millisecond))
@@ -539,6 +542,7 @@ func (r *MigrationReconciler) fail(ctx context.Context, m *stasisv1.Migration, r
 	if err := r.Client.Status().Update(ctx, m); err != nil {
 		return ctrl.Result{}, err
 	}
+	r.Metrics.observe(m)
 	r.Events.Eventf(m, nil, corev1.EventTypeWarning, reason, "Migrate", "%s", m.Status.Message)
 	return ctrl.Result{}, nil
 }

@@ -43,6 +43,8 @@ var (
 	agents = map[string]*exec.Cmd{}
 	// notRoot, when set, is why every test skips.
 	notRoot string
+	// controllerMetrics is the controller's metrics endpoint.
+	controllerMetrics string
 )
 
 func requireCluster(t *testing.T) {
@@ -160,8 +162,16 @@ func startStasis(ctx context.Context, signingKey string) (func(), error) {
 		stop()
 		return nil, err
 	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		stop()
+		return nil, err
+	}
+	controllerMetrics = l.Addr().String()
+	l.Close()
 	controller = exec.Command(filepath.Join(bin, "stasis-controller"), "--kubeconfig", kubeconfig,
-		"--agent-port", strconv.Itoa(agentPort), "--agent-ca", cluster.CA, "--health-probe-bind-address", "0")
+		"--agent-port", strconv.Itoa(agentPort), "--agent-ca", cluster.CA, "--health-probe-bind-address", "0",
+		"--metrics-bind-address", controllerMetrics)
 	log, _ := os.Create(filepath.Join(dir, "controller.log"))
 	controller.Stdout, controller.Stderr = log, log
 	if err := controller.Start(); err != nil {

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"strconv"
 	"strings"
 	"testing"
@@ -33,6 +35,9 @@ func TestMigrateCounterThereAndBack(t *testing.T) {
 	ns := namespace(t, "there-and-back")
 	runCounter(t, ns, "web", "node-a", nil)
 	last := waitCount(t, ns, "web", 3)
+	succeeded := `stasis_migrations_total{phase="Succeeded",reason=""}`
+	downtimes := `stasis_migration_downtime_seconds_count{lazy_pages="false",mode="Offline"}`
+	before := scrape(t, succeeded, downtimes)
 
 	m := migrate(t, ns, "web-to-b", "web", "node-b")
 	if m.Status.Phase != stasisv1.MigrationSucceeded {
@@ -51,6 +56,37 @@ func TestMigrateCounterThereAndBack(t *testing.T) {
 	}
 	t.Logf("node-b → node-a: down %d ms, %d bytes moved", back.Status.DowntimeMillis, back.Status.BytesMoved)
 	checkMoved(t, ns, "web", "node-a", last)
+	// The controller's metrics count both.
+	after := scrape(t, succeeded, downtimes)
+	for _, name := range []string{succeeded, downtimes} {
+		if after[name]-before[name] != 2 {
+			t.Errorf("%s went from %v to %v, want 2 more", name, before[name], after[name])
+		}
+	}
+}
+
+// scrape reads the named series (name{label="value",...}, labels in
+// order) from the controller's metrics endpoint; a missing one is 0.
+func scrape(t *testing.T, series ...string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + controllerMetrics + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, s := range series {
+			if v, ok := strings.CutPrefix(line, s+" "); ok {
+				out[s], _ = strconv.ParseFloat(v, 64)
+			}
+		}
+	}
+	return out
 }
 
 // A pod CRI-O started (with CRI-O's own mounts, /run/.containerenv among
