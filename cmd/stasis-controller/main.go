@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -25,6 +26,7 @@ import (
 
 func main() {
 	var metricsAddr, probeAddr, serviceAccount string
+	var retryFor time.Duration
 	agents := &controller.AgentClients{}
 	flag.IntVar(&agents.Port, "agent-port", 7443, "port the stasis agents listen on, on each node's InternalIP")
 	flag.StringVar(&agents.CA, "agent-ca", "", "CA of the agents' serving certificates, the kubelets' (PEM; required)")
@@ -32,6 +34,8 @@ func main() {
 		"NAMESPACE/NAME of the controller's ServiceAccount, whose tokens (one per node's agent) it asks the API server for")
 	flag.StringVar(&metricsAddr, "metrics-bind-address", "0", "address of the metrics endpoint; 0 disables it")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "address of /healthz and /readyz")
+	flag.DurationVar(&retryFor, "restore-retry-for", 3*time.Minute,
+		"how long a restore that failed because an agent or a node could not be reached waits for the kubelet's next attempts before the Restore fails")
 	flag.Usage = func() {
 		fmt.Fprintf(flag.CommandLine.Output(), `Usage: stasis-controller [flags]
 
@@ -47,13 +51,13 @@ Flags:
 	}
 	flag.Parse()
 	ctrl.SetLogger(logr.FromSlogHandler(slog.NewJSONHandler(os.Stderr, nil)))
-	if err := run(metricsAddr, probeAddr, serviceAccount, agents); err != nil {
+	if err := run(metricsAddr, probeAddr, serviceAccount, retryFor, agents); err != nil {
 		fmt.Fprintln(os.Stderr, "stasis-controller:", err)
 		os.Exit(1)
 	}
 }
 
-func run(metricsAddr, probeAddr, serviceAccount string, agents *controller.AgentClients) error {
+func run(metricsAddr, probeAddr, serviceAccount string, retryFor time.Duration, agents *controller.AgentClients) error {
 	// --kubeconfig (registered by controller-runtime), $KUBECONFIG, or
 	// in-cluster credentials.
 	cfg, err := ctrl.GetConfig()
@@ -86,7 +90,7 @@ func run(metricsAddr, probeAddr, serviceAccount string, agents *controller.Agent
 		return err
 	}
 	if err := (&controller.RestoreReconciler{Client: mgr.GetClient(),
-		Events: mgr.GetEventRecorder("stasis-controller")}).SetupWithManager(mgr); err != nil {
+		Events: mgr.GetEventRecorder("stasis-controller"), RetryFor: retryFor}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	if err := (&controller.MigrationReconciler{Client: mgr.GetClient(),

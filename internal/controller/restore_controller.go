@@ -15,6 +15,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/handler"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/wire"
 )
 
 // RuntimeClass is the RuntimeClass whose handler runs stasis-runc.
@@ -25,6 +26,10 @@ type RestoreReconciler struct {
 	Client  client.Client
 	Events  events.EventRecorder
 	Requeue time.Duration // how often to look at a pod being restored
+	// RetryFor is how long a restore that failed for a cause that may
+	// pass (wire.ErrUnavailable: an agent down, a node out of reach) is
+	// left to the kubelet's next attempts before the Restore fails.
+	RetryFor time.Duration
 }
 
 // The pod it creates names this Restore as its grant; the node checks the
@@ -106,12 +111,20 @@ func (r *RestoreReconciler) watchPod(ctx context.Context, rs *stasisv1.Restore) 
 	}
 	for _, cs := range pod.Status.ContainerStatuses {
 		// stasis-runc's error is the runtime's StartError message.
+		why := ""
 		if t := cs.LastTerminationState.Terminated; t != nil && t.Reason == "StartError" {
-			return r.fail(ctx, rs, "RestoreFailed", "container %s: %s", cs.Name, t.Message)
+			why = t.Message
 		}
 		if w := cs.State.Waiting; w != nil && (w.Reason == "RunContainerError" || w.Reason == "CreateContainerError") {
-			return r.fail(ctx, rs, "RestoreFailed", "container %s: %s", cs.Name, w.Message)
+			why = w.Message
 		}
+		if why == "" {
+			continue
+		}
+		if strings.Contains(why, wire.ErrUnavailable.Error()) && time.Since(rs.Status.StartTime.Time) < r.RetryFor {
+			return r.waitRetry(ctx, rs, fmt.Sprintf("container %s: %s", cs.Name, why))
+		}
+		return r.fail(ctx, rs, "RestoreFailed", "container %s: %s", cs.Name, why)
 	}
 	for _, c := range pod.Status.Conditions {
 		if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
@@ -125,6 +138,18 @@ func (r *RestoreReconciler) watchPod(ctx context.Context, rs *stasisv1.Restore) 
 				now.Sub(rs.Status.StartTime.Time).Round(time.Millisecond))
 			return ctrl.Result{}, nil
 		}
+	}
+	return ctrl.Result{RequeueAfter: r.Requeue}, nil
+}
+
+// waitRetry records why the restore waits for the kubelet's next attempt.
+func (r *RestoreReconciler) waitRetry(ctx context.Context, rs *stasisv1.Restore, why string) (ctrl.Result, error) {
+	if msg := "retrying: " + why; rs.Status.Message != msg {
+		rs.Status.Message = msg
+		if err := r.Client.Status().Update(ctx, rs); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.Events.Eventf(rs, nil, corev1.EventTypeWarning, "Retrying", "Restore", "%s", why)
 	}
 	return ctrl.Result{RequeueAfter: r.Requeue}, nil
 }
@@ -230,6 +255,9 @@ func pinTo(pod *corev1.Pod, node string) {
 func (r *RestoreReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	if r.Requeue == 0 {
 		r.Requeue = 2 * time.Second
+	}
+	if r.RetryFor == 0 {
+		r.RetryFor = 3 * time.Minute
 	}
 	podToRestore := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []ctrl.Request {
 		if name := o.GetLabels()[stasisv1.LabelRestore]; name != "" {

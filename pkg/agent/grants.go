@@ -165,11 +165,11 @@ func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, ans *wire.G
 			ck.Namespace, ck.Name, ck.Status.NodeName)
 	}
 	if !ans.LazyPages {
-		return g.Peers.Fetch(ctx, ck.Status.NodeName, ans.Image)
+		return unavailable(g.Peers.Fetch(ctx, ck.Status.NodeName, ans.Image))
 	}
 	ref, p, err := g.Peers.Remote(ctx, ck.Status.NodeName, ans.Image)
 	if err != nil {
-		return err
+		return unavailable(err)
 	}
 	ans.Image, ans.Peer = ref, &wire.PeerRegistry{CA: p.CA, Subject: p.Subject, Organization: p.Organization, Token: p.Token}
 	return nil
@@ -207,7 +207,7 @@ func (g *Grants) pod(ctx context.Context, req wire.GrantRequest) (*corev1.Pod, e
 		if apierrors.IsNotFound(err) {
 			return nil, grantRefused("pod %s/%s does not exist", req.Namespace, req.Pod)
 		}
-		return nil, fmt.Errorf("pod %s/%s: %w", req.Namespace, req.Pod, err)
+		return nil, fmt.Errorf("pod %s/%s: %w", req.Namespace, req.Pod, unavailable(err))
 	}
 	switch {
 	case req.PodUID == "":
@@ -225,7 +225,7 @@ func (g *Grants) get(ctx context.Context, ns, name string, obj client.Object, wh
 		if apierrors.IsNotFound(err) {
 			return grantRefused("%s does not exist in namespace %s", what, ns)
 		}
-		return fmt.Errorf("%s in namespace %s: %w", what, ns, err)
+		return fmt.Errorf("%s in namespace %s: %w", what, ns, unavailable(err))
 	}
 	return nil
 }

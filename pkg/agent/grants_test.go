@@ -3,7 +3,10 @@ package agent
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -259,17 +262,17 @@ func TestGrantRestoreRecordedLate(t *testing.T) {
 	}
 }
 
-// An API server that cannot answer is no refusal: the runtime gets a 500
-// and may retry, not a 403 that says the pod may not restore.
+// An API server that cannot answer is no refusal: the runtime gets a 503
+// and tries again, not a 403 that says the pod may not restore.
 func TestGrantAPIServerFailureIsNoRefusal(t *testing.T) {
-	down := errors.New("connection refused")
+	down := &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}
 	funcs := &interceptor.Funcs{Get: func(context.Context, client.WithWatch, client.ObjectKey, client.Object, ...client.GetOption) error {
 		return down
 	}}
 	_, err := testGrants(t, funcs).Resolve(context.Background(), wire.GrantRequest{
 		Namespace: "shop", Pod: "web", PodUID: "uid-web", Container: "app"})
-	if !errors.Is(err, down) || errors.Is(err, errGrant) {
-		t.Fatalf("got %v, want the API server's error and no refusal", err)
+	if !errors.Is(err, down) || errors.Is(err, errGrant) || statusOf(err) != http.StatusServiceUnavailable {
+		t.Fatalf("got %v (%d), want the API server's error, no refusal, and 503", err, statusOf(err))
 	}
 }
 

@@ -16,11 +16,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -243,7 +245,27 @@ var (
 	errBadRequest = errors.New("bad request")
 	errNotFound   = errors.New("not found")
 	errForbidden  = errors.New("forbidden")
+	// errUnavailable is what this agent needs and could not reach: the
+	// API server, another node's agent. 503: the caller may try again.
+	errUnavailable = errors.New("unavailable")
 )
+
+// unavailable marks err with errUnavailable when its cause is one that
+// may pass: a connection refused, reset or timed out, an API server
+// overloaded or unreachable.
+func unavailable(err error) error {
+	var op *net.OpError
+	var ue *url.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &op), errors.As(err, &ue) && ue.Timeout(),
+		apierrors.IsServiceUnavailable(err), apierrors.IsServerTimeout(err), apierrors.IsTimeout(err),
+		apierrors.IsTooManyRequests(err):
+		return fmt.Errorf("%w: %w", errUnavailable, err)
+	}
+	return err
+}
 
 func statusOf(err error) int {
 	switch {
@@ -258,6 +280,8 @@ func statusOf(err error) int {
 		return http.StatusConflict
 	case errors.Is(err, policy.ErrOptedOut), errors.Is(err, errForbidden):
 		return http.StatusForbidden
+	case errors.Is(err, errUnavailable):
+		return http.StatusServiceUnavailable
 	case errors.Is(err, context.DeadlineExceeded):
 		return http.StatusGatewayTimeout
 	case errors.Is(err, context.Canceled):

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -14,6 +15,13 @@ import (
 	"strings"
 	"time"
 )
+
+// ErrUnavailable is an agent that could not be reached, or that answered
+// 503: one that could not reach what it needed (another node's agent).
+// Such a failure may pass; its text travels in stasis-runc's error through
+// the CRI runtime to the pod's status, where the Restore controller finds
+// it and waits for the kubelet's next attempt rather than failing.
+var ErrUnavailable = errors.New("unavailable, to be tried again")
 
 // Client calls an agent: the CLI with --host, the controller, stasis-runc
 // (NewSocketClient).
@@ -99,16 +107,22 @@ func (c *Client) Do(ctx context.Context, method, path string, body, out any) err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
+		if ctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
 		return fmt.Errorf("agent %s: %w", c.base, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		var e struct{ Error string }
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) == nil && e.Error != "" {
-			return fmt.Errorf("agent: %s (%d)", e.Error, resp.StatusCode)
+		if json.Unmarshal(b, &e) != nil || e.Error == "" {
+			e.Error = resp.Status
 		}
-		return fmt.Errorf("agent: %s", resp.Status)
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			return fmt.Errorf("agent: %w: %s (%d)", ErrUnavailable, e.Error, resp.StatusCode)
+		}
+		return fmt.Errorf("agent: %s (%d)", e.Error, resp.StatusCode)
 	}
 	if out == nil {
 		return nil

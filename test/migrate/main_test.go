@@ -171,7 +171,11 @@ func startStasis(ctx context.Context, signingKey string) (func(), error) {
 	l.Close()
 	controller = exec.Command(filepath.Join(bin, "stasis-controller"), "--kubeconfig", kubeconfig,
 		"--agent-port", strconv.Itoa(agentPort), "--agent-ca", cluster.CA, "--health-probe-bind-address", "0",
-		"--metrics-bind-address", controllerMetrics)
+		"--metrics-bind-address", controllerMetrics,
+		// A restore whose agent is down fails after this, rather than
+		// the 3 minutes of a cluster: TestMigrateRollsBackWhenTheTargetFails
+		// waits that long.
+		"--restore-retry-for", "30s")
 	log, _ := os.Create(filepath.Join(dir, "controller.log"))
 	controller.Stdout, controller.Stderr = log, log
 	if err := controller.Start(); err != nil {
