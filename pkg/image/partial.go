@@ -21,10 +21,11 @@ const PartialChunk = 1 << 20
 // reader's chunk is never queued behind a long one.
 const fillRun = 8
 
-// fetchTries is how often a chunk is asked for before its reader is told
-// it failed: a registry restarting or a connection reset is not a reason
-// to kill a process waiting for its memory.
-const fetchTries = 3
+// fetchPatience is how long a chunk is asked for again before its reader
+// is told it failed: a registry or a node's agent restarting, a link down
+// for a few seconds, a connection reset, is not a reason to kill a
+// process waiting for its memory; it waits, as on a slow disk.
+const fetchPatience = 30 * time.Second
 
 // Remote is where a Partial's bytes come from: n bytes at off, as a
 // stream (registry.Blob), copied to the file as they come, never held.
@@ -42,9 +43,11 @@ type Partial struct {
 	size   int64
 	remote Remote
 	// ctx ends every fetch, those under way included.
-	ctx  context.Context
-	mu   sync.Mutex
-	cond *sync.Cond
+	ctx context.Context
+	// patience is fetchPatience but in tests.
+	patience time.Duration
+	mu       sync.Mutex
+	cond     *sync.Cond
 	// state is each chunk's: missing, fetching or present.
 	state []chunkState
 }
@@ -67,7 +70,8 @@ func NewPartial(ctx context.Context, f *os.File, size int64, remote Remote, have
 	if err := f.Truncate(size); err != nil {
 		return nil, err
 	}
-	p := &Partial{f: f, size: size, remote: remote, ctx: ctx, state: make([]chunkState, (size+PartialChunk-1)/PartialChunk)}
+	p := &Partial{f: f, size: size, remote: remote, ctx: ctx, patience: fetchPatience,
+		state: make([]chunkState, (size+PartialChunk-1)/PartialChunk)}
 	p.cond = sync.NewCond(&p.mu)
 	for _, r := range have {
 		if r[0] < 0 || r[1] > len(p.state) || r[0] > r[1] {
@@ -146,20 +150,22 @@ func (p *Partial) ensure(first, last int) error {
 func (p *Partial) fetch(i, j int) error {
 	off := int64(i) * PartialChunk
 	n := min(int64(j)*PartialChunk, p.size) - off
-	var err error
-	for try := 0; try < fetchTries; try++ {
-		if try > 0 {
-			select {
-			case <-time.After(time.Duration(try*try) * 200 * time.Millisecond):
-			case <-p.ctx.Done():
-				return p.ctx.Err()
-			}
-		}
-		if err = p.copyRange(off, n); err == nil {
+	deadline := time.Now().Add(p.patience)
+	for try := 1; ; try++ {
+		err := p.copyRange(off, n)
+		if err == nil {
 			return nil
 		}
+		wait := min(time.Duration(try*try)*200*time.Millisecond, 5*time.Second)
+		if time.Now().Add(wait).After(deadline) {
+			return fmt.Errorf("fetch bytes %d-%d (%d tries): %w", off, off+n-1, try, err)
+		}
+		select {
+		case <-time.After(wait):
+		case <-p.ctx.Done():
+			return p.ctx.Err()
+		}
 	}
-	return fmt.Errorf("fetch bytes %d-%d: %w", off, off+n-1, err)
 }
 
 // copyRange copies n bytes at off from remote into f.

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
@@ -124,6 +125,7 @@ func TestPartialFailedFetchIsRetriedLater(t *testing.T) {
 	f, _ := os.Create(filepath.Join(t.TempDir(), "blob"))
 	defer f.Close()
 	p, _ := NewPartial(context.Background(), f, int64(len(data)), remote, nil)
+	p.patience = time.Second
 	remote.fail.Store(true)
 	if _, err := p.ReadAt(make([]byte, 10), 0); err == nil {
 		t.Fatal("a read succeeded with the remote failing")
@@ -135,5 +137,22 @@ func TestPartialFailedFetchIsRetriedLater(t *testing.T) {
 	got := make([]byte, 10)
 	if _, err := p.ReadAt(got, 0); err != nil || !bytes.Equal(got, data[:10]) {
 		t.Fatalf("read after the remote came back: %v", err)
+	}
+}
+
+// A remote down for a moment only delays the read that needs it: the
+// reader waits (fetchPatience), rather than fail a process's page fault.
+func TestPartialWaitsForARemoteThatComesBack(t *testing.T) {
+	data := make([]byte, 2*PartialChunk)
+	rand.Read(data)
+	remote := &countingReader{Reader: bytes.NewReader(data)}
+	f, _ := os.Create(filepath.Join(t.TempDir(), "blob"))
+	defer f.Close()
+	p, _ := NewPartial(context.Background(), f, int64(len(data)), remote, nil)
+	remote.fail.Store(true)
+	time.AfterFunc(time.Second, func() { remote.fail.Store(false) })
+	got := make([]byte, 10)
+	if _, err := p.ReadAt(got, PartialChunk); err != nil || !bytes.Equal(got, data[PartialChunk:PartialChunk+10]) {
+		t.Fatalf("read across a second of remote failures: %v", err)
 	}
 }
