@@ -17,41 +17,70 @@ import (
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 )
 
-// The source node's agent killed (SIGKILL) while a pod moves, at each
-// phase, and started again a few seconds later: whatever the Migration
-// then says, exactly one copy of the pod runs, with its state (its count
-// goes on from where it was, without a gap).
-func TestMigrateSourceAgentKilled(t *testing.T) {
-	requireCluster(t)
-	for _, at := range []stasisv1.MigrationPhase{stasisv1.MigrationCheckpointing, stasisv1.MigrationRestoring} {
-		t.Run(string(at), func(t *testing.T) {
-			ns := namespace(t, "agent-killed-"+strings.ToLower(string(at)))
-			runCounter(t, ns, "web", "node-a", nil)
-			last := waitCount(t, ns, "web", 3)
-			m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-to-b"},
-				Spec: stasisv1.MigrationSpec{PodName: "web", TargetNode: "node-b"}}
-			if err := kc.Create(context.Background(), m); err != nil {
-				t.Fatal(err)
-			}
-			for deadline := time.Now().Add(time.Minute); m.Status.Phase != at && !m.Status.Phase.Done(); time.Sleep(10 * time.Millisecond) {
-				if err := kc.Get(context.Background(), client.ObjectKeyFromObject(m), m); err != nil || time.Now().After(deadline) {
-					t.Fatalf("migration never %s: %v %+v", at, err, m.Status)
-				}
-			}
-			killAgent("node-a")
-			t.Logf("agent of node-a killed with the migration %s", m.Status.Phase)
-			time.Sleep(5 * time.Second)
+// fault is something that goes wrong between the nodes for a few
+// seconds while a pod moves: inject starts it, and what it returns ends it.
+type fault struct {
+	name   string
+	inject func(t *testing.T) (heal func())
+}
+
+var faults = []fault{
+	{"agent-killed", func(t *testing.T) func() {
+		killAgent("node-a")
+		return func() {
 			if err := restartAgent("node-a"); err != nil {
 				t.Fatalf("restart the agent of node-a: %v", err)
 			}
-			for deadline := time.Now().Add(4 * time.Minute); !m.Status.Phase.Done(); time.Sleep(100 * time.Millisecond) {
-				if err := kc.Get(context.Background(), client.ObjectKeyFromObject(m), m); err != nil || time.Now().After(deadline) {
-					t.Fatalf("migration did not end: %v %+v\n%s", err, m.Status, logTails())
-				}
+		}
+	}},
+	{"link-cut", func(t *testing.T) func() {
+		heal, err := cluster.Cut("node-a", "node-b")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return func() {
+			if err := heal(); err != nil {
+				t.Fatal(err)
 			}
-			t.Logf("migration: %s %s: %s", m.Status.Phase, m.Status.Reason, m.Status.Message)
-			oneCopyWithState(t, ns, "web", last)
-		})
+		}
+	}},
+}
+
+// The source node's agent killed (SIGKILL), or the link between the nodes
+// cut, while a pod moves, at each phase, for 5 seconds: whatever the
+// Migration then says, exactly one copy of the pod runs, with its state
+// (its count goes on from where it was, without a gap).
+func TestMigrateFaults(t *testing.T) {
+	requireCluster(t)
+	for _, f := range faults {
+		for _, at := range []stasisv1.MigrationPhase{stasisv1.MigrationCheckpointing, stasisv1.MigrationRestoring} {
+			t.Run(f.name+"/"+string(at), func(t *testing.T) {
+				ns := namespace(t, f.name+"-"+strings.ToLower(string(at)))
+				runCounter(t, ns, "web", "node-a", nil)
+				last := waitCount(t, ns, "web", 3)
+				m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-to-b"},
+					Spec: stasisv1.MigrationSpec{PodName: "web", TargetNode: "node-b"}}
+				if err := kc.Create(context.Background(), m); err != nil {
+					t.Fatal(err)
+				}
+				for deadline := time.Now().Add(time.Minute); m.Status.Phase != at && !m.Status.Phase.Done(); time.Sleep(10 * time.Millisecond) {
+					if err := kc.Get(context.Background(), client.ObjectKeyFromObject(m), m); err != nil || time.Now().After(deadline) {
+						t.Fatalf("migration never %s: %v %+v", at, err, m.Status)
+					}
+				}
+				heal := f.inject(t)
+				t.Logf("%s with the migration %s", f.name, m.Status.Phase)
+				time.Sleep(5 * time.Second)
+				heal()
+				for deadline := time.Now().Add(4 * time.Minute); !m.Status.Phase.Done(); time.Sleep(100 * time.Millisecond) {
+					if err := kc.Get(context.Background(), client.ObjectKeyFromObject(m), m); err != nil || time.Now().After(deadline) {
+						t.Fatalf("migration did not end: %v %+v\n%s", err, m.Status, logTails())
+					}
+				}
+				t.Logf("migration: %s %s: %s", m.Status.Phase, m.Status.Reason, m.Status.Message)
+				oneCopyWithState(t, ns, "web", last)
+			})
+		}
 	}
 }
 
@@ -87,16 +116,22 @@ func oneCopyWithState(t *testing.T, ns, name string, last int) {
 	t.Logf("pod %s runs on %s, counting from %d to %d", name, pod.Spec.NodeName, all[0], now)
 }
 
-// The source node's agent killed while a lazily migrated pod's memory
-// still streams in from it, and started again 5 seconds later: the pod
-// on node-b waits for its pages rather than run on memory that is not
-// there. memhog's ticks say so: each is the running sum of the bytes it
-// read, checked against its memory as it was filled (a page read as
-// zeros would show).
-func TestMigrateLazySourceAgentKilled(t *testing.T) {
+// The source node's agent killed, or the link between the nodes cut,
+// while a lazily migrated pod's memory still streams in from node-a, for
+// 5 seconds: the pod on node-b waits for its pages rather than run on
+// memory that is not there, or be killed and restored again. memhog's
+// ticks say so: each is the running sum of the bytes it read, checked
+// against its memory as it was filled (a page read as zeros would show).
+func TestMigrateLazyFaults(t *testing.T) {
 	requireCluster(t)
 	importMemhog(t)
-	ns := namespace(t, "lazy-agent-killed")
+	for _, f := range faults {
+		t.Run(f.name, func(t *testing.T) { lazyFault(t, f) })
+	}
+}
+
+func lazyFault(t *testing.T, f fault) {
+	ns := namespace(t, "lazy-"+f.name)
 	const mib = 512
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "hog", Namespace: ns},
 		Spec: corev1.PodSpec{NodeName: "node-a", TerminationGracePeriodSeconds: new(int64),
@@ -121,11 +156,9 @@ func TestMigrateLazySourceAgentKilled(t *testing.T) {
 		t.Fatalf("migration: %s %s: %s", m.Status.Phase, m.Status.Reason, m.Status.Message)
 	}
 	// Its copy runs on node-b; its memory is still on its way.
-	killAgent("node-a")
+	heal := f.inject(t)
 	time.Sleep(5 * time.Second)
-	if err := restartAgent("node-a"); err != nil {
-		t.Fatalf("restart the agent of node-a: %v", err)
-	}
+	heal()
 	expect := memhogSums(mib)
 	var ticks [][2]int
 	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(time.Second) {
@@ -148,7 +181,7 @@ func TestMigrateLazySourceAgentKilled(t *testing.T) {
 				// Killed by its lazy-pages helper when the pages stopped
 				// coming, and restored again: state kept, but the 5
 				// seconds were not waited out (image.Partial's patience).
-				t.Errorf("hog restarted %d times on node-b: its pages' source away for 5 seconds killed it", restarts)
+				t.Errorf("hog restarted %d times on node-b: its pages' source away for 5 seconds (%s) killed it", restarts, f.name)
 			}
 			break
 		}
