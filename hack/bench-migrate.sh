@@ -4,7 +4,11 @@
 # busybox counter and hack/memhog holding 64 MiB, 512 MiB and 2 GiB of
 # random bytes, the downtime the application sees (its last log line on
 # node-a to its first on node-b), the downtime the Migration reports, the
-# total time and the bytes moved. One run, side by side. Needs root,
+# total time and the bytes moved, eager and lazy; and beside them the same
+# pod moved by hand with what Kubernetes has (the kubelet's checkpoint API
+# on node-b, the archive made a checkpoint image, loaded into a second
+# CRI-O node, node-c, and a pod of it created there). One run, side by
+# side. Needs root,
 # hack/deps.sh and the builds hack/test.sh makes (Kubernetes, containerd,
 # CRI-O).
 set -euo pipefail
