@@ -117,7 +117,7 @@ grant lets it restore. It serves none of the HTTPS API.`,
 				if cfg.Grants, err = agent.NewGrants(rc, nodeName); err != nil {
 					return err
 				}
-				cfg.Grants.Stored = func(name string) bool { _, err := e.Images.Get(name); return err == nil }
+				cfg.Grants.Images = e.Images
 				cfg.Kube, cfg.NodeName = kube, nodeName
 				if peerCA == "" && inCluster {
 					peerCA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"

@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/wire"
@@ -29,12 +30,15 @@ type Grants struct {
 	Client client.Reader
 	// NodeName is this node: only its own pods are answered for.
 	NodeName string
-	// Stored, when set, says whether this node's store already holds an
-	// image: a checkpoint kept on another node whose store this one shares
-	// (a network mount) is restored from here, without fetching.
-	Stored func(image string) bool
-	// Peers, when set, fetches a checkpoint kept in another node's store
-	// before the answer names it; without it such a checkpoint is refused.
+	// Images, when set, is this node's store: a checkpoint kept on
+	// another node that it holds already (a store both share, on a
+	// network mount; one fetched earlier) is restored from here.
+	Images interface {
+		Get(ref string) (*image.Image, error)
+	}
+	// Peers, when set, fetches a checkpoint kept in another node's store,
+	// and not in this one's, before the answer names it; without it such
+	// a checkpoint is refused.
 	Peers interface {
 		Fetch(ctx context.Context, node, image string) error
 		Remote(ctx context.Context, node, image string) (string, *registry.Pinned, error)
@@ -134,13 +138,30 @@ func (g *Grants) Resolve(ctx context.Context, req wire.GrantRequest) (*wire.Gran
 			ans.Restore, ans.Image, ans.Namespace, ans.Container, ans.Archive = true, c.Image, ns, c.Name, c.Digest
 		}
 	}
-	if ans.Restore && !strings.Contains(ans.Image, "@sha256:") && ck.Status.NodeName != g.NodeName &&
-		(g.Stored == nil || !g.Stored(ans.Image)) {
-		if err := g.fetch(ctx, &ck, ans); err != nil {
+	if ans.Restore && !strings.Contains(ans.Image, "@sha256:") && ck.Status.NodeName != g.NodeName {
+		stored, err := g.stored(ans.Image)
+		if err != nil {
 			return nil, err
+		}
+		if !stored {
+			if err := g.fetch(ctx, &ck, ans); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return ans, nil
+}
+
+// stored says whether this node's store holds name already.
+func (g *Grants) stored(name string) (bool, error) {
+	if g.Images == nil {
+		return false, nil
+	}
+	_, err := g.Images.Get(name)
+	if errors.Is(err, image.ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
 // fetch brings a checkpoint image kept in the store of the checkpoint's
@@ -153,12 +174,10 @@ func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, ans *wire.G
 	if ck.Status.NodeName == "" {
 		return grantRefused("checkpoint %s/%s is kept in a node's store but records no node", ck.Namespace, ck.Name)
 	}
-	if t := ck.Status.PodTemplate; t != nil {
-		// The source node's registry refuses it too; refused here first,
-		// with the reason, rather than as a peer's 403.
-		if err := policy.MayCheckpoint("pod "+ck.Namespace+"/"+ck.Spec.PodName, t.Annotations, true); err != nil {
-			return grantRefused("%v", err)
-		}
+	// The source node's registry refuses it too; refused here first,
+	// with the reason, rather than as a peer's 403.
+	if err := mayLeaveNode(ck); err != nil {
+		return grantRefused("%v", err)
 	}
 	if g.Peers == nil {
 		return grantRefused("checkpoint %s/%s is kept on node %s, and this agent does not fetch from other nodes (start it with --peer-ca)",
@@ -172,6 +191,16 @@ func (g *Grants) fetch(ctx context.Context, ck *stasisv1.Checkpoint, ans *wire.G
 		return unavailable(err)
 	}
 	ans.Image, ans.Peer = ref, &wire.PeerRegistry{CA: p.CA, Subject: p.Subject, Organization: p.Organization, Token: p.Token}
+	return nil
+}
+
+// mayLeaveNode refuses a checkpoint whose pod is marked never to leave
+// its node (stasis.dev/migrate=never): other nodes neither fetch it nor
+// are served it.
+func mayLeaveNode(ck *stasisv1.Checkpoint) error {
+	if t := ck.Status.PodTemplate; t != nil {
+		return policy.MayCheckpoint("pod "+ck.Namespace+"/"+ck.Spec.PodName, t.Annotations, true)
+	}
 	return nil
 }
 

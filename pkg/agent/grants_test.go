@@ -19,7 +19,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client/fake"
 	"sigs.k8s.io/controller-runtime/pkg/client/interceptor"
 
+	"github.com/google/go-containerregistry/pkg/v1/random"
+
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/policy"
 	"github.com/stasis-dev/stasis/pkg/registry"
 	"github.com/stasis-dev/stasis/pkg/wire"
@@ -324,7 +327,20 @@ func TestGrantCheckpointOnAnotherNode(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			g := testGrants(t, nil, append(objs, grantPod(from(c.grant)))...)
-			g.Stored = func(image string) bool { return c.stored && image == far }
+			store, err := image.Open(t.TempDir())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.stored {
+				img, err := random.Image(64, 1)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := store.Add(far, img, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			g.Images = store
 			p := &farPeers{}
 			if c.peers {
 				g.Peers = p

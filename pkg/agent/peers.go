@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -35,15 +34,10 @@ type Peers struct {
 }
 
 // Fetch copies image name (a checkpoint image and its signature image)
-// from node's store into this node's under the same name, unless it is
-// there already. Replicas restored at once from one checkpoint share one
-// fetch.
+// from node's store into this node's under the same name (Grants asks
+// only for what this node's store lacks). Replicas restored at once from
+// one checkpoint share one fetch.
 func (p *Peers) Fetch(ctx context.Context, node, name string) error {
-	if _, err := p.Engine.Images.Get(name); err == nil {
-		return nil
-	} else if !errors.Is(err, image.ErrNotFound) {
-		return err
-	}
 	_, err, _ := p.flight.Do(node+"\x00"+name, func() (any, error) {
 		// Shared, the fetch outlives the caller that started it, within
 		// a bound of its own.

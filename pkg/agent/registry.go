@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -16,7 +15,6 @@ import (
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	"github.com/stasis-dev/stasis/pkg/image"
 	"github.com/stasis-dev/stasis/pkg/podcheckpoint"
-	"github.com/stasis-dev/stasis/pkg/policy"
 )
 
 // registry serves the node's image store as a read-only OCI registry (the
@@ -33,17 +31,18 @@ func (s *Server) registry(w http.ResponseWriter, r *http.Request, caller *Identi
 	if rest == "" {
 		return "", writeJSON(w, http.StatusOK, struct{}{})
 	}
-	repo, _, ok := strings.Cut(rest, "/manifests/")
+	repo, kind, ref, ok := registryPath(rest)
 	if !ok {
-		repo, _, _ = strings.Cut(rest, "/blobs/")
+		return rest, registryError(w, fmt.Errorf("%w: %s", errNotFound, rest), "NAME_UNKNOWN")
 	}
+	// The repository read below is the one let in here: the path is
+	// parsed once.
 	if caller.Role == Peer {
 		if err := s.peerMayRead(r.Context(), repo); err != nil {
 			return rest, registryError(w, err, "DENIED")
 		}
 	}
-	if i := strings.LastIndex(rest, "/manifests/"); i > 0 {
-		repo, ref := rest[:i], rest[i+len("/manifests/"):]
+	if kind == "manifests" {
 		raw, mt, h, err := s.cfg.Engine.Images.Manifest(repo, ref)
 		if err != nil {
 			return rest, registryError(w, err, "MANIFEST_UNKNOWN")
@@ -56,31 +55,38 @@ func (s *Server) registry(w http.ResponseWriter, r *http.Request, caller *Identi
 		}
 		return rest, nil
 	}
-	if i := strings.LastIndex(rest, "/blobs/"); i > 0 {
-		repo, digest := rest[:i], rest[i+len("/blobs/"):]
-		h, err := v1.NewHash(digest)
-		if err != nil {
-			return rest, registryError(w, fmt.Errorf("%w: %v", errBadRequest, err), "DIGEST_INVALID")
-		}
-		f, err := s.cfg.Engine.Images.OpenBlob(repo, h)
-		if err != nil {
-			return rest, registryError(w, err, "BLOB_UNKNOWN")
-		}
-		defer f.Close()
-		st, err := f.Stat()
-		if err != nil {
-			return rest, err
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Docker-Content-Digest", h.String())
-		n := &countingWriter{ResponseWriter: w}
-		// ServeContent answers HEAD and Range requests (a lazy restore
-		// reads the layer where it lies).
-		http.ServeContent(n, r, "", st.ModTime(), f)
-		s.metrics.bytes.WithLabelValues("served").Add(float64(n.n))
-		return rest, nil
+	h, err := v1.NewHash(ref)
+	if err != nil {
+		return rest, registryError(w, fmt.Errorf("%w: %v", errBadRequest, err), "DIGEST_INVALID")
 	}
-	return rest, registryError(w, fmt.Errorf("%w: %s", errNotFound, r.URL.Path), "NAME_UNKNOWN")
+	f, err := s.cfg.Engine.Images.OpenBlob(repo, h)
+	if err != nil {
+		return rest, registryError(w, err, "BLOB_UNKNOWN")
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return rest, err
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Docker-Content-Digest", h.String())
+	n := &countingWriter{ResponseWriter: w}
+	// ServeContent answers HEAD and Range requests (a lazy restore
+	// reads the layer where it lies).
+	http.ServeContent(n, r, "", st.ModTime(), f)
+	s.metrics.bytes.WithLabelValues("served").Add(float64(n.n))
+	return rest, nil
+}
+
+// registryPath splits a /v2/ path (past the prefix) into its repository,
+// its kind ("manifests" or "blobs") and the tag, digest or blob digest.
+func registryPath(rest string) (repo, kind, ref string, ok bool) {
+	for _, kind := range []string{"manifests", "blobs"} {
+		if i := strings.LastIndex(rest, "/"+kind+"/"); i > 0 {
+			return rest[:i], kind, rest[i+len(kind)+2:], true
+		}
+	}
+	return "", "", "", false
 }
 
 // registryError answers in the distribution API's error format, which
@@ -111,16 +117,21 @@ func (c *countingWriter) Write(b []byte) (int, error) {
 // repo: only a pod checkpoint's images (podcheckpoint.LocalImage) that a
 // Checkpoint object of the API server records on this node, and never
 // one of a pod marked stasis.dev/migrate=never, whose checkpoints stay
-// here. Answers are kept a little while: a lazy restore reads a layer in
-// many ranges.
+// here. Answers are kept a little while (peerReadTTL): a lazy restore
+// reads a layer in many ranges.
 func (s *Server) peerMayRead(ctx context.Context, repo string) error {
-	if err, ok := s.peerReads.get(repo); ok {
-		return err
+	if a, ok := s.peerReads.Get(repo); ok {
+		return a.(peerRead).err
 	}
 	err := s.checkPeerRead(ctx, repo)
-	s.peerReads.put(repo, err)
+	s.peerReads.Add(repo, peerRead{err}, peerReadTTL)
 	return err
 }
+
+// peerRead is a peerMayRead answer, nil error included.
+type peerRead struct{ err error }
+
+const peerReadTTL = 10 * time.Second
 
 func (s *Server) checkPeerRead(ctx context.Context, repo string) error {
 	ns, name, uid, ok := podcheckpoint.ParseLocalImage(repo)
@@ -134,40 +145,5 @@ func (s *Server) checkPeerRead(ctx context.Context, repo string) error {
 	if !strings.HasPrefix(string(ck.UID), uid) || ck.Status.NodeName != s.cfg.NodeName {
 		return fmt.Errorf("%w: %s is not checkpoint %s/%s's on this node", errForbidden, repo, ns, name)
 	}
-	if t := ck.Status.PodTemplate; t != nil {
-		if err := policy.MayCheckpoint("pod "+ns+"/"+ck.Spec.PodName, t.Annotations, true); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// peerReads remembers peerMayRead's answers for a short while.
-type peerReads struct {
-	mu      sync.Mutex
-	answers map[string]peerRead
-}
-
-type peerRead struct {
-	err     error
-	expires time.Time
-}
-
-func (p *peerReads) get(repo string) (error, bool) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	a, ok := p.answers[repo]
-	if !ok || time.Now().After(a.expires) {
-		return nil, false
-	}
-	return a.err, true
-}
-
-func (p *peerReads) put(repo string, err error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.answers == nil || len(p.answers) > 1024 {
-		p.answers = map[string]peerRead{}
-	}
-	p.answers[repo] = peerRead{err: err, expires: time.Now().Add(10 * time.Second)}
+	return mayLeaveNode(&ck)
 }

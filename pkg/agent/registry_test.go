@@ -146,6 +146,10 @@ func TestRegistryServesTheStoreToPeers(t *testing.T) {
 		{"/v2/localhost/other/manifests/x", "peer-0123456789a", http.StatusForbidden},
 		{"/v2/localhost/stasis/ns/secret-1-abcdef01/manifests/app", "peer-0123456789a", http.StatusForbidden},
 		{"/v2/localhost/stasis/ns/far-1-99999999/manifests/app", "peer-0123456789a", http.StatusForbidden},
+		// The repository let in is the one read: a path naming a
+		// readable one first and another last is judged by the last.
+		{"/v2/localhost/stasis/ns/web-1-0123abcd/manifests/x/manifests/app", "peer-0123456789a", http.StatusForbidden},
+		{"/v2/localhost/stasis/ns/web-1-0123abcd/blobs/x/blobs/" + ld.String(), "peer-0123456789a", http.StatusForbidden},
 		// Archive bytes are memory: a viewer reads none.
 		{"/v2/localhost/stasis/ns/web-1-0123abcd/blobs/" + ld.String(), "vera-0123456789a", http.StatusForbidden},
 		{"/v2/", "", http.StatusUnauthorized},

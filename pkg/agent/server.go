@@ -23,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/cache"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/stasis-dev/stasis/pkg/archive"
@@ -73,8 +74,9 @@ type Server struct {
 	nodeMux *http.ServeMux
 	// background counts async operations, which shutdown lets finish.
 	background sync.WaitGroup
-	// peerReads are the repositories other nodes' agents may read.
-	peerReads peerReads
+	// peerReads remembers which repositories other nodes' agents may
+	// read (peerMayRead).
+	peerReads *cache.LRUExpireCache
 }
 
 // New builds an agent.
@@ -95,7 +97,8 @@ func New(cfg Config) (*Server, error) {
 		cfg.OpTimeout = 30 * time.Minute
 	}
 	s := &Server{cfg: cfg, audit: &Audit{w: cfg.Audit}, metrics: newMetrics(),
-		slots: make(chan struct{}, cfg.Parallel), ops: newOperations(), mux: http.NewServeMux(), nodeMux: http.NewServeMux()}
+		slots: make(chan struct{}, cfg.Parallel), ops: newOperations(), mux: http.NewServeMux(), nodeMux: http.NewServeMux(),
+		peerReads: cache.NewLRUExpireCache(1024)}
 	s.routes()
 	return s, nil
 }
