@@ -12,9 +12,9 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
-	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
 	"github.com/stasis-dev/stasis/pkg/policy"
 )
 
@@ -164,23 +164,14 @@ func classify(p *corev1.Pod) (disposal, string) {
 
 // migrate moves one pod with a Migration and waits until it ends.
 func (d *drain) migrate(ctx context.Context, p *corev1.Pod) error {
-	m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: p.Namespace, GenerateName: p.Name + "-drain-"},
-		Spec: stasisv1.MigrationSpec{PodName: p.Name, TargetNode: d.to, Mode: stasisv1.MigrationOffline, LazyPages: d.lazy}}
+	m := newMigration(p.Namespace, p.Name, d.to, d.lazy)
+	m.GenerateName = p.Name + "-drain-"
 	if err := d.c.Create(ctx, m); err != nil {
 		return fmt.Errorf("migrate pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
 	fmt.Fprintf(d.out, "pod/%s -n %s: migrating (migration.stasis.dev/%s)\n", p.Name, p.Namespace, m.Name)
-	err := poll(ctx, d.timeout, func() (bool, error) {
-		if err := d.c.Get(ctx, client.ObjectKeyFromObject(m), m); err != nil {
-			return false, err
-		}
-		return m.Status.Phase.Done(), nil
-	})
-	if err != nil {
-		return fmt.Errorf("migration %s/%s of pod %s: %w", m.Namespace, m.Name, p.Name, err)
-	}
-	if m.Status.Phase != stasisv1.MigrationSucceeded {
-		return fmt.Errorf("migration %s/%s of pod %s failed: %s: %s", m.Namespace, m.Name, p.Name, m.Status.Reason, m.Status.Message)
+	if err := waitMigration(ctx, d.c, m, d.timeout); err != nil {
+		return err
 	}
 	fmt.Fprintf(d.out, "pod/%s -n %s: migrated to node %s as %s (down %dms)\n", p.Name, p.Namespace,
 		m.Status.TargetNode, m.Status.TargetPod, m.Status.DowntimeMillis)
@@ -197,7 +188,7 @@ func (d *drain) evict(ctx context.Context, p *corev1.Pod) error {
 
 // waitGone waits until the evicted pod (that one, by UID) is gone.
 func (d *drain) waitGone(ctx context.Context, p *corev1.Pod) error {
-	err := poll(ctx, d.timeout, func() (bool, error) {
+	err := wait.PollUntilContextTimeout(ctx, pollEvery, d.timeout, true, func(ctx context.Context) (bool, error) {
 		var now corev1.Pod
 		err := d.c.Get(ctx, client.ObjectKeyFromObject(p), &now)
 		if apierrors.IsNotFound(err) {
@@ -210,23 +201,4 @@ func (d *drain) waitGone(ctx context.Context, p *corev1.Pod) error {
 	}
 	fmt.Fprintf(d.out, "pod/%s -n %s: evicted\n", p.Name, p.Namespace)
 	return nil
-}
-
-// poll calls done every 200 ms until it says so, fails, or timeout passes.
-func poll(ctx context.Context, timeout time.Duration, done func() (bool, error)) error {
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, err := done()
-		if err != nil || ok {
-			return err
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("not done after %s", timeout)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
 }

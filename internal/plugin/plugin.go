@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -162,33 +163,22 @@ cannot mount.`,
 			if err != nil {
 				return err
 			}
-			m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-				Spec: stasisv1.MigrationSpec{PodName: pod, TargetNode: to, Mode: stasisv1.MigrationOffline, LazyPages: lazy}}
-			if name == "" {
-				m.GenerateName = pod + "-"
+			m := newMigration(ns, pod, to, lazy)
+			if name != "" {
+				m.Name, m.GenerateName = name, ""
 			}
 			if err := c.Create(cmd.Context(), m); err != nil {
 				return err
 			}
 			fmt.Fprintf(o.out, "migration.stasis.dev/%s created\n", m.Name)
-			for wait {
-				if err := c.Get(cmd.Context(), client.ObjectKeyFromObject(m), m); err != nil {
-					return err
-				}
-				switch m.Status.Phase {
-				case stasisv1.MigrationSucceeded:
-					fmt.Fprintf(o.out, "pod/%s runs on node %s (was on %s): down %dms, %d bytes moved\n", pod,
-						m.Status.TargetNode, m.Status.SourceNode, m.Status.DowntimeMillis, m.Status.BytesMoved)
-					return nil
-				case stasisv1.MigrationFailed:
-					return fmt.Errorf("migration %s failed: %s: %s", m.Name, m.Status.Reason, m.Status.Message)
-				}
-				select {
-				case <-cmd.Context().Done():
-					return cmd.Context().Err()
-				case <-time.After(200 * time.Millisecond):
-				}
+			if !wait {
+				return nil
 			}
+			if err := waitMigration(cmd.Context(), c, m, 0); err != nil {
+				return err
+			}
+			fmt.Fprintf(o.out, "pod/%s runs on node %s (was on %s): down %dms, %d bytes moved\n", pod,
+				m.Status.TargetNode, m.Status.SourceNode, m.Status.DowntimeMillis, m.Status.BytesMoved)
 			return nil
 		},
 	}
@@ -201,26 +191,54 @@ cannot mount.`,
 }
 
 func (o *options) waitCheckpoint(ctx context.Context, c client.Client, ck *stasisv1.Checkpoint) error {
-	for {
-		if err := c.Get(ctx, client.ObjectKeyFromObject(ck), ck); err != nil {
-			return err
-		}
-		switch ck.Status.Phase {
-		case stasisv1.PhaseSucceeded:
-			for _, ct := range ck.Status.Containers {
-				fmt.Fprintf(o.out, "%s: %s (%s, %d bytes)\n", ct.Name, ct.Image, ct.Digest, ct.Size)
-			}
-			return nil
-		case stasisv1.PhaseFailed:
-			return fmt.Errorf("checkpoint %s failed: %s: %s", ck.Name, ck.Status.Reason, ck.Status.Message)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
+	if err := waitFor(ctx, c, ck, 0, func() bool { return ck.Status.Phase.Done() }); err != nil {
+		return err
 	}
+	if ck.Status.Phase == stasisv1.PhaseFailed {
+		return fmt.Errorf("checkpoint %s failed: %s: %s", ck.Name, ck.Status.Reason, ck.Status.Message)
+	}
+	for _, ct := range ck.Status.Containers {
+		fmt.Fprintf(o.out, "%s: %s (%s, %d bytes)\n", ct.Name, ct.Image, ct.Digest, ct.Size)
+	}
+	return nil
 }
+
+// newMigration is a Migration of pod to node to (any node: ""), named
+// after the pod.
+func newMigration(ns, pod, to string, lazy bool) *stasisv1.Migration {
+	return &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, GenerateName: pod + "-"},
+		Spec: stasisv1.MigrationSpec{PodName: pod, TargetNode: to, Mode: stasisv1.MigrationOffline, LazyPages: lazy}}
+}
+
+// waitMigration waits until m ends (within timeout; 0: no bound but
+// ctx's), and says why if it failed.
+func waitMigration(ctx context.Context, c client.Client, m *stasisv1.Migration, timeout time.Duration) error {
+	if err := waitFor(ctx, c, m, timeout, func() bool { return m.Status.Phase.Done() }); err != nil {
+		return fmt.Errorf("migration %s/%s: %w", m.Namespace, m.Name, err)
+	}
+	if m.Status.Phase != stasisv1.MigrationSucceeded {
+		return fmt.Errorf("migration %s/%s of pod %s failed: %s: %s", m.Namespace, m.Name, m.Spec.PodName, m.Status.Reason, m.Status.Message)
+	}
+	return nil
+}
+
+// waitFor reads obj again every pollEvery until done says it ended,
+// within timeout (0: no bound but ctx's).
+func waitFor(ctx context.Context, c client.Client, obj client.Object, timeout time.Duration, done func() bool) error {
+	cond := func(ctx context.Context) (bool, error) {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(obj), obj); err != nil {
+			return false, err
+		}
+		return done(), nil
+	}
+	if timeout == 0 {
+		return wait.PollUntilContextCancel(ctx, pollEvery, true, cond)
+	}
+	return wait.PollUntilContextTimeout(ctx, pollEvery, timeout, true, cond)
+}
+
+// pollEvery is how often the plugin looks at what it waits for.
+const pollEvery = 200 * time.Millisecond
 
 func (o *options) restoreCmd() *cobra.Command {
 	var pod, from, serviceAccount, node string
@@ -245,19 +263,16 @@ func (o *options) restoreCmd() *cobra.Command {
 				return err
 			}
 			fmt.Fprintf(o.out, "restore.stasis.dev/%s created\n", rs.Name)
-			for wait {
-				if err := c.Get(cmd.Context(), client.ObjectKeyFromObject(rs), rs); err != nil {
-					return err
-				}
-				switch rs.Status.Phase {
-				case stasisv1.PhaseSucceeded:
-					fmt.Fprintf(o.out, "pod/%s is Ready on node %s\n", pod, rs.Status.NodeName)
-					return nil
-				case stasisv1.PhaseFailed:
-					return fmt.Errorf("restore %s failed: %s: %s", rs.Name, rs.Status.Reason, rs.Status.Message)
-				}
-				time.Sleep(200 * time.Millisecond)
+			if !wait {
+				return nil
 			}
+			if err := waitFor(cmd.Context(), c, rs, 0, func() bool { return rs.Status.Phase.Done() }); err != nil {
+				return err
+			}
+			if rs.Status.Phase == stasisv1.PhaseFailed {
+				return fmt.Errorf("restore %s failed: %s: %s", rs.Name, rs.Status.Reason, rs.Status.Message)
+			}
+			fmt.Fprintf(o.out, "pod/%s is Ready on node %s\n", pod, rs.Status.NodeName)
 			return nil
 		},
 	}
