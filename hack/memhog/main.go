@@ -1,6 +1,7 @@
 // memhog holds N MiB of memory that does not compress (random bytes) and
 // ticks 50 times a second: hack/bench-scale.sh's stand-in for a process
-// whose memory is its state. Usage: memhog MIB [LOG]. It prints "ready"
+// whose memory is its state. Usage: memhog [-fill random|pattern] MIB
+// [LOG]; -fill pattern holds memory that compresses instead. It prints "ready"
 // once the memory is filled, then "tick N S", each tick reading one page
 // of the memory, so a process restored without its pages would stop
 // ticking. With LOG, its output goes to that file (inside its own root)
@@ -9,6 +10,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -18,19 +20,31 @@ import (
 )
 
 func main() {
-	mib, err := strconv.Atoi(os.Args[1])
-	if err != nil || mib < 1 {
-		fmt.Fprintln(os.Stderr, "usage: memhog MIB [LOG]")
+	fill := flag.String("fill", "random", "random: bytes that do not compress; pattern: each page one repeated byte, resident but easy to compress")
+	flag.Parse()
+	args := flag.Args()
+	mib, err := 0, error(nil)
+	if len(args) > 0 {
+		mib, err = strconv.Atoi(args[0])
+	}
+	if len(args) == 0 || err != nil || mib < 1 || (*fill != "random" && *fill != "pattern") {
+		fmt.Fprintln(os.Stderr, "usage: memhog [-fill random|pattern] MIB [LOG]")
 		os.Exit(2)
 	}
-	if len(os.Args) > 2 {
-		if err := redirect(os.Args[2]); err != nil {
+	if len(args) > 1 {
+		if err := redirect(args[1]); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
 	}
 	mem := make([]byte, mib<<20)
-	rand.NewChaCha8([32]byte{1}).Read(mem)
+	if *fill == "random" {
+		rand.NewChaCha8([32]byte{1}).Read(mem)
+	} else {
+		for i := range mem {
+			mem[i] = byte(i >> 12)
+		}
+	}
 	fmt.Println("ready")
 	var sum byte
 	for n := 0; ; n++ {

@@ -34,7 +34,12 @@ func TestPostCopyFromAFrozenContainer(t *testing.T) {
 	}
 	dir := t.TempDir()
 	root, bundle := filepath.Join(dir, "runc"), postCopyBundle(t, filepath.Join(dir, "bundle"))
-	images, work, restoreWork := mkdirs(t, dir, "images", "work", "restore-work")
+	images, work, restoreWork := filepath.Join(dir, "images"), filepath.Join(dir, "work"), filepath.Join(dir, "restore-work")
+	for _, d := range []string{images, work, restoreWork} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
 	runc := func(args ...string) *exec.Cmd {
 		return exec.Command("runc", append([]string{"--root", root}, args...)...)
 	}
@@ -158,19 +163,6 @@ func postCopyBundle(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-func mkdirs(t *testing.T, dir string, names ...string) (a, b, c string) {
-	t.Helper()
-	var out []string
-	for _, n := range names {
-		p := filepath.Join(dir, n)
-		if err := os.Mkdir(p, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, p)
-	}
-	return out[0], out[1], out[2]
 }
 
 // startDetached starts a detached runc run or restore with stdin from

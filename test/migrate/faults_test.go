@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -15,6 +16,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stasisv1 "github.com/stasis-dev/stasis/api/v1alpha1"
+	"github.com/stasis-dev/stasis/test/kubenode"
 )
 
 // fault is something that goes wrong between the nodes for a few
@@ -57,6 +59,8 @@ func TestMigrateFaults(t *testing.T) {
 			t.Run(f.name+"/"+string(at), func(t *testing.T) {
 				ns := namespace(t, f.name+"-"+strings.ToLower(string(at)))
 				runCounter(t, ns, "web", "node-a", nil)
+				src := getPod(t, ns, "web")
+				mustRunWhereRuncSees(t, src)
 				last := waitCount(t, ns, "web", 3)
 				m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "web-to-b"},
 					Spec: stasisv1.MigrationSpec{PodName: "web", TargetNode: "node-b"}}
@@ -78,7 +82,7 @@ func TestMigrateFaults(t *testing.T) {
 					}
 				}
 				t.Logf("migration: %s %s: %s", m.Status.Phase, m.Status.Reason, m.Status.Message)
-				oneCopyWithState(t, ns, "web", last)
+				oneCopyWithState(t, ns, "web", src, m, last)
 			})
 		}
 	}
@@ -93,10 +97,13 @@ func killAgent(name string) {
 	}
 }
 
-// oneCopyWithState checks that pod name runs once, on either node, and
-// counts on from its state: restored, from past last; resumed where it
-// was, from 0 through last; either way without a gap, and still counting.
-func oneCopyWithState(t *testing.T, ns, name string, last int) {
+// oneCopyWithState checks that pod name runs once and counts on from its
+// state: either the source pod src itself, resumed where it was (never
+// restarted: its log goes from 0 through last), or a restored copy that
+// counts from past last, with the source's frozen containers gone from
+// its node; either way without a gap, and still counting. A pod started
+// cold fails it.
+func oneCopyWithState(t *testing.T, ns, name string, src *corev1.Pod, m *stasisv1.Migration, last int) {
 	t.Helper()
 	pod := waitRunning(t, ns, name, "")
 	oneCopyRunning(t, ns, name)
@@ -110,10 +117,62 @@ func oneCopyWithState(t *testing.T, ns, name string, last int) {
 			t.Fatalf("pod %s on %s: count went %d → %d (%v)", name, pod.Spec.NodeName, all[i-1], all[i], all)
 		}
 	}
-	if all[0] != 0 && all[0] < last {
-		t.Fatalf("pod %s on %s counted from %d: neither resumed nor restored from past %d (%v)", name, pod.Spec.NodeName, all[0], last, all)
+	if pod.UID == src.UID {
+		for _, cs := range pod.Status.ContainerStatuses {
+			if cs.RestartCount != 0 || all[0] != 0 {
+				t.Fatalf("pod %s resumed on %s restarted %d times, counting from %d: started cold", name, pod.Spec.NodeName, cs.RestartCount, all[0])
+			}
+		}
+	} else {
+		if all[0] <= last {
+			t.Fatalf("pod %s on %s counted from %d: not restored from past %d (%v)", name, pod.Spec.NodeName, all[0], last, all)
+		}
+		sourceContainersGone(t, m)
 	}
 	t.Logf("pod %s runs on %s, counting from %d to %d", name, pod.Spec.NodeName, all[0], now)
+}
+
+// sourceContainersGone checks that the containers a Migration froze on
+// its source node are no longer running or frozen there, as the runtime
+// (runc) sees them: a copy runs elsewhere.
+func sourceContainersGone(t *testing.T, m *stasisv1.Migration) {
+	t.Helper()
+	n := cluster.Node(m.Status.SourceNode)
+	for _, c := range m.Status.SourceContainers {
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			state := runcState(n, c.ID)
+			if state != "running" && state != "paused" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the source's container %s (%s) is still %s on %s beside its copy", c.Name, c.ID, state, n.Name)
+			}
+		}
+	}
+}
+
+// runcState is what runc says of a container of node n's pods: "running",
+// "paused", "stopped", or "" when it knows none of that ID.
+func runcState(n *kubenode.Member, id string) string {
+	out, err := n.Command("runc", "--root", criRuncRoot(n), "state", id).Output()
+	var st struct{ Status string }
+	if err != nil || json.Unmarshal(out, &st) != nil {
+		return ""
+	}
+	return st.Status
+}
+
+// mustRunWhereRuncSees checks that runc, as sourceContainersGone asks it,
+// sees pod's containers running on its node: else it would find any
+// container gone.
+func mustRunWhereRuncSees(t *testing.T, pod *corev1.Pod) {
+	t.Helper()
+	for _, cs := range pod.Status.ContainerStatuses {
+		_, id, _ := strings.Cut(cs.ContainerID, "://")
+		if st := runcState(cluster.Node(pod.Spec.NodeName), id); st != "running" {
+			t.Fatalf("runc says %q of container %s (%s) of pod %s, which runs", st, cs.Name, id, pod.Name)
+		}
+	}
 }
 
 // The source node's agent killed, or the link between the nodes cut,
@@ -140,7 +199,7 @@ func lazyFault(t *testing.T, f fault) {
 	if _, err := cluster.Client.CoreV1().Pods(ns).Create(context.Background(), p, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	waitRunning(t, ns, "hog", "node-a")
+	mustRunWhereRuncSees(t, waitRunning(t, ns, "hog", "node-a"))
 	waitTicking(t, ns, "hog")
 	m := &stasisv1.Migration{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "hog-to-b"},
 		Spec: stasisv1.MigrationSpec{PodName: "hog", TargetNode: "node-b", LazyPages: true}}
@@ -195,6 +254,7 @@ func lazyFault(t *testing.T, f fault) {
 		}
 	}
 	oneCopyRunning(t, ns, "hog")
+	sourceContainersGone(t, m)
 }
 
 // memhogSums is what memhog MIB prints as tick n's sum: the running sum,

@@ -25,7 +25,7 @@ import (
 
 // TestFigures prints the issue's figures, from one run: for the busybox
 // counter and for hack/memhog holding 64 MiB, 512 MiB and 2 GiB of random
-// bytes, an offline Migration node-a (containerd) → node-b (CRI-O): the
+// bytes (and 512 MiB that compresses), an offline Migration node-a (containerd) → node-b (CRI-O): the
 // downtime the application sees (its last line logged on node-a to its
 // first on node-b, by the runtimes' log timestamps), the downtime the
 // Migration reports, the total time and the bytes moved, eager and lazy;
@@ -50,6 +50,9 @@ func TestFigures(t *testing.T) {
 		{"busybox counter", kubenode.BusyboxImage, []string{"sh", "-c", `i=0; while true; do echo "tick $i"; i=$((i+1)); sleep 0.02; done`}},
 		{"memhog 64 MiB", memhogImage, []string{"/memhog", "64"}},
 		{"memhog 512 MiB", memhogImage, []string{"/memhog", "512"}},
+		// The same size of memory that compresses (resident, one byte
+		// repeated per page).
+		{"memhog 512 MiB pattern", memhogImage, []string{"/memhog", "-fill", "pattern", "512"}},
 		{"memhog 2 GiB", memhogImage, []string{"/memhog", "2048"}},
 	} {
 		for _, lazy := range []bool{false, true} {
@@ -60,13 +63,18 @@ func TestFigures(t *testing.T) {
 }
 
 // figure migrates one workload and prints its row.
+// podName is a workload's pod: "memhog 64 MiB" → "memhog-64-mib".
+func podName(workload string) string {
+	return strings.NewReplacer(" ", "-", "busybox-", "").Replace(strings.ToLower(workload))
+}
+
 // benchFigures says whether this run prints the figures
 // (STASIS_BENCH_MIGRATE, set by hack/bench-migrate.sh).
 func benchFigures() bool { return os.Getenv("STASIS_BENCH_MIGRATE") != "" }
 
 func figure(t *testing.T, ns, name, image string, args []string, lazy bool) {
 	{
-		pod := strings.NewReplacer(" ", "-", "busybox-", "").Replace(strings.ToLower(name))
+		pod := podName(name)
 		if lazy {
 			name += ", lazy"
 			pod += "-lazy"

@@ -197,15 +197,20 @@ func startStasis(ctx context.Context, signingKey string) (func(), error) {
 // fetching from the other nodes' agents.
 func agentArgs(n *kubenode.Member, kubeconfig, signingKey string) []string {
 	cert, key := n.KubeletServing()
-	runcRoot := n.RuncRoot()
-	if n.Runtime == kubenode.RuntimeContainerd {
-		runcRoot = filepath.Join(runcRoot, "k8s.io")
-	}
+	runcRoot := criRuncRoot(n)
 	return []string{"--root", n.StasisRoot, "--runroot", n.StasisRunRoot, "agent",
 		"--listen", net.JoinHostPort(n.IP, strconv.Itoa(agentPort)), "--tls-cert", cert, "--tls-key", key,
 		"--kubeconfig", kubeconfig, "--cri-runc-root", runcRoot,
 		"--mountinfo", "/proc/self/mountinfo", "--node-name", n.Name, "--signing-key", signingKey,
 		"--peer-ca", cluster.CA}
+}
+
+// criRuncRoot is where runc keeps the state of node n's pod containers.
+func criRuncRoot(n *kubenode.Member) string {
+	if n.Runtime == kubenode.RuntimeContainerd {
+		return filepath.Join(n.RuncRoot(), "k8s.io")
+	}
+	return n.RuncRoot()
 }
 
 var agentSetup = map[string][]string{}

@@ -35,7 +35,7 @@ import (
 // created on node-c.
 func manualFigure(t *testing.T, ns, name, image string, args []string) {
 	t.Helper()
-	pod := "manual-" + strings.NewReplacer(" ", "-", "busybox-", "").Replace(strings.ToLower(name))
+	pod := "manual-" + podName(name)
 	p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: pod, Namespace: ns},
 		Spec: corev1.PodSpec{NodeName: "node-b", TerminationGracePeriodSeconds: new(int64),
 			Containers: []corev1.Container{{Name: "app", Image: image, ImagePullPolicy: corev1.PullNever, Command: args}}}}
