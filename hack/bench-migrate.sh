@@ -2,8 +2,9 @@
 # Benchmark of offline migration on two Kubernetes nodes on this machine
 # (test/kubenode's cluster: node-a on containerd, node-b on CRI-O): for a
 # busybox counter and hack/memhog holding 64 MiB, 512 MiB and 2 GiB of
-# random bytes (and 512 MiB that compresses), the downtime the application sees (its last log line on
-# node-a to its first on node-b), the downtime the Migration reports, the
+# random bytes (and 512 MiB that compresses), the downtime the application
+# sees (its last log line on node-a to its first on node-b), the downtime
+# the Migration reports, the
 # total time and the bytes moved, eager and lazy; and beside them the same
 # pod moved by hand with what Kubernetes has (the kubelet's checkpoint API
 # on node-b, the archive made a checkpoint image, loaded into a second
